@@ -1,0 +1,48 @@
+"""biounet: the U-Net of Ronneberger, Fischer and Brox (MICCAI 2015) for microscopy.
+
+Public API (re-exported names only)::
+
+    from biounet import UNet, get_preset, train, predict
+"""
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .config import AugmentConfig, Preset, TrainConfig
+from .io import InputError, read_images, read_masks
+from .model import (
+    ModelConfig,
+    UNet,
+    border,
+    count_parameters,
+    min_input_size,
+    nearest_valid_input_size,
+    output_size,
+    valid_input_size,
+)
+from .presets import PRESETS, get_preset
+from .tiling import predict
+from .train import train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AugmentConfig",
+    "InputError",
+    "ModelConfig",
+    "PRESETS",
+    "Preset",
+    "TrainConfig",
+    "UNet",
+    "border",
+    "count_parameters",
+    "get_preset",
+    "load_checkpoint",
+    "min_input_size",
+    "model_from_checkpoint",
+    "nearest_valid_input_size",
+    "output_size",
+    "predict",
+    "read_images",
+    "read_masks",
+    "train",
+    "valid_input_size",
+]

@@ -1,0 +1,58 @@
+"""Checkpoints: one plain dict, saved atomically, loaded with ``weights_only=True``.
+
+Keys: ``format_version``, ``preset`` (the full config as a dict, model included), ``model``
+(state_dict), ``optimizer``, ``epoch`` (completed epochs), ``step``, ``best`` (best
+validation score so far), ``history`` (one dict per epoch, as in log.csv), ``rng``
+(torch / generator / numpy states). Metadata never goes inside the state_dict.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .config import Preset
+from .io import InputError, atomic_path
+from .model import UNet
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, checkpoint: dict) -> Path:
+    """Write ``checkpoint`` to ``path`` atomically (temp file + rename)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save({"format_version": FORMAT_VERSION, **checkpoint}, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint without executing pickled code; InputError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for damaged or foreign files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: not a readable biounet checkpoint ({first[:200]})") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "preset" not in ckpt:
+        raise InputError(f"{path}: not a biounet checkpoint (no model and preset entries)")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(
+            f"{path}: checkpoint format {ckpt['format_version']} is newer than this biounet "
+            f"understands ({FORMAT_VERSION}); upgrade biounet"
+        )
+    return ckpt
+
+
+def model_from_checkpoint(
+    checkpoint: dict | str | Path, device: str | torch.device = "cpu"
+) -> tuple[UNet, Preset]:
+    """Rebuild the network from a checkpoint (no flags needed) and load its weights."""
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    preset = Preset.from_dict(ckpt["preset"])
+    model = UNet(preset.model)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), preset

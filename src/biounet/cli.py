@@ -1,0 +1,198 @@
+"""The ``biounet`` command: thin wrappers over the Python API.
+
+Bad input ends with one line, ``biounet: error: <file>: <problem>``, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from .io import InputError
+
+log = logging.getLogger("biounet")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.func(args) or 0
+    except (InputError, ValueError, FileNotFoundError) as e:
+        print(f"biounet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("biounet: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .presets import DEFAULT, PRESETS
+
+    p = argparse.ArgumentParser(prog="biounet", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("info", help="show a preset: parameters, tile sizes, training settings")
+    s.add_argument("--preset", default=DEFAULT, choices=list(PRESETS))
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("train", help="train a U-Net (default: fast preset on bundled ISBI 2012)")
+    s.add_argument("--preset", default=DEFAULT, choices=list(PRESETS))
+    s.add_argument("--images", help="image stack (TIFF) or folder of PNG/TIFF images")
+    s.add_argument("--labels", help="mask stack or folder of masks paired by file name")
+    s.add_argument("--val-slices", help="held-out slice indices, e.g. 25-29 or 28,29 or none")
+    s.add_argument("--train-slices", help="training slice indices (default: all others)")
+    s.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--steps-per-epoch", type=int)
+    s.add_argument("--batch-size", type=int)
+    s.add_argument("--tile", type=int, help="input tile edge in pixels")
+    s.add_argument("--lr", type=float)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    s.add_argument("--precision", choices=("auto", "bf16", "fp32"))
+    s.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last.pt")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("predict", help="write foreground (cell) probability TIFFs")
+    s.add_argument("checkpoint", help="a biounet checkpoint (.pt)")
+    s.add_argument("input", help="image, TIFF stack, or folder of images")
+    s.add_argument(
+        "--out",
+        help="output TIFF (file input) or folder (folder input); "
+        "default: <input name>-prob.tif / <input>-prob/",
+    )
+    s.add_argument("--slices", help="only these slices of a stack, e.g. 25-29")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_predict)
+    return p
+
+
+def cmd_info(args) -> int:
+    from .model import UNet, count_parameters, output_size
+    from .presets import get_preset
+
+    preset = get_preset(args.preset)
+    m, t = preset.model, preset.train
+    info = {
+        "preset": preset.name,
+        "description": preset.description,
+        "parameters": count_parameters(UNet(m)),
+        "input_size": t.tile,
+        "output_size": output_size(t.tile, m.depth, m.padding),
+        "padding": m.padding,
+        "model": asdict(m),
+        "train": asdict(t),
+    }
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"{preset.name}: {preset.description}")
+    print(f"  parameters   {info['parameters']:,}")
+    print(
+        f"  tile         {t.tile} -> {info['output_size']} ({m.padding} padding, depth {m.depth})"
+    )
+    print(
+        f"  network      base {m.base_channels} channels, batch norm {m.batch_norm}, "
+        f"dropout {m.dropout}, {m.upsample} up-sampling, {m.out_channels} outputs"
+    )
+    print(
+        f"  optimiser    {t.optimizer} lr {t.lr:g} momentum {t.momentum:g} "
+        f"weight decay {t.weight_decay:g}, {t.schedule} schedule"
+    )
+    print(
+        f"  training     {t.epochs} epochs x {t.steps_per_epoch or 'one pass'} steps, "
+        f"batch {t.batch_size}, validate on slices {t.val_slices or 'none'}"
+    )
+    print(f"  augmentation flips {t.augment.flip}, 90-degree rotations {t.augment.rot90}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .presets import get_preset
+    from .train import train
+
+    preset = get_preset(args.preset).with_train(
+        images=args.images,
+        labels=args.labels,
+        val_slices=args.val_slices,
+        train_slices=args.train_slices,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        batch_size=args.batch_size,
+        tile=args.tile,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        precision=args.precision,
+    )
+    out = Path(args.resume or args.out)
+    result = train(preset, out, resume=bool(args.resume), progress=not args.no_progress)
+    print(report(result, out))
+    return 0
+
+
+def report(result: dict, out: Path) -> str:
+    """A few lines on the best epoch of a run."""
+    if not result:
+        return f"{out}: nothing trained"
+    lines = [
+        f"run {out}: {result['epochs']} epochs in {result['total_seconds'] / 60:.1f} min; "
+        f"best epoch {result['best_epoch']} (saved as {out / 'best.pt'})"
+    ]
+    if result.get("val_loss") is not None:
+        lines.append(
+            f"  validation: loss {result['val_loss']:.4f}  pixel error "
+            f"{result['val_pixel_error']:.4f}  IoU(cell) {result['val_iou']:.4f}  "
+            f"Dice(cell) {result['val_dice']:.4f}"
+        )
+    lines.append(f"  plots: {out / 'curves.png'}, {out / 'val.png'}; log: {out / 'log.csv'}")
+    return "\n".join(lines)
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .checkpoint import model_from_checkpoint
+    from .dataset import parse_slices
+    from .device import select_device
+    from .io import read_images, write_tiff
+    from .tiling import predict
+
+    device = select_device(args.device)
+    model, _ = model_from_checkpoint(args.checkpoint, device)
+    src = Path(args.input)
+    images = read_images(src)
+    idx = list(range(len(images)))
+    if args.slices:
+        idx = parse_slices(args.slices, len(images), f"{src}: --slices")
+    bar = tqdm(idx, desc="predict", unit="image", disable=args.no_progress)
+    maps = [predict(model, images.arrays[i], precision=args.precision) for i in bar]
+    if src.is_dir():
+        folder = Path(args.out) if args.out else src.with_name(src.name + "-prob")
+        for i, m in zip(idx, maps, strict=True):
+            write_tiff(folder / f"{images.names[i]}.tif", m.astype(np.float32))
+        print(f"wrote {len(maps)} probability maps to {folder}")
+        return 0
+    out = Path(args.out) if args.out else Path(f"{src.stem}-prob.tif")
+    shapes = {m.shape for m in maps}
+    data = np.stack(maps) if len(maps) > 1 and len(shapes) == 1 else maps[0]
+    if len(maps) > 1 and len(shapes) > 1:
+        raise InputError(f"{src}: slices differ in size; predict a folder instead")
+    write_tiff(out, data.astype(np.float32))
+    print(f"wrote {out} ({' x '.join(map(str, data.shape))} float32, 1 = cell)")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

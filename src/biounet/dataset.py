@@ -1,0 +1,101 @@
+"""Training tiles with mirrored context, and train / validation splits by slice index."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .io import InputError
+
+
+def parse_slices(spec: str, n: int, what: str = "slices") -> list[int]:
+    """Slice indices from a spec such as ``"25-29"``, ``"28,29"`` or ``"0-4,10"``.
+
+    Ranges are inclusive; ``""`` or ``"none"`` gives no slices. InputError if an index is
+    outside 0..n-1 or the spec does not parse.
+    """
+    spec = spec.strip()
+    if spec.lower() in ("", "none"):
+        return []
+    out: list[int] = []
+    for part in spec.split(","):
+        try:
+            lo, _, hi = part.strip().partition("-")
+            a = int(lo)
+            b = int(hi) if hi else a
+        except ValueError:
+            raise InputError(f"{what} {spec!r}: expected indices like 25-29 or 28,29") from None
+        if not 0 <= a <= b < n:
+            raise InputError(f"{what} {spec!r}: {part.strip()} is outside 0..{n - 1} ({n} images)")
+        out.extend(range(a, b + 1))
+    return sorted(set(out))
+
+
+def split(n: int, val: str, train: str | None) -> tuple[list[int], list[int]]:
+    """(train indices, validation indices) of ``n`` images; train defaults to the rest."""
+    val_idx = parse_slices(val, n, "validation slices")
+    if train is None:
+        train_idx = [i for i in range(n) if i not in set(val_idx)]
+    else:
+        train_idx = parse_slices(train, n, "training slices")
+    if not train_idx:
+        raise InputError(f"no training slices left (n = {n}, validation slices {val!r})")
+    return train_idx, val_idx
+
+
+def mirror_pad(image: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+    """(H, W) -> (H + top + bottom, W + left + right), context mirrored at the borders.
+
+    Mirroring excludes the edge pixel (numpy "reflect"); pads wider than the image reflect
+    again, so any image, however small, gets context.
+    """
+    return np.pad(image, ((top, bottom), (left, right)), mode="reflect")
+
+
+class TileSampler:
+    """Random (input tile, output label tile) pairs with mirrored context.
+
+    Every output pixel of a valid-padding network sees real or mirrored context: each image
+    is padded once by the network's border ``(input_size - output_size) / 2`` (and up to the
+    output size if it is smaller), and tiles are cut from the padded array.
+
+    Args:
+        images: (H, W) float32 normalised images.
+        masks: (H, W) uint8 class-index masks, same shapes.
+        input_size, output_size: tile edges of the network (pixels).
+        rng: the run's numpy Generator (tile positions).
+        weights: optional (H, W) float32 per-pixel loss weights, same shapes.
+    """
+
+    def __init__(self, images, masks, input_size, output_size, rng, weights=None):
+        if (input_size - output_size) % 2:
+            raise ValueError(f"input minus output must be even, got {input_size}-{output_size}")
+        self.input_size, self.output_size, self.rng = input_size, output_size, rng
+        b = (input_size - output_size) // 2
+        self.border = b
+        self.padded = []
+        for i, img in enumerate(images):
+            H, W = img.shape
+            eh, ew = max(0, output_size - H), max(0, output_size - W)  # grow small images
+            pads = (b + eh // 2, b + eh - eh // 2, b + ew // 2, b + ew - ew // 2)
+            arrays = [mirror_pad(img, *pads), mirror_pad(masks[i], *pads)]
+            if weights is not None:
+                arrays.append(mirror_pad(weights[i], *pads))
+            self.padded.append(arrays)
+
+    def sample(self, batch: int):
+        """x (B, 1, in, in) float32, y (B, out, out) int64, w (B, out, out) float32 or None."""
+        S, s, b = self.input_size, self.output_size, self.border
+        xs, ys, ws = [], [], []
+        for _ in range(batch):
+            arrays = self.padded[self.rng.integers(len(self.padded))]
+            Hp, Wp = arrays[0].shape
+            y0 = int(self.rng.integers(0, Hp - S + 1))
+            x0 = int(self.rng.integers(0, Wp - S + 1))
+            xs.append(arrays[0][y0 : y0 + S, x0 : x0 + S])
+            ys.append(arrays[1][y0 + b : y0 + b + s, x0 + b : x0 + b + s])
+            if len(arrays) > 2:
+                ws.append(arrays[2][y0 + b : y0 + b + s, x0 + b : x0 + b + s])
+        x = np.stack(xs)[:, None].astype(np.float32)
+        y = np.stack(ys).astype(np.int64)
+        w = np.stack(ws).astype(np.float32) if ws else None
+        return x, y, w

@@ -1,0 +1,114 @@
+"""Named configurations: ``paper``, ``blog`` and ``fast`` (the default)."""
+
+from __future__ import annotations
+
+from .config import AugmentConfig, Preset, TrainConfig
+from .model import ModelConfig
+
+PAPER = Preset(
+    name="paper",
+    description=(
+        "Ronneberger et al. 2015: unpadded convs 572 -> 388, no batch norm, dropout 0.5, "
+        "2-class softmax, SGD momentum 0.99, one large tile per batch"
+    ),
+    model=ModelConfig(
+        in_channels=1,
+        out_channels=2,
+        depth=4,
+        base_channels=64,
+        padding="valid",
+        batch_norm=False,
+        dropout=0.5,
+        upsample="transpose",
+    ),
+    train=TrainConfig(
+        tile=572,
+        batch_size=1,
+        epochs=100,
+        steps_per_epoch=25,
+        optimizer="sgd",
+        lr=0.01,
+        momentum=0.99,
+        weight_decay=0.0,
+        schedule="constant",
+        augment=AugmentConfig(flip=True, rot90=True),
+        val_slices="25-29",
+    ),
+)
+
+BLOG = Preset(
+    name="blog",
+    description=(
+        "The popular simplified U-Net: same padding 512 -> 512, batch norm after every conv, "
+        "1 output + sigmoid + BCE, flips only, SGD lr 0.01 x0.1 every 30 epochs, 60 epochs"
+    ),
+    model=ModelConfig(
+        in_channels=1,
+        out_channels=1,
+        depth=4,
+        base_channels=64,
+        padding="same",
+        batch_norm=True,
+        dropout=0.0,
+        upsample="transpose",
+    ),
+    train=TrainConfig(
+        tile=512,
+        batch_size=1,
+        epochs=60,
+        steps_per_epoch=None,  # one pass over 28 slices
+        optimizer="sgd",
+        lr=0.01,
+        momentum=0.99,
+        weight_decay=5e-4,
+        schedule="step",
+        step_epochs=30,
+        gamma=0.1,
+        augment=AugmentConfig(flip=True, rot90=False),
+        train_slices="0-27",
+        val_slices="28-29",
+    ),
+)
+
+FAST = Preset(
+    name="fast",
+    description=(
+        "The CPU default: a 16-channel same-padding U-Net with batch norm, 256 x 256 tiles, "
+        "AdamW with a cosine schedule, bf16; about 9 minutes of training on 2 cores"
+    ),
+    model=ModelConfig(
+        in_channels=1,
+        out_channels=2,
+        depth=4,
+        base_channels=16,
+        padding="same",
+        batch_norm=True,
+        dropout=0.0,
+        upsample="transpose",
+    ),
+    train=TrainConfig(
+        tile=256,
+        batch_size=8,
+        epochs=30,
+        steps_per_epoch=30,
+        optimizer="adamw",
+        lr=2e-3,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="cosine",
+        warmup_steps=30,
+        augment=AugmentConfig(flip=True, rot90=True),
+        val_slices="25-29",
+    ),
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (FAST, PAPER, BLOG)}
+DEFAULT = "fast"
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``; ValueError listing the known names otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None

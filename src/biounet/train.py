@@ -1,0 +1,330 @@
+"""The training loop: one plain function with numbered steps.
+
+A run directory holds ``config.json`` (the exact preset it ran with), ``log.csv`` (one row
+per epoch), ``last.pt`` and ``best.pt`` (written atomically at the end of every epoch),
+``curves.png`` and ``val.png``. ``train(..., resume=True)`` continues from ``last.pt``
+with model, optimiser, step, history and every RNG state restored, so a resumed run
+reproduces the uninterrupted one; an interrupted run loses at most the current epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import metrics
+from .augment import augment
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Preset, TrainConfig
+from .dataset import TileSampler, split
+from .device import autocast, resolve_precision, select_device
+from .io import InputError, find_data, normalize, read_pairs, write_text
+from .losses import segmentation_loss
+from .model import UNet, count_parameters, output_size
+from .plots import plot_curves, plot_panels
+from .tiling import predict
+
+log = logging.getLogger("biounet")
+
+LOG_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_pixel_error", "seconds")
+
+
+def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate for optimiser step ``step`` (0-based): warm-up, then the schedule.
+
+    step: lr * gamma ** (completed epochs // step_epochs); cosine: half a cosine from lr to
+    0 over all steps; poly: lr * (1 - progress) ** 0.9 (nnU-Net); constant: lr.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    total = cfg.epochs * steps_per_epoch
+    progress = min(1.0, step / max(1, total))
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** ((step // steps_per_epoch) // cfg.step_epochs)
+    if cfg.schedule == "cosine":
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if cfg.schedule == "poly":
+        return cfg.lr * (1.0 - progress) ** 0.9
+    return cfg.lr
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (with momentum), Adam or AdamW, from the config."""
+    params = model.parameters()
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    betas = (cfg.momentum, 0.999)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+
+
+@dataclass
+class Data:
+    """Training images (H, W) float32, normalised; validation images as stored (prediction
+    normalises them); masks (H, W) uint8 class indices."""
+
+    train_images: list[np.ndarray]
+    train_masks: list[np.ndarray]
+    val_images: list[np.ndarray]
+    val_masks: list[np.ndarray]
+    val_names: list[str]
+
+
+def load_data(cfg: TrainConfig, num_classes: int) -> Data:
+    """Read the configured images and masks (default: bundled ISBI 2012) and split them."""
+    if cfg.images is None or cfg.labels is None:
+        root = find_data("isbi2012")
+        images_path = cfg.images or root / "train-volume.tif"
+        labels_path = cfg.labels or root / "train-labels.tif"
+    else:
+        images_path, labels_path = cfg.images, cfg.labels
+    images, masks = read_pairs(images_path, labels_path, num_classes)
+    train_idx, val_idx = split(len(images), cfg.val_slices, cfg.train_slices)
+    present = np.unique(np.concatenate([np.unique(masks.arrays[i]) for i in train_idx]))
+    if len(present) < 2:
+        raise InputError(
+            f"{masks.source}: the training masks hold only class {present[0]}; "
+            "check the mask encoding (foreground must be 255 or 1)"
+        )
+    return Data(
+        train_images=[normalize(images.arrays[i]) for i in train_idx],
+        train_masks=[masks.arrays[i] for i in train_idx],
+        val_images=[images.arrays[i] for i in val_idx],
+        val_masks=[masks.arrays[i] for i in val_idx],
+        val_names=[images.names[i] for i in val_idx],
+    )
+
+
+def validate(model: UNet, data: Data, precision: str) -> tuple[dict, list[np.ndarray]]:
+    """Whole-slice predictions of the validation images: loss, pixel error, IoU, Dice."""
+    probs = [predict(model, img, precision=precision) for img in data.val_images]
+    if probs and probs[0].ndim == 3:  # more than 2 classes: report the class-1 channel
+        probs = [p[1] for p in probs]
+    pairs = list(zip(probs, data.val_masks, strict=True))
+    scores = {
+        "val_loss": np.mean([metrics.binary_cross_entropy(p, m) for p, m in pairs]),
+        "val_pixel_error": np.mean([metrics.pixel_error(p, m) for p, m in pairs]),
+        "val_iou": np.mean([metrics.iou(p > 0.5, m) for p, m in pairs]),
+        "val_dice": np.mean([metrics.dice(p > 0.5, m) for p, m in pairs]),
+    }
+    return {k: float(v) for k, v in scores.items()}, probs
+
+
+def _rng_state(np_rng: np.random.Generator, gen: torch.Generator) -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "generator": gen.get_state(),
+        "numpy": np_rng.bit_generator.state,
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict, np_rng: np.random.Generator, gen: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["generator"])
+    np_rng.bit_generator.state = state["numpy"]
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _write_log(path: Path, history: list[dict]) -> None:
+    buf = _io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in LOG_COLUMNS})
+    write_text(path, buf.getvalue())
+
+
+def check_tile(preset: Preset) -> int:
+    """Output tile edge for the preset's input tile; InputError naming valid sizes."""
+    m, tile = preset.model, preset.train.tile
+    try:
+        return output_size(tile, m.depth, m.padding)
+    except ValueError as e:
+        raise InputError(f"--tile {tile}: {e}") from None
+
+
+def train(
+    preset: Preset,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train ``preset`` into ``out_dir``; return the summary of the best epoch.
+
+    Args:
+        preset: the configuration (model + training). Ignored for the run's own settings
+            when resuming, except ``epochs`` and ``device``, which may be changed.
+        out_dir: the run directory (created).
+        resume: continue the run in ``out_dir`` from its ``last.pt``.
+        stop_after: stop after this many epochs in this call (the run stays resumable).
+        progress: show a progress bar per epoch.
+    """
+    out = Path(out_dir)
+    # 1. Configuration: a new run writes config.json; a resumed one reads it back.
+    ckpt = None
+    if resume:
+        if not (out / "last.pt").is_file():
+            raise InputError(f"{out}: no last.pt to resume from")
+        ckpt = load_checkpoint(out / "last.pt")
+        saved = Preset.from_dict(ckpt["preset"])
+        preset = saved.with_train(epochs=preset.train.epochs, device=preset.train.device)
+    elif (out / "last.pt").exists():
+        raise InputError(f"{out}: already holds a run; use --resume {out} or another --out")
+    cfg = preset.train
+    out_tile = check_tile(preset)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.json", json.dumps(preset.to_dict(), indent=2) + "\n")
+
+    # 2. Device, precision and the run's random number generators.
+    device = select_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    torch.manual_seed(cfg.seed)
+    np_rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+
+    # 3. Data.
+    num_classes = max(2, preset.model.out_channels)
+    data = load_data(cfg, num_classes)
+    sampler = TileSampler(data.train_images, data.train_masks, cfg.tile, out_tile, np_rng)
+    steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(data.train_images) / cfg.batch_size)
+
+    # 4. Model and optimiser (restored when resuming).
+    model = UNet(preset.model)
+    model.reset_parameters(generator=gen)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    epoch, step, best, history = 0, 0, math.inf, []
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        epoch, step, best, history = ckpt["epoch"], ckpt["step"], ckpt["best"], ckpt["history"]
+        _set_rng_state(ckpt["rng"], np_rng, gen)
+        log.info("resuming %s at epoch %d of %d", out, epoch, cfg.epochs)
+    log.info(
+        "%s preset: %d parameters, tile %d -> %d, batch %d, %d steps/epoch, %d training / "
+        "%d validation images, %s %s",
+        preset.name,
+        count_parameters(model),
+        cfg.tile,
+        out_tile,
+        cfg.batch_size,
+        steps_per_epoch,
+        len(data.train_images),
+        len(data.val_images),
+        device,
+        precision,
+    )
+
+    # 5. Epochs: train, validate, log, checkpoint, plot.
+    epochs_this_call = 0
+    while epoch < cfg.epochs and (stop_after is None or epochs_this_call < stop_after):
+        t0 = time.perf_counter()
+        model.train()
+        losses = []
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for _ in bar:
+            lr = learning_rate(cfg, step, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y, w = sampler.sample(cfg.batch_size)
+            x, y, w = augment(
+                torch.from_numpy(x),
+                torch.from_numpy(y),
+                None if w is None else torch.from_numpy(w),
+                cfg.augment,
+                gen,
+            )
+            x = x.to(device).contiguous(memory_format=torch.channels_last)
+            y = y.to(device)
+            w = None if w is None else w.to(device)
+            with autocast(device, precision):
+                logits = model(x)
+            loss = segmentation_loss(logits, y, w)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+        epoch += 1
+        epochs_this_call += 1
+        row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": float(np.mean(losses))}
+        probs = None
+        if data.val_images:
+            scores, probs = validate(model, data, precision)
+            row.update(scores)
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        history.append(row)
+        score = row.get(cfg.select_by, row["train_loss"])
+        is_best = score < best
+        best = min(best, score)
+        state = {
+            "preset": preset.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "best": best,
+            "history": history,
+            "rng": _rng_state(np_rng, gen),
+        }
+        save_checkpoint(out / "last.pt", state)
+        if is_best:
+            save_checkpoint(out / "best.pt", state)
+        _write_log(out / "log.csv", history)
+        plot_curves(history, out / "curves.png")
+        if probs is not None:
+            plot_panels(data.val_images, data.val_masks, probs, out / "val.png", data.val_names)
+        log.info(
+            "epoch %d/%d  train loss %.4f  val loss %s  val pixel error %s  %.1fs%s",
+            epoch,
+            cfg.epochs,
+            row["train_loss"],
+            _fmt(row.get("val_loss")),
+            _fmt(row.get("val_pixel_error")),
+            row["seconds"],
+            "  (best)" if is_best else "",
+        )
+    return summary(history, cfg.select_by)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def summary(history: list[dict], select_by: str = "val_loss") -> dict:
+    """The best epoch's row (by ``select_by``, else training loss), plus totals."""
+    if not history:
+        return {}
+    best = min(history, key=lambda h: h.get(select_by, h["train_loss"]))
+    return {
+        **best,
+        "best_epoch": best["epoch"],
+        "epochs": history[-1]["epoch"],
+        "total_seconds": round(sum(h["seconds"] for h in history), 1),
+    }

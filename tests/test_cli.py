@@ -1,0 +1,210 @@
+"""End-to-end tests of the ``biounet`` command on small ISBI crops."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from biounet.cli import main
+
+SMALL = [
+    "--val-slices",
+    "4-5",
+    "--epochs",
+    "2",
+    "--steps-per-epoch",
+    "2",
+    "--tile",
+    "32",
+    "--batch-size",
+    "2",
+    "--no-progress",
+    "--precision",
+    "fp32",
+]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_info_json_has_the_paper_numbers(capsys):
+    code, out, _ = run(["info", "--preset", "paper", "--json"], capsys)
+    info = json.loads(out)
+    assert code == 0
+    assert (info["preset"], info["parameters"], info["input_size"], info["output_size"]) == (
+        "paper",
+        31_030_658,
+        572,
+        388,
+    )
+    code, out, _ = run(["info", "--preset", "blog"], capsys)
+    assert "512 -> 512 (same padding" in out
+
+
+def test_train_then_predict_end_to_end(isbi_crops, tmp_path, capsys):
+    img, lab = isbi_crops
+    out = tmp_path / "run"
+    code, text, _ = run(
+        ["train", "--images", str(img), "--labels", str(lab), "--out", str(out), *SMALL], capsys
+    )
+    assert code == 0 and "best epoch" in text and "pixel error" in text
+    for name in ("config.json", "log.csv", "last.pt", "best.pt", "curves.png", "val.png"):
+        assert (out / name).stat().st_size > 0
+    pred = tmp_path / "pred.tif"
+    code, _, _ = run(
+        [
+            "predict",
+            str(out / "best.pt"),
+            str(img),
+            "--out",
+            str(pred),
+            "--slices",
+            "4-5",
+            "--no-progress",
+        ],
+        capsys,
+    )
+    p = tifffile.imread(pred)
+    assert code == 0 and p.shape == (2, 96, 96) and p.dtype == np.float32
+    assert p.min() >= 0 and p.max() <= 1 and p.std() > 0
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    stack = tifffile.imread(img)
+    Image.fromarray(stack[0, :50, :70]).save(folder / "a.png")
+    Image.fromarray(np.stack([stack[1]] * 3, -1)).save(folder / "b.png")  # RGB input
+    code, _, _ = run(
+        [
+            "predict",
+            str(out / "best.pt"),
+            str(folder),
+            "--out",
+            str(tmp_path / "probs"),
+            "--no-progress",
+        ],
+        capsys,
+    )
+    assert code == 0
+    assert tifffile.imread(tmp_path / "probs" / "a.tif").shape == (50, 70)
+    assert tifffile.imread(tmp_path / "probs" / "b.tif").shape == (96, 96)
+
+
+def _one_line_error(code, err, *needles):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("biounet: error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_bad_inputs_give_one_line_errors(isbi_crops, tmp_path, capsys):
+    img, lab = isbi_crops
+    base = ["train", "--out", str(tmp_path / "r"), *SMALL]
+    code, _, err = run(
+        [*base, "--images", str(tmp_path / "missing.tif"), "--labels", str(lab)], capsys
+    )
+    _one_line_error(code, err, "missing.tif", "no such file")
+
+    short = tmp_path / "short.tif"
+    tifffile.imwrite(short, tifffile.imread(lab)[:5])
+    code, _, err = run([*base, "--images", str(img), "--labels", str(short)], capsys)
+    _one_line_error(code, err, "short.tif", "5 slices", "has 6")
+
+    small = tmp_path / "small.tif"
+    tifffile.imwrite(small, tifffile.imread(lab)[:, :90])
+    code, _, err = run([*base, "--images", str(img), "--labels", str(small)], capsys)
+    _one_line_error(code, err, "small.tif", "90 x 96", "96 x 96")
+
+    grey = tmp_path / "grey.tif"
+    tifffile.imwrite(grey, (tifffile.imread(lab) // 2 + 3).astype(np.uint8))  # 3 and 130
+    code, _, err = run([*base, "--images", str(img), "--labels", str(grey)], capsys)
+    _one_line_error(code, err, "grey.tif", "not classes")
+
+    corrupt = tmp_path / "corrupt.tif"
+    corrupt.write_bytes(img.read_bytes()[:300])
+    code, _, err = run([*base, "--images", str(corrupt), "--labels", str(lab)], capsys)
+    _one_line_error(code, err, "corrupt.tif", "not a readable TIFF")
+
+    code, _, err = run(
+        [
+            "train",
+            "--preset",
+            "paper",
+            "--tile",
+            "100",
+            "--out",
+            str(tmp_path / "p"),
+            "--images",
+            str(img),
+            "--labels",
+            str(lab),
+        ],
+        capsys,
+    )
+    _one_line_error(
+        code, err, "--tile 100", "smaller than the network's minimum 188", "nearest valid: 188"
+    )
+
+    code, _, err = run(["predict", str(img), str(img)], capsys)
+    _one_line_error(code, err, "img.tif", "not a readable biounet checkpoint")
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_last_checkpoint(isbi_crops, tmp_path):
+    img, lab = isbi_crops
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--images",
+        str(img),
+        "--labels",
+        str(lab),
+        "--out",
+        str(out),
+        "--val-slices",
+        "4-5",
+        "--epochs",
+        "1000",
+        "--steps-per-epoch",
+        "2",
+        "--tile",
+        "32",
+        "--batch-size",
+        "2",
+        "--no-progress",
+        "--precision",
+        "fp32",
+    ]
+    cmd = [sys.executable, "-m", "biounet.cli"]
+    proc = subprocess.Popen([*cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "log.csv").exists():
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up: mid-epoch or mid-write
+    proc.wait()
+    import torch
+
+    done = torch.load(out / "last.pt", weights_only=True)["epoch"]
+    assert 1 <= done < 1000
+    first = (out / "log.csv").read_text().splitlines()[1]
+    res = subprocess.run(
+        [*cmd, "train", "--resume", str(out), "--epochs", str(done + 2), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    rows = (out / "log.csv").read_text().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, done + 3))
+    assert rows[1] == first  # history before the kill is kept as it was

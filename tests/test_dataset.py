@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+from biounet.dataset import TileSampler, mirror_pad, parse_slices, split
+from biounet.io import InputError
+
+
+def test_parse_slices():
+    assert parse_slices("25-29", 30) == [25, 26, 27, 28, 29]
+    assert parse_slices("28,29", 30) == [28, 29]
+    assert parse_slices("0-2, 5", 30) == [0, 1, 2, 5]
+    assert parse_slices("none", 30) == parse_slices("", 30) == []
+    with pytest.raises(InputError, match="25-30 is outside 0..29"):
+        parse_slices("25-30", 30)
+    with pytest.raises(InputError, match="expected indices like 25-29"):
+        parse_slices("a-b", 30)
+
+
+def test_split_defaults_to_everything_not_validated():
+    assert split(6, "4-5", None) == ([0, 1, 2, 3], [4, 5])
+    assert split(30, "28-29", "0-27")[0] == list(range(28))
+    with pytest.raises(InputError, match="no training slices left"):
+        split(2, "0-1", None)
+
+
+def _reflect_index(i: int, n: int) -> int:
+    """Slow reference for mirroring without repeating the edge pixel."""
+    if n == 1:
+        return 0
+    period = 2 * n - 2
+    i %= period
+    return i if i < n else period - i
+
+
+def test_mirror_pad_matches_a_slow_reference(rng):
+    img = rng.random((5, 3))
+    out = mirror_pad(img, 7, 2, 4, 6)
+    for y in range(out.shape[0]):
+        for x in range(out.shape[1]):
+            assert out[y, x] == img[_reflect_index(y - 7, 5), _reflect_index(x - 4, 3)]
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (3, 70)])
+def test_tiles_keep_image_and_label_aligned_with_mirrored_context(rng, shape):
+    H, W = shape
+    image = np.arange(H * W, dtype=np.float32).reshape(H, W)  # each pixel names its position
+    mask = (np.arange(H * W).reshape(H, W) % 3 == 0).astype(np.uint8)
+    S, s = 60, 20  # a valid-padding network with a 20 px border
+    sampler = TileSampler([image], [mask], S, s, rng)
+    x, y, w = sampler.sample(16)
+    assert x.shape == (16, 1, S, S) and y.shape == (16, s, s) and w is None
+    for b in range(16):
+        centre = x[b, 0, 20:40, 20:40].astype(np.int64)
+        # every output pixel's label is the label of the image pixel at the tile's centre
+        np.testing.assert_array_equal(y[b], (centre % 3 == 0).astype(np.int64))
+        # and every input pixel is a real or mirrored image pixel of the right neighbourhood
+        yy, xx = np.divmod(x[b, 0].astype(np.int64), W)
+        assert np.all(np.abs(np.diff(yy, axis=0)) <= 1) and np.all(np.abs(np.diff(xx, axis=1)) <= 1)
+
+
+def test_weights_travel_with_their_tiles(rng):
+    image = rng.random((30, 30)).astype(np.float32)
+    mask = (image > 0.5).astype(np.uint8)
+    sampler = TileSampler([image], [mask], 16, 16, rng, weights=[image * 10])
+    x, y, w = sampler.sample(4)
+    np.testing.assert_allclose(w, x[:, 0] * 10)
+    np.testing.assert_array_equal(y, x[:, 0] > 0.5)

@@ -1,0 +1,152 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from biounet.model import (
+    ModelConfig,
+    UNet,
+    border,
+    count_parameters,
+    is_valid_input_size,
+    min_input_size,
+    nearest_valid_input_sizes,
+    output_size,
+    valid_input_size,
+)
+from biounet.presets import PRESETS
+
+
+def test_paper_preset_is_572_to_388_with_31030658_parameters():
+    p = PRESETS["paper"]
+    model = UNet(p.model)
+    assert count_parameters(model) == 31_030_658
+    assert p.train.tile == 572
+    with torch.no_grad():
+        out = model.eval()(torch.zeros(1, 1, 572, 572))
+    assert out.shape == (1, 2, 388, 388)
+
+
+def test_blog_preset_is_512_to_512_with_one_output():
+    p = PRESETS["blog"]
+    model = UNet(p.model).eval()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 1, 512, 512))
+    assert out.shape == (1, 1, 512, 512)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_valid_sizes_for_depth_4_are_16k_plus_124_and_lose_184():
+    valid = [s for s in range(1, 1200) if is_valid_input_size(s, 4, "valid")]
+    assert valid == [16 * k + 124 for k in range(4, (1200 - 124) // 16 + 1) if 16 * k + 124 < 1200]
+    assert all(output_size(s) == s - 184 for s in valid)
+    assert border(4) == 92 and min_input_size(4) == 188
+    assert valid_input_size(388) == 572 and valid_input_size(389) == 588
+
+
+def test_invalid_size_error_names_the_nearest_valid_sizes():
+    with pytest.raises(ValueError, match="nearest valid: 556 or 572"):
+        output_size(570)
+    with pytest.raises(ValueError, match="500 is not a multiple of 2\\*\\*depth = 16.*496 or 512"):
+        output_size(500, 4, "same")
+    assert nearest_valid_input_sizes(572) == [572]
+
+
+def test_forward_rejects_small_and_invalid_inputs_with_one_line():
+    model = UNet(ModelConfig(base_channels=2, depth=4))
+    with pytest.raises(ValueError, match="smaller than the network's minimum 188"):
+        model(torch.zeros(1, 1, 100, 188))
+    with pytest.raises(ValueError, match=r"expected input \(B, 1, H, W\)"):
+        model(torch.zeros(1, 3, 188, 188))
+
+
+def _raw_forward(model, x):
+    """Forward without the size check, to compare arithmetic against real layers."""
+    skips = [model.inc(x)]
+    for down in model.downs:
+        skips.append(down(skips[-1]))
+    h = skips.pop()
+    for up in model.ups:
+        h = up(h, skips.pop())
+    return model.head(h)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    depth=st.integers(1, 4), extra=st.integers(0, 40), padding=st.sampled_from(["valid", "same"])
+)
+def test_shape_arithmetic_matches_real_forward_passes(depth, extra, padding):
+    model = UNet(ModelConfig(depth=depth, base_channels=1, padding=padding, dropout=0.0)).eval()
+    size = min_input_size(depth, padding) + extra
+    valid = is_valid_input_size(size, depth, padding)
+    if valid:
+        with torch.no_grad():
+            out = _raw_forward(model, torch.zeros(1, 1, size, size))
+        assert out.shape[-1] == output_size(size, depth, padding)
+    else:
+        with pytest.raises(ValueError):
+            output_size(size, depth, padding)
+    # valid_input_size is the smallest valid input reaching a wanted output
+    wanted = 1 + extra
+    s = valid_input_size(wanted, depth, padding)
+    assert output_size(s, depth, padding) >= wanted
+    assert not any(
+        is_valid_input_size(t, depth, padding) and output_size(t, depth, padding) >= wanted
+        for t in range(1, s)
+    )
+
+
+@pytest.mark.parametrize("upsample", ["transpose", "bilinear"])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_variants_keep_the_shape_arithmetic(upsample, batch_norm):
+    cfg = ModelConfig(depth=3, base_channels=4, upsample=upsample, batch_norm=batch_norm)
+    size = valid_input_size(20, 3)
+    with torch.no_grad():
+        out = UNet(cfg).eval()(torch.zeros(2, 1, size, size))
+    assert out.shape == (2, 2, output_size(size, 3), output_size(size, 3))
+
+
+def test_he_init_std_is_sqrt_2_over_fan_in():
+    model = UNet(PRESETS["paper"].model)
+    checked = 0
+    for m in model.modules():
+        if isinstance(m, torch.nn.ConvTranspose2d):
+            fan_in = m.in_channels  # 2x2 stride 2: each output pixel sees one input pixel
+        elif isinstance(m, torch.nn.Conv2d):
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            continue
+        w = m.weight.detach().double()
+        expected = math.sqrt(2.0 / fan_in)
+        n = w.numel()
+        # the sample std of n Gaussian draws has relative standard error 1 / sqrt(2n)
+        assert abs(w.std().item() / expected - 1) < 5 / math.sqrt(2 * n) + 1e-3
+        assert abs(w.mean().item()) < 5 * expected / math.sqrt(n)
+        assert torch.count_nonzero(m.bias) == 0
+        checked += 1
+    assert checked == 18 + 1 + 4  # 3x3 convs, the 1x1 head, the up-convolutions
+
+
+def test_dropout_is_active_in_training_only():
+    model = UNet(ModelConfig(depth=2, base_channels=4, dropout=0.5))
+    x = torch.randn(1, 1, valid_input_size(8, 2), valid_input_size(8, 2))
+    model.train()
+    assert not torch.equal(model(x), model(x))
+    model.eval()
+    assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"padding": "reflect"}, "padding must be one of"),
+        ({"depth": 0}, "depth must be in 1..8"),
+        ({"dropout": 1.0}, "dropout must be in"),
+        ({"upsample": "nearest"}, "upsample must be one of"),
+    ],
+)
+def test_bad_model_config_is_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModelConfig(**kwargs)

@@ -1,0 +1,136 @@
+import math
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from biounet.checkpoint import load_checkpoint, model_from_checkpoint
+from biounet.config import AugmentConfig, Preset, TrainConfig
+from biounet.io import InputError
+from biounet.losses import segmentation_loss
+from biounet.model import ModelConfig, UNet
+from biounet.train import learning_rate, train
+
+TINY = ModelConfig(depth=2, base_channels=4, padding="same", batch_norm=True, dropout=0.0)
+
+
+def tiny_preset(images, labels, **train):
+    cfg = dict(
+        images=str(images),
+        labels=str(labels),
+        val_slices="4-5",
+        tile=32,
+        batch_size=2,
+        epochs=3,
+        steps_per_epoch=3,
+        optimizer="adam",
+        lr=1e-2,
+        schedule="cosine",
+        precision="fp32",
+        seed=7,
+    )
+    cfg.update(train)
+    return Preset("tiny", "test", TINY, TrainConfig(**cfg))
+
+
+def test_a_small_network_overfits_one_isbi_crop(isbi):
+    torch.manual_seed(0)
+    images, labels = isbi
+    x = torch.from_numpy(images[3, 200:264, 200:264].astype(np.float32))
+    x = ((x - x.mean()) / x.std())[None, None]
+    y = torch.from_numpy((labels[3, 200:264, 200:264] == 255).astype(np.int64))[None]
+    model = UNet(
+        ModelConfig(depth=2, base_channels=8, padding="same", batch_norm=True, dropout=0.0)
+    )
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(300):
+        loss = segmentation_loss(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] * 5 <= losses[0]
+
+
+def test_learning_rate_schedules():
+    step = TrainConfig(lr=0.01, schedule="step", step_epochs=30, gamma=0.1, epochs=60)
+    assert learning_rate(step, 0, 28) == 0.01
+    assert learning_rate(step, 30 * 28 - 1, 28) == 0.01
+    assert learning_rate(step, 30 * 28, 28) == pytest.approx(0.001)
+    cos = TrainConfig(lr=1.0, schedule="cosine", epochs=10, warmup_steps=10)
+    assert learning_rate(cos, 0, 10) == pytest.approx(0.1)  # warm-up
+    assert learning_rate(cos, 50, 10) == pytest.approx(0.5)  # half way
+    assert learning_rate(cos, 100, 10) == pytest.approx(0.0, abs=1e-12)
+    poly = TrainConfig(lr=1.0, schedule="poly", epochs=1)
+    assert learning_rate(poly, 50, 100) == pytest.approx(0.5**0.9)
+
+
+def test_resumed_run_reproduces_the_uninterrupted_one(isbi_crops, tmp_path):
+    preset = tiny_preset(*isbi_crops, augment=AugmentConfig(flip=True, rot90=True))
+    preset = Preset(
+        preset.name, "", ModelConfig(**{**TINY.to_dict(), "dropout": 0.3}), preset.train
+    )
+    full = train(preset, tmp_path / "full", progress=False)
+    train(preset, tmp_path / "cut", stop_after=1, progress=False)
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
+    train(preset, tmp_path / "cut", resume=True, progress=False)
+    a = load_checkpoint(tmp_path / "full" / "last.pt")
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")
+    keys = ("train_loss", "val_loss", "val_pixel_error")
+    assert [[h[k] for k in keys] for h in a["history"]] == [
+        [h[k] for k in keys] for h in b["history"]
+    ]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert full["epochs"] == 3
+
+
+def test_run_directory_holds_everything_and_checkpoints_load_safely(isbi_crops, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_preset(*isbi_crops, epochs=2), out, progress=False)
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "log.csv", "last.pt", "best.pt", "curves.png", "val.png"} <= names
+    assert not [n for n in names if ".tmp" in n]
+    rows = (out / "log.csv").read_text().splitlines()
+    assert (
+        rows[0].startswith("epoch,step,lr,train_loss,val_loss,val_pixel_error") and len(rows) == 3
+    )
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["format_version"] == 1 and ckpt["preset"]["model"]["base_channels"] == 4
+    assert all(isinstance(v, torch.Tensor) for v in ckpt["model"].values())  # no metadata
+    model, preset = model_from_checkpoint(out / "best.pt")
+    assert preset.model == TINY and isinstance(model, UNet)
+    assert Preset.from_dict(__import__("json").loads((out / "config.json").read_text())) == preset
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(isbi_crops, tmp_path):
+    preset = tiny_preset(*isbi_crops, epochs=1)
+    with pytest.raises(InputError, match="no last.pt to resume from"):
+        train(preset, tmp_path / "empty", resume=True, progress=False)
+    train(preset, tmp_path / "run", progress=False)
+    with pytest.raises(InputError, match="already holds a run; use --resume"):
+        train(preset, tmp_path / "run", progress=False)
+
+
+def test_masks_holding_one_class_are_refused(tmp_path, rng):
+    tifffile.imwrite(
+        tmp_path / "i.tif",
+        rng.integers(0, 255, (3, 32, 32), dtype=np.uint8),
+        photometric="minisblack",
+    )
+    tifffile.imwrite(tmp_path / "l.tif", np.zeros((3, 32, 32), np.uint8), photometric="minisblack")
+    with pytest.raises(InputError, match="hold only class 0; check the mask encoding"):
+        train(
+            tiny_preset(tmp_path / "i.tif", tmp_path / "l.tif", val_slices="2"),
+            tmp_path / "r",
+            progress=False,
+        )
+
+
+def test_valid_padding_training_runs_and_loss_is_finite(isbi_crops, tmp_path):
+    model = ModelConfig(depth=2, base_channels=4, padding="valid", dropout=0.5)
+    preset = Preset("v", "", model, tiny_preset(*isbi_crops, tile=60, epochs=1).train)
+    result = train(preset, tmp_path / "v", progress=False)
+    assert math.isfinite(result["train_loss"]) and math.isfinite(result["val_loss"])
