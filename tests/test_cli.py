@@ -155,6 +155,9 @@ def test_bad_inputs_give_one_line_errors(isbi_crops, tmp_path, capsys):
         code, err, "--tile 100", "smaller than the network's minimum 188", "nearest valid: 188"
     )
 
+    code, _, err = run(["train", "--resume", str(tmp_path / "r"), "--lr", "0.1"], capsys)
+    _one_line_error(code, err, "--resume keeps the run's settings; drop --lr")
+
     code, _, err = run(["predict", str(img), str(img)], capsys)
     _one_line_error(code, err, "img.tif", "not a readable biounet checkpoint")
 

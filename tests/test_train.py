@@ -75,7 +75,7 @@ def test_resumed_run_reproduces_the_uninterrupted_one(isbi_crops, tmp_path):
     full = train(preset, tmp_path / "full", progress=False)
     train(preset, tmp_path / "cut", stop_after=1, progress=False)
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 1
-    train(preset, tmp_path / "cut", resume=True, progress=False)
+    train(None, tmp_path / "cut", resume=True, progress=False)  # settings from the run
     a = load_checkpoint(tmp_path / "full" / "last.pt")
     b = load_checkpoint(tmp_path / "cut" / "last.pt")
     keys = ("train_loss", "val_loss", "val_pixel_error")

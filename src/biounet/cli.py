@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("train", help="train a U-Net (default: fast preset on bundled ISBI 2012)")
-    s.add_argument("--preset", default=DEFAULT, choices=list(PRESETS))
+    s.add_argument("--preset", choices=list(PRESETS), help=f"default: {DEFAULT}")
     s.add_argument("--images", help="image stack (TIFF) or folder of PNG/TIFF images")
     s.add_argument("--labels", help="mask stack or folder of masks paired by file name")
     s.add_argument("--val-slices", help="held-out slice indices, e.g. 25-29 or 28,29 or none")
@@ -57,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int)
     s.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     s.add_argument("--precision", choices=("auto", "bf16", "fp32"))
-    s.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last.pt")
+    s.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR from its last.pt with its own settings "
+        "(only --epochs and --device may change them)",
+    )
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
 
@@ -118,25 +123,52 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .presets import get_preset
+    from .presets import DEFAULT, get_preset
     from .train import train
 
-    preset = get_preset(args.preset).with_train(
-        images=args.images,
-        labels=args.labels,
-        val_slices=args.val_slices,
-        train_slices=args.train_slices,
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        batch_size=args.batch_size,
-        tile=args.tile,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
+    fixed = (
+        "preset",
+        "images",
+        "labels",
+        "val_slices",
+        "train_slices",
+        "steps_per_epoch",
+        "batch_size",
+        "tile",
+        "lr",
+        "seed",
+        "precision",
     )
-    out = Path(args.resume or args.out)
-    result = train(preset, out, resume=bool(args.resume), progress=not args.no_progress)
+    if args.resume:  # the run's own config.json; only --epochs and --device may change
+        given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) is not None]
+        if given:
+            raise InputError(f"--resume keeps the run's settings; drop {', '.join(given)}")
+        out = Path(args.resume)
+        result = train(
+            None,
+            out,
+            resume=True,
+            epochs=args.epochs,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    else:
+        preset = get_preset(args.preset or DEFAULT).with_train(
+            images=args.images,
+            labels=args.labels,
+            val_slices=args.val_slices,
+            train_slices=args.train_slices,
+            steps_per_epoch=args.steps_per_epoch,
+            batch_size=args.batch_size,
+            tile=args.tile,
+            lr=args.lr,
+            seed=args.seed,
+            precision=args.precision,
+        )
+        out = Path(args.out)
+        result = train(
+            preset, out, epochs=args.epochs, device=args.device, progress=not args.no_progress
+        )
     print(report(result, out))
     return 0
 

@@ -161,20 +161,24 @@ def check_tile(preset: Preset) -> int:
 
 
 def train(
-    preset: Preset,
+    preset: Preset | None,
     out_dir: str | Path,
     *,
     resume: bool = False,
+    epochs: int | None = None,
+    device: str | None = None,
     stop_after: int | None = None,
     progress: bool = True,
 ) -> dict:
     """Train ``preset`` into ``out_dir``; return the summary of the best epoch.
 
     Args:
-        preset: the configuration (model + training). Ignored for the run's own settings
-            when resuming, except ``epochs`` and ``device``, which may be changed.
+        preset: the configuration (model + training). When resuming it may be None: the
+            run's own ``config.json`` settings are used.
         out_dir: the run directory (created).
         resume: continue the run in ``out_dir`` from its ``last.pt``.
+        epochs, device: override the configuration's (also when resuming, e.g. to extend a
+            finished run or to move it to another device).
         stop_after: stop after this many epochs in this call (the run stays resumable).
         progress: show a progress bar per epoch.
     """
@@ -185,10 +189,12 @@ def train(
         if not (out / "last.pt").is_file():
             raise InputError(f"{out}: no last.pt to resume from")
         ckpt = load_checkpoint(out / "last.pt")
-        saved = Preset.from_dict(ckpt["preset"])
-        preset = saved.with_train(epochs=preset.train.epochs, device=preset.train.device)
+        preset = Preset.from_dict(ckpt["preset"])
+    elif preset is None:
+        raise ValueError("train() needs a preset for a new run")
     elif (out / "last.pt").exists():
         raise InputError(f"{out}: already holds a run; use --resume {out} or another --out")
+    preset = preset.with_train(epochs=epochs, device=device)
     cfg = preset.train
     out_tile = check_tile(preset)
     out.mkdir(parents=True, exist_ok=True)
