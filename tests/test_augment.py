@@ -1,7 +1,22 @@
-import torch
+import math
 
-from biounet.augment import augment, dihedral, dihedral_choices, inverse_dihedral
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from biounet.augment import (
+    augment,
+    dense_displacement,
+    dihedral,
+    dihedral_choices,
+    draw_transforms,
+    inverse_dihedral,
+    sampling_grid,
+)
 from biounet.config import AugmentConfig
+
+PAPER_AUG = AugmentConfig(flip=True, rot90=True, rotate=True, shift=True, elastic=True, gray=True)
 
 
 def test_dihedral_group_has_eight_distinct_invertible_elements():
@@ -15,7 +30,7 @@ def test_dihedral_group_has_eight_distinct_invertible_elements():
     assert len(set(outs)) == 8
 
 
-def test_image_label_and_weights_get_the_same_transform():
+def test_exact_path_gives_image_label_and_weights_the_same_transform():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(16, 1, 8, 8)
     y = (x[:, 0] > 0).long()
@@ -28,23 +43,133 @@ def test_image_label_and_weights_get_the_same_transform():
 
 def test_flip_only_never_rotates_by_a_quarter_turn():
     assert sorted(dihedral_choices(AugmentConfig(flip=True, rot90=False))) == [
-        (0, False),
-        (0, True),
-        (2, False),
-        (2, True),
-    ]
+        (0, False), (0, True), (2, False), (2, True)]  # fmt: skip
     t = torch.arange(16.0).reshape(4, 4)
     mirrors = {tuple(m.flatten().tolist()) for m in (t, t.flip(0), t.flip(1), t.flip(0).flip(1))}
-    assert {
+    got = {
         tuple(dihedral(t, k, f).flatten().tolist())
         for k, f in dihedral_choices(AugmentConfig(flip=True, rot90=False))
-    } == mirrors
+    }
+    assert got == mirrors
     assert dihedral_choices(AugmentConfig(flip=False, rot90=False)) == [(0, False)]
 
 
-def test_augmentation_is_reproducible_from_the_seed():
-    x = torch.randn(8, 1, 6, 6)
-    y = torch.zeros(8, 6, 6, dtype=torch.long)
-    a = augment(x, y, None, AugmentConfig(), torch.Generator().manual_seed(3))[0]
-    b = augment(x, y, None, AugmentConfig(), torch.Generator().manual_seed(3))[0]
-    assert torch.equal(a, b)
+def test_dense_field_is_bicubic_upsampling_of_the_coarse_grid():
+    coarse = torch.randn(2, 2, 3, 3) * 10
+    dense = dense_displacement(coarse, 57)
+    ref = F.interpolate(coarse, size=(57, 57), mode="bicubic", align_corners=True)
+    torch.testing.assert_close(dense, ref, atol=1e-4, rtol=1e-5)
+    # corners and centre of the tile carry the coarse vectors themselves
+    torch.testing.assert_close(dense[..., ::28, ::28], coarse, atol=1e-4, rtol=1e-5)
+
+
+def _regions(B=4, R=100, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 1, R, R, generator=g)
+    y = torch.randint(0, 3, (B, R, R), generator=g) * 5  # values {0, 5, 10}
+    w = torch.rand(B, R, R, generator=g)
+    return x, y, w
+
+
+def test_zero_strength_is_the_identity_crop():
+    cfg = AugmentConfig(flip=False, rot90=False, rotate=True, rotate_degrees=0, shift=True,
+                        shift_px=0, elastic=True, elastic_sigma=0)  # fmt: skip
+    x, y, w = _regions(R=60)
+    for interpolation in ("bicubic", "bilinear"):
+        c = AugmentConfig(**{**cfg.__dict__, "interpolation": interpolation})
+        xa, ya, wa = augment(x, y, w, c, torch.Generator().manual_seed(1), tile=40, label_size=20)
+        torch.testing.assert_close(xa, x[..., 10:50, 10:50], atol=1e-4, rtol=0)
+        assert torch.equal(ya, y[:, 20:40, 20:40])
+        torch.testing.assert_close(wa, w[:, 20:40, 20:40], atol=1e-5, rtol=0)
+
+
+def test_labels_keep_exactly_their_values_and_shapes_follow_the_tiles():
+    x, y, w = _regions(B=6)
+    margin = PAPER_AUG.margin(40)
+    x, y, w = _regions(B=6, R=40 + 2 * margin)
+    xa, ya, wa = augment(x, y, w, PAPER_AUG, torch.Generator().manual_seed(2), tile=40,
+                         label_size=24)  # fmt: skip
+    assert xa.shape == (6, 1, 40, 40) and ya.shape == (6, 24, 24) and wa.shape == (6, 24, 24)
+    assert ya.dtype == torch.int64
+    assert set(ya.unique().tolist()) <= {0, 5, 10}
+    assert torch.isfinite(xa).all() and torch.isfinite(wa).all()
+
+
+def test_same_seed_same_tiles_and_another_seed_other_tiles():
+    x, y, w = _regions(R=40 + 2 * PAPER_AUG.margin(40))
+    a = augment(x, y, w, PAPER_AUG, torch.Generator().manual_seed(3), tile=40)
+    b = augment(x, y, w, PAPER_AUG, torch.Generator().manual_seed(3), tile=40)
+    c = augment(x, y, w, PAPER_AUG, torch.Generator().manual_seed(4), tile=40)
+    for u, v in zip(a, b, strict=True):
+        assert torch.equal(u, v)
+    assert not torch.equal(a[0], c[0])
+
+
+def _grid_image(R: int) -> torch.Tensor:
+    """A smooth grid pattern in [0, 1]: lines every 16 px, blurred edges."""
+    r = torch.arange(R, dtype=torch.float32)
+    lines = torch.cos(2 * math.pi * r / 16) * 0.5 + 0.5
+    return torch.maximum(lines[None, :], lines[:, None])
+
+
+def test_image_and_label_are_deformed_by_the_same_field():
+    cfg = AugmentConfig(rotate=True, shift=True, elastic=True, elastic_sigma=10,
+                        interpolation="bilinear")  # fmt: skip
+    S, s = 96, 64
+    R = S + 2 * cfg.margin(S)
+    img = _grid_image(R)
+    x = img.expand(8, 1, R, R).contiguous()
+    y = (img > 0.5).long().expand(8, R, R).contiguous()  # the label is the image thresholded
+    w = img.expand(8, R, R).contiguous()  # weights = the image itself
+    xa, ya, wa = augment(x, y, w, cfg, torch.Generator().manual_seed(5), tile=S, label_size=s)
+    centre = xa[:, 0, 16:80, 16:80]
+    # weights are resampled bilinearly with the label part of the same grid: exactly equal
+    torch.testing.assert_close(wa, centre, atol=1e-6, rtol=0)
+    # the nearest-neighbour label equals the thresholded deformed image wherever the image
+    # is clearly on one side (|v - 0.5| > 0.2 while the pattern changes < 0.2 per pixel):
+    # a label deformed by another field would disagree on whole bands of pixels
+    clear = (centre - 0.5).abs() > 0.2
+    assert clear.float().mean() > 0.6
+    assert torch.equal(ya[clear], (centre[clear] > 0.5).long())
+    assert not torch.equal(xa[0], xa[1])  # different tiles got different fields
+
+
+def test_quarter_turn_by_angle_equals_the_exact_rotation():
+    cfg = AugmentConfig(flip=False, rot90=False, rotate=True, rotate_degrees=90)
+    params = draw_transforms(1, cfg, torch.Generator().manual_seed(0))
+    params["angle"][:] = math.pi / 2
+    grid = sampling_grid(params, cfg, 20, 20, torch.device("cpu"))
+    x = torch.randn(1, 1, 20, 20)
+    out = F.grid_sample(x, grid, mode="bilinear", align_corners=False)
+    ref = torch.rot90(x, 1, dims=(-2, -1))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+
+
+def test_gray_values_change_the_image_not_the_label():
+    cfg = AugmentConfig(flip=False, rot90=False, gray=True, brightness=0.5, contrast=0.5,
+                        gamma=0.5)  # fmt: skip
+    x, y, w = _regions(R=32)
+    xa, ya, wa = augment(x, y, w, cfg, torch.Generator().manual_seed(6))
+    assert torch.equal(ya, y) and torch.equal(wa, w)
+    assert not torch.allclose(xa, x)
+    # monotone per tile: the order of gray values is kept
+    for b in range(x.shape[0]):
+        order = torch.argsort(x[b].flatten())
+        assert torch.all(torch.diff(xa[b].flatten()[order]) >= -1e-5)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"interpolation": "nearest"}, "interpolation must be bicubic or bilinear"),
+    ({"elastic_grid": 1}, "elastic_grid must be >= 2"),
+    ({"contrast": 1.5}, "contrast must be in"),
+])  # fmt: skip
+def test_bad_augment_config_is_rejected(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AugmentConfig(**kwargs)
+
+
+def test_margin_covers_rotation_shift_and_elastic():
+    assert AugmentConfig().margin(572) == 0
+    m = PAPER_AUG.margin(572)
+    assert m >= 286 * (math.sqrt(2) - 1) + 16 + 40
+    assert np.isfinite(m)

@@ -48,20 +48,30 @@ def test_tiles_keep_image_and_label_aligned_with_mirrored_context(rng, shape):
     S, s = 60, 20  # a valid-padding network with a 20 px border
     sampler = TileSampler([image], [mask], S, s, rng)
     x, y, w = sampler.sample(16)
-    assert x.shape == (16, 1, S, S) and y.shape == (16, s, s) and w is None
+    assert x.shape == (16, 1, S, S) and y.shape == (16, S, S) and w is None
+    x, y = x.numpy(), y.numpy()
+    seen = set()
     for b in range(16):
+        # every label pixel is the label of the image pixel at the same place
+        np.testing.assert_array_equal(y[b], (x[b, 0].astype(np.int64) % 3 == 0))
+        # the output tile (the centre) lies inside the image: no mirrored labels are learned
+        # unless the image is smaller than the output tile
         centre = x[b, 0, 20:40, 20:40].astype(np.int64)
-        # every output pixel's label is the label of the image pixel at the tile's centre
-        np.testing.assert_array_equal(y[b], (centre % 3 == 0).astype(np.int64))
+        seen |= set(centre.ravel().tolist())
         # and every input pixel is a real or mirrored image pixel of the right neighbourhood
         yy, xx = np.divmod(x[b, 0].astype(np.int64), W)
         assert np.all(np.abs(np.diff(yy, axis=0)) <= 1) and np.all(np.abs(np.diff(xx, axis=1)) <= 1)
+        if s <= H and s <= W:  # the output tile is real image, not mirror
+            cy, cx = np.divmod(centre, W)
+            assert np.all(np.diff(cy, axis=0) == 1) and np.all(np.diff(cx, axis=1) == 1)
+    assert len(seen) > 0.5 * H * W or s > H  # tiles cover the image
 
 
 def test_weights_travel_with_their_tiles(rng):
     image = rng.random((30, 30)).astype(np.float32)
     mask = (image > 0.5).astype(np.uint8)
-    sampler = TileSampler([image], [mask], 16, 16, rng, weights=[image * 10])
-    x, y, w = sampler.sample(4)
+    sampler = TileSampler([image], [mask], 16, 16, rng, weights=[image * 10], margin=5)
+    x, y, w = (t.numpy() for t in sampler.sample(4))
+    assert x.shape == (4, 1, 26, 26)
     np.testing.assert_allclose(w, x[:, 0] * 10)
     np.testing.assert_array_equal(y, x[:, 0] > 0.5)

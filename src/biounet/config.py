@@ -6,6 +6,7 @@ it back, so every run can be reproduced exactly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from .model import ModelConfig
@@ -17,10 +18,60 @@ PRECISIONS = ("auto", "bf16", "fp32")
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Random transforms applied identically to a training tile and its label."""
+    """Random transforms applied identically to a training tile, its label and its weights.
 
-    flip: bool = True  # random horizontal and vertical flips
-    rot90: bool = True  # random multiples of 90 degrees
+    Geometric transforms (rotation, shift, elastic deformation, flips) are composed into one
+    sampling grid, so each tile is resampled once. Strengths are in pixels and degrees;
+    gray values act on the normalised image (zero mean, unit variance).
+    """
+
+    flip: bool = True  # random left-right / up-down mirroring
+    rot90: bool = True  # random multiples of 90 degrees (exact, no resampling)
+    rotate: bool = False  # rotation by any angle
+    rotate_degrees: float = 180.0  # angle uniform in [-rotate_degrees, rotate_degrees]
+    shift: bool = False  # random translation
+    shift_px: float = 16.0  # per axis, uniform in [-shift_px, shift_px]
+    elastic: bool = False  # the paper's elastic deformation
+    elastic_grid: int = 3  # coarse grid of random displacement vectors (paper: 3 x 3)
+    elastic_sigma: float = 10.0  # their standard deviation in pixels (paper: 10)
+    gray: bool = False  # gray-value variation
+    brightness: float = 0.1  # added offset, uniform in [-b, b] (image std units)
+    contrast: float = 0.1  # factor uniform in [1 - c, 1 + c]
+    gamma: float = 0.2  # exponent log-uniform in [1 / (1 + g), 1 + g] on the tile's range
+    interpolation: str = "bicubic"  # image resampling: "bicubic" | "bilinear"
+
+    def __post_init__(self):
+        if self.interpolation not in ("bicubic", "bilinear"):
+            raise ValueError(
+                f"interpolation must be bicubic or bilinear, got {self.interpolation!r}"
+            )
+        if self.elastic_grid < 2:
+            raise ValueError(f"elastic_grid must be >= 2, got {self.elastic_grid}")
+        for name in ("rotate_degrees", "shift_px", "elastic_sigma", "brightness", "gamma"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.contrast < 1:
+            raise ValueError(f"contrast must be in [0, 1), got {self.contrast}")
+
+    @property
+    def resamples(self) -> bool:
+        """True if tiles are resampled (rotation, shift or elastic deformation is on)."""
+        return self.rotate or self.shift or self.elastic
+
+    def margin(self, tile: int) -> int:
+        """Extra context (pixels per side) a ``tile`` x ``tile`` crop needs so that the
+        transformed tile stays inside the cut region (rotation, shift, 4 sigma of elastic
+        displacement)."""
+        if not self.resamples:
+            return 0
+        m = 2.0  # interpolation support
+        if self.rotate:
+            m += (tile - 1) / 2 * (math.sqrt(2) - 1)
+        if self.shift:
+            m += self.shift_px
+        if self.elastic:
+            m += 4 * self.elastic_sigma
+        return int(math.ceil(m))
 
 
 @dataclass(frozen=True)
@@ -44,6 +95,9 @@ class TrainConfig:
     gamma: float = 0.1  # "step": the factor
     warmup_steps: int = 0  # linear warm-up from 0 over this many steps
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    weight_map: bool = False  # weight the loss by the paper's w(x) (weights.weight_map)
+    w0: float = 10.0  # its border weight (paper: 10)
+    sigma: float = 5.0  # its border width in pixels (paper: 5)
     precision: str = "auto"  # "auto" (bf16 where the hardware has it) | "bf16" | "fp32"
     device: str = "auto"  # "auto" (cuda if present) | "cpu" | "cuda" | "cuda:1" ...
     seed: int = 0

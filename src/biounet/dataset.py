@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .io import InputError
 
@@ -52,11 +53,13 @@ def mirror_pad(image: np.ndarray, top: int, bottom: int, left: int, right: int) 
 
 
 class TileSampler:
-    """Random (input tile, output label tile) pairs with mirrored context.
+    """Random training regions with mirrored context.
 
     Every output pixel of a valid-padding network sees real or mirrored context: each image
-    is padded once by the network's border ``(input_size - output_size) / 2`` (and up to the
-    output size if it is smaller), and tiles are cut from the padded array.
+    is padded once by the network's border ``(input_size - output_size) / 2`` plus
+    ``margin`` (context for augmentation to rotate and deform into), and up to the output
+    size if it is smaller; regions are cut from the padded array. The output tile's
+    position is uniform over the image, so every pixel is equally likely to be learned.
 
     Args:
         images: (H, W) float32 normalised images.
@@ -64,38 +67,45 @@ class TileSampler:
         input_size, output_size: tile edges of the network (pixels).
         rng: the run's numpy Generator (tile positions).
         weights: optional (H, W) float32 per-pixel loss weights, same shapes.
+        margin: extra context per side (pixels), see ``AugmentConfig.margin``.
     """
 
-    def __init__(self, images, masks, input_size, output_size, rng, weights=None):
+    def __init__(self, images, masks, input_size, output_size, rng, weights=None, margin=0):
         if (input_size - output_size) % 2:
             raise ValueError(f"input minus output must be even, got {input_size}-{output_size}")
         self.input_size, self.output_size, self.rng = input_size, output_size, rng
-        b = (input_size - output_size) // 2
-        self.border = b
+        self.region = input_size + 2 * margin
+        b = (input_size - output_size) // 2 + margin
         self.padded = []
         for i, img in enumerate(images):
             H, W = img.shape
             eh, ew = max(0, output_size - H), max(0, output_size - W)  # grow small images
             pads = (b + eh // 2, b + eh - eh // 2, b + ew // 2, b + ew - ew // 2)
-            arrays = [mirror_pad(img, *pads), mirror_pad(masks[i], *pads)]
+            arrays = [mirror_pad(img.astype(np.float32), *pads), mirror_pad(masks[i], *pads)]
             if weights is not None:
-                arrays.append(mirror_pad(weights[i], *pads))
-            self.padded.append(arrays)
+                arrays.append(mirror_pad(weights[i].astype(np.float32), *pads))
+            self.padded.append([torch.from_numpy(a) for a in arrays])
 
     def sample(self, batch: int):
-        """x (B, 1, in, in) float32, y (B, out, out) int64, w (B, out, out) float32 or None."""
-        S, s, b = self.input_size, self.output_size, self.border
+        """Regions of edge R = input_size + 2 margin, centred on a random output tile:
+
+        x (B, 1, R, R) float32, y (B, R, R) uint8, w (B, R, R) float32 or None, as CPU
+        tensors (views when B == 1). The output tile's label is the centred
+        (output_size)^2 square of y.
+        """
+        R = self.region
         xs, ys, ws = [], [], []
         for _ in range(batch):
             arrays = self.padded[self.rng.integers(len(self.padded))]
             Hp, Wp = arrays[0].shape
-            y0 = int(self.rng.integers(0, Hp - S + 1))
-            x0 = int(self.rng.integers(0, Wp - S + 1))
-            xs.append(arrays[0][y0 : y0 + S, x0 : x0 + S])
-            ys.append(arrays[1][y0 + b : y0 + b + s, x0 + b : x0 + b + s])
-            if len(arrays) > 2:
-                ws.append(arrays[2][y0 + b : y0 + b + s, x0 + b : x0 + b + s])
-        x = np.stack(xs)[:, None].astype(np.float32)
-        y = np.stack(ys).astype(np.int64)
-        w = np.stack(ws).astype(np.float32) if ws else None
+            y0 = int(self.rng.integers(0, Hp - R + 1))
+            x0 = int(self.rng.integers(0, Wp - R + 1))
+            cut = [a[y0 : y0 + R, x0 : x0 + R] for a in arrays]
+            xs.append(cut[0])
+            ys.append(cut[1])
+            if len(cut) > 2:
+                ws.append(cut[2])
+        x = torch.stack(xs)[:, None]
+        y = torch.stack(ys)
+        w = torch.stack(ws) if ws else None
         return x, y, w

@@ -9,7 +9,9 @@ PAPER = Preset(
     name="paper",
     description=(
         "Ronneberger et al. 2015: unpadded convs 572 -> 388, no batch norm, dropout 0.5, "
-        "2-class softmax, SGD momentum 0.99, one large tile per batch"
+        "2-class softmax weighted by the border weight map (w0 10, sigma 5), elastic "
+        "deformation (3 x 3 grid, 10 px) + rotation + shift + flips + gray values, "
+        "SGD momentum 0.99, one large tile per batch"
     ),
     model=ModelConfig(
         in_channels=1,
@@ -31,7 +33,20 @@ PAPER = Preset(
         momentum=0.99,
         weight_decay=0.0,
         schedule="constant",
-        augment=AugmentConfig(flip=True, rot90=True),
+        augment=AugmentConfig(
+            flip=True,
+            rot90=True,
+            rotate=True,
+            shift=True,
+            elastic=True,
+            elastic_grid=3,
+            elastic_sigma=10.0,
+            gray=True,
+            interpolation="bicubic",
+        ),
+        weight_map=True,
+        w0=10.0,
+        sigma=5.0,
         val_slices="25-29",
     ),
 )

@@ -33,6 +33,7 @@ from .losses import segmentation_loss
 from .model import UNet, count_parameters, output_size
 from .plots import plot_curves, plot_panels
 from .tiling import predict
+from .weights import cached_weight_maps
 
 log = logging.getLogger("biounet")
 
@@ -210,7 +211,15 @@ def train(
     # 3. Data.
     num_classes = max(2, preset.model.out_channels)
     data = load_data(cfg, num_classes)
-    sampler = TileSampler(data.train_images, data.train_masks, cfg.tile, out_tile, np_rng)
+    weights = None
+    if cfg.weight_map:
+        t = time.perf_counter()
+        weights = cached_weight_maps(data.train_masks, cfg.w0, cfg.sigma, out)
+        log.info("weight maps (w0 %g, sigma %g): %.2fs", cfg.w0, cfg.sigma, time.perf_counter() - t)
+    margin = cfg.augment.margin(cfg.tile)
+    sampler = TileSampler(
+        data.train_images, data.train_masks, cfg.tile, out_tile, np_rng, weights, margin
+    )
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(data.train_images) / cfg.batch_size)
 
     # 4. Model and optimiser (restored when resuming).
@@ -257,17 +266,11 @@ def train(
             lr = learning_rate(cfg, step, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y, w = sampler.sample(cfg.batch_size)
-            x, y, w = augment(
-                torch.from_numpy(x),
-                torch.from_numpy(y),
-                None if w is None else torch.from_numpy(w),
-                cfg.augment,
-                gen,
-            )
-            x = x.to(device).contiguous(memory_format=torch.channels_last)
-            y = y.to(device)
-            w = None if w is None else w.to(device)
+            x, y, w = (
+                None if a is None else a.to(device) for a in sampler.sample(cfg.batch_size)
+            )  # regions with margin
+            x, y, w = augment(x, y, w, cfg.augment, gen, tile=cfg.tile, label_size=out_tile)
+            x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, precision):
                 logits = model(x)
             loss = segmentation_loss(logits, y, w)

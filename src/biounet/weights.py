@@ -18,7 +18,9 @@ no foreground or no background -> w_c = 1 everywhere.
 
 from __future__ import annotations
 
+import hashlib
 import math
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -140,3 +142,36 @@ def weight_map(
     d1, d2 = nearest_two_distances(inst, _cutoff(w0, sigma))
     border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))  # exp(-inf) = 0
     return (wc + np.where(inst == 0, border, 0.0)).astype(np.float32)
+
+
+_MEMORY: dict[str, list[np.ndarray]] = {}
+
+
+def cached_weight_maps(
+    masks: list[np.ndarray], w0: float, sigma: float, folder: str | Path | None = None
+) -> list[np.ndarray]:
+    """:func:`weight_map` of each mask, computed once per training set.
+
+    Cached in memory (per process) and, if ``folder`` is given, on disk as
+    ``weight-maps-<digest>.npz``, the digest covering the masks and (w0, sigma).
+    """
+    h = hashlib.sha256(f"{w0!r},{sigma!r}".encode())
+    for m in masks:
+        h.update(f"{m.shape}{m.dtype}".encode())
+        h.update(np.ascontiguousarray(m).tobytes())
+    digest = h.hexdigest()[:16]
+    if digest in _MEMORY:
+        return _MEMORY[digest]
+    path = Path(folder) / f"weight-maps-{digest}.npz" if folder is not None else None
+    if path is not None and path.is_file():
+        with np.load(path) as f:
+            maps = [f[f"w{i}"] for i in range(len(masks))]
+    else:
+        maps = [weight_map(m, w0, sigma) for m in masks]
+        if path is not None:
+            from .io import atomic_path
+
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:
+                np.savez_compressed(f, **{f"w{i}": m for i, m in enumerate(maps)})
+    _MEMORY[digest] = maps
+    return maps
