@@ -211,3 +211,29 @@ def test_killed_run_resumes_from_its_last_checkpoint(isbi_crops, tmp_path):
     rows = (out / "log.csv").read_text().splitlines()
     assert [int(r.split(",")[0]) for r in rows[1:]] == list(range(1, done + 3))
     assert rows[1] == first  # history before the kill is kept as it was
+
+
+def test_weight_map_command_writes_float32_maps_and_a_figure(isbi_crops, tmp_path, capsys):
+    img, lab = isbi_crops
+    out = tmp_path / "w.tif"
+    code, text, _ = run(["weight-map", str(lab), "--out", str(out), "--png", "--images",
+                         str(img), "--w0", "5"], capsys)  # fmt: skip
+    assert code == 0
+    w = tifffile.imread(out)
+    assert w.shape == (6, 96, 96) and w.dtype == np.float32
+    from biounet import weight_map
+
+    np.testing.assert_allclose(w[2], weight_map(tifffile.imread(lab)[2], w0=5))
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    bad = tmp_path / "bad.tif"
+    tifffile.imwrite(bad, np.array([[0.0, 1.5], [2.0, 0.0]], np.float32))
+    code, _, err = run(["weight-map", str(bad), "--out", str(tmp_path / "x.tif")], capsys)
+    _one_line_error(code, err, "bad.tif", "not integer")
+
+
+def test_augment_preview_draws_the_presets_tiles(isbi_crops, tmp_path, capsys):
+    img, lab = isbi_crops
+    out = tmp_path / "grid.png"
+    code, _, _ = run(["augment-preview", "--images", str(img), "--labels", str(lab), "--out",
+                      str(out), "-n", "3"], capsys)  # fmt: skip
+    assert code == 0 and out.stat().st_size > 10_000

@@ -134,3 +134,17 @@ def test_valid_padding_training_runs_and_loss_is_finite(isbi_crops, tmp_path):
     preset = Preset("v", "", model, tiny_preset(*isbi_crops, tile=60, epochs=1).train)
     result = train(preset, tmp_path / "v", progress=False)
     assert math.isfinite(result["train_loss"]) and math.isfinite(result["val_loss"])
+
+
+def test_paper_style_training_uses_cached_weight_maps(isbi_crops, tmp_path):
+    from biounet.presets import PRESETS
+
+    model = ModelConfig(depth=2, base_channels=4, padding="valid", dropout=0.5)
+    aug = PRESETS["paper"].train.augment
+    train_cfg = tiny_preset(*isbi_crops, tile=60, epochs=1, weight_map=True, augment=aug).train
+    result = train(Preset("p", "", model, train_cfg), tmp_path / "p", progress=False)
+    assert math.isfinite(result["train_loss"])
+    cached = list((tmp_path / "p").glob("weight-maps-*.npz"))
+    assert len(cached) == 1
+    with np.load(cached[0]) as f:
+        assert len(f.files) == 4 and f["w0"].shape == (96, 96) and f["w0"].max() > 5

@@ -21,6 +21,7 @@ from .model import (
 from .presets import PRESETS, get_preset
 from .tiling import predict
 from .train import train
+from .weights import weight_map
 
 __version__ = "0.1.0"
 
@@ -45,4 +46,5 @@ __all__ = [
     "read_masks",
     "train",
     "valid_input_size",
+    "weight_map",
 ]

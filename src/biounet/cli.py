@@ -79,6 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("weight-map", help="write the paper's border weight maps w(x)")
+    s.add_argument("labels", help="label TIFF / stack / folder: binary masks or instance labels")
+    s.add_argument("--out", required=True, help="output TIFF (file input) or folder")
+    s.add_argument("--w0", type=float, default=10.0, help="border weight (default 10)")
+    s.add_argument("--sigma", type=float, default=5.0, help="border width in px (default 5)")
+    s.add_argument(
+        "--png",
+        action="store_true",
+        help="also write a figure like the paper's Fig. 3 (first image) as .png",
+    )
+    s.add_argument("--images", help="the matching images, shown in the figure")
+    s.set_defaults(func=cmd_weight_map)
+
+    s = sub.add_parser("augment-preview", help="a grid of augmented training tiles")
+    s.add_argument("--preset", default=DEFAULT, choices=list(PRESETS))
+    s.add_argument("--images", help="image stack or folder (default: bundled ISBI 2012)")
+    s.add_argument("--labels", help="mask stack or folder")
+    s.add_argument("--out", required=True, help="PNG to write")
+    s.add_argument("-n", type=int, default=12, help="number of tiles (default 12)")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_augment_preview)
     return p
 
 
@@ -223,6 +245,63 @@ def cmd_predict(args) -> int:
         raise InputError(f"{src}: slices differ in size; predict a folder instead")
     write_tiff(out, data.astype(np.float32))
     print(f"wrote {out} ({' x '.join(map(str, data.shape))} float32, 1 = cell)")
+    return 0
+
+
+def cmd_weight_map(args) -> int:
+    import numpy as np
+
+    from .io import read_images, write_tiff
+    from .plots import plot_weight_map
+    from .weights import instances_from_mask, separate_touching, weight_map
+
+    src = Path(args.labels)
+    labels = read_images(src, mask=True)
+    maps = []
+    for name, lab in zip(labels.names, labels.arrays, strict=True):
+        try:
+            maps.append(weight_map(lab, args.w0, args.sigma))
+        except InputError as e:
+            raise InputError(f"{src} ({name}): {e}") from None
+    if src.is_dir():
+        folder = Path(args.out)
+        for name, m in zip(labels.names, maps, strict=True):
+            write_tiff(folder / f"{name}.tif", m)
+        out = folder / f"{labels.names[0]}.tif"
+        print(f"wrote {len(maps)} weight maps to {folder}")
+    else:
+        out = write_tiff(args.out, np.stack(maps) if len(maps) > 1 else maps[0])
+        print(f"wrote {out} ({len(maps)} x {maps[0].shape[0]} x {maps[0].shape[1]} float32)")
+    if args.png:
+        image = read_images(args.images).arrays[0] if args.images else None
+        inst = separate_touching(instances_from_mask(labels.arrays[0]))
+        fig = plot_weight_map(
+            image,
+            inst,
+            maps[0],
+            out.with_suffix(".png"),
+            f"{labels.names[0]}: w0 = {args.w0:g}, sigma = {args.sigma:g} px",
+        )
+        print(f"wrote {fig}")
+    return 0
+
+
+def cmd_augment_preview(args) -> int:
+    from .plots import plot_tiles
+    from .presets import get_preset
+    from .train import preview_tiles
+
+    preset = get_preset(args.preset).with_train(images=args.images, labels=args.labels)
+    if args.n < 1:
+        raise InputError(f"-n must be >= 1, got {args.n}")
+    tiles, labels = preview_tiles(preset, args.n, args.seed)
+    plot_tiles(
+        tiles,
+        labels,
+        args.out,
+        title=f"{preset.name}: {tiles.shape[-1]} px input tiles, label outlines",
+    )
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -74,3 +74,62 @@ def _save(fig, path: str | Path) -> Path:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return path
+
+
+def plot_weight_map(
+    image: np.ndarray | None,
+    instances: np.ndarray,
+    weights: np.ndarray,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """Like the paper's Fig. 3: (input |) instances in colour | weight map as a heat map."""
+    plt = _pyplot()
+    panels = 3 if image is not None else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4.3))
+    axes = list(axes)
+    if image is not None:
+        axes.pop(0).imshow(image, cmap="gray")
+        fig.axes[0].set_title("input", fontsize=9)
+    rng = np.random.default_rng(0)
+    colours = rng.uniform(0.2, 1.0, (int(instances.max()) + 1, 3))
+    colours[0] = 0
+    axes[0].imshow(colours[instances])
+    axes[0].set_title(f"instances ({len(np.unique(instances)) - 1}), borders carved", fontsize=9)
+    im = axes[1].imshow(weights, cmap="jet")
+    axes[1].set_title(f"weight map w(x), max {weights.max():.1f}", fontsize=9)
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
+    for ax in fig.axes[:panels]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95) if title else None)
+    return _save(fig, path)
+
+
+def plot_tiles(
+    tiles: np.ndarray, labels: np.ndarray, path: str | Path, columns: int = 4, title: str = ""
+) -> Path:
+    """A grid of augmented input tiles (B, S, S) with their labels' outlines (B, s, s),
+    drawn centred (the output tile of a valid-padding network is a dashed square)."""
+    plt = _pyplot()
+    B, S, _ = tiles.shape
+    s = labels.shape[-1]
+    o = (S - s) / 2
+    rows = -(-B // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= B:
+            continue
+        ax.imshow(tiles[i], cmap="gray")
+        extent = (o - 0.5, o + s - 0.5, o + s - 0.5, o - 0.5)
+        ax.contour(labels[i], levels=[0.5], colors="lime", linewidths=0.6, extent=extent,
+                   origin="upper")  # fmt: skip
+        if s < S:
+            ax.add_patch(plt.Rectangle((o - 0.5, o - 0.5), s, s, fill=False, ls="--",
+                                       ec="yellow", lw=0.8))  # fmt: skip
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -337,3 +337,21 @@ def summary(history: list[dict], select_by: str = "val_loss") -> dict:
         "epochs": history[-1]["epoch"],
         "total_seconds": round(sum(h["seconds"] for h in history), 1),
     }
+
+
+def preview_tiles(preset: Preset, n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` training tiles exactly as the network sees them: (n, S, S) float32 inputs and
+    (n, s, s) int64 labels, after the preset's augmentation (seeded), drawn from all
+    images (no validation split)."""
+    cfg = replace(preset.train, val_slices="none", train_slices=None)
+    out_tile = check_tile(preset)
+    data = load_data(cfg, max(2, preset.model.out_channels))
+    weights = cached_weight_maps(data.train_masks, cfg.w0, cfg.sigma) if cfg.weight_map else None
+    sampler = TileSampler(
+        data.train_images, data.train_masks, cfg.tile, out_tile,
+        np.random.default_rng(seed), weights, cfg.augment.margin(cfg.tile),
+    )  # fmt: skip
+    x, y, w = sampler.sample(n)
+    x, y, _ = augment(x, y, w, cfg.augment, torch.Generator().manual_seed(seed),
+                      tile=cfg.tile, label_size=out_tile)  # fmt: skip
+    return x[:, 0].numpy(), y.numpy()
