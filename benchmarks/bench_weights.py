@@ -31,8 +31,10 @@ def main() -> None:
     ref = slow_weight_map(labels[0])
     slow = time.perf_counter() - t
     err = float(np.abs(maps[0] - ref).max())
-    print(f"biounet.weight_map: {len(labels)} slices of 512 x 512 in {fast:.2f} s "
-          f"({fast / len(labels) * 1e3:.0f} ms per slice; goal <= 1.5 s in total)")
+    print(
+        f"biounet.weight_map: {len(labels)} slices of 512 x 512 in {fast:.2f} s "
+        f"({fast / len(labels) * 1e3:.0f} ms per slice; goal <= 1.5 s in total)"
+    )
     print(f"slow reference: {slow:.2f} s for one slice; max |difference| {err:.1e}")
     print(f"ratio per slice: {slow / (fast / len(labels)):.0f}x faster")
 

@@ -78,6 +78,19 @@ def test_train_then_predict_end_to_end(isbi_crops, tmp_path, capsys):
     assert code == 0 and p.shape == (2, 96, 96) and p.dtype == np.float32
     assert p.min() >= 0 and p.max() <= 1 and p.std() > 0
 
+    code, text, _ = run(["predict", str(out / "best.pt"), str(img), "--out", str(pred),
+                         "--threshold", "0.4", "--instances", "--tta", "--tile", "40",
+                         "--no-progress"], capsys)  # fmt: skip
+    assert code == 0
+    mask = tifffile.imread(tmp_path / "pred-mask.tif")
+    inst = tifffile.imread(tmp_path / "pred-instances.tif")
+    prob = tifffile.imread(pred)
+    assert mask.shape == inst.shape == prob.shape == (6, 96, 96)
+    np.testing.assert_array_equal(mask, np.where(prob > 0.4, 255, 0))
+    assert inst.dtype == np.uint16 and ((inst > 0) == (mask > 0)).all()
+    code, _, err = run(["predict", str(out / "best.pt"), str(img), "--threshold", "2"], capsys)
+    _one_line_error(code, err, "--threshold must be in [0, 1]")
+
     folder = tmp_path / "pngs"
     folder.mkdir()
     stack = tifffile.imread(img)
@@ -160,6 +173,12 @@ def test_bad_inputs_give_one_line_errors(isbi_crops, tmp_path, capsys):
 
     code, _, err = run(["predict", str(img), str(img)], capsys)
     _one_line_error(code, err, "img.tif", "not a readable biounet checkpoint")
+
+    five = tmp_path / "five.tif"
+    tifffile.imwrite(five, np.zeros((16, 16, 5), np.uint8), photometric="minisblack",
+                     planarconfig="contig", extrasamples=[0, 0, 0, 0])  # fmt: skip
+    code, _, err = run(["predict", str(img), str(five)], capsys)
+    _one_line_error(code, err, "five.tif")
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import sys
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
@@ -66,15 +67,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("predict", help="write foreground (cell) probability TIFFs")
+    s = sub.add_parser("predict", help="overlap-tile prediction: probability TIFFs (1 = cell)")
     s.add_argument("checkpoint", help="a biounet checkpoint (.pt)")
     s.add_argument("input", help="image, TIFF stack, or folder of images")
     s.add_argument(
         "--out",
         help="output TIFF (file input) or folder (folder input); "
-        "default: <input name>-prob.tif / <input>-prob/",
+        "default: <input name>-prob.tif / <input>-prob/ in the current folder",
     )
     s.add_argument("--slices", help="only these slices of a stack, e.g. 25-29")
+    s.add_argument(
+        "--tile",
+        type=int,
+        help="input tile edge in pixels (rounded to a valid "
+        "size); default: the largest that fits --memory-mb",
+    )
+    s.add_argument(
+        "--memory-mb",
+        type=int,
+        default=1024,
+        help="activation memory budget per forward pass (default 1024)",
+    )
+    s.add_argument(
+        "--tta",
+        action="store_true",
+        help="average the 8 flips / quarter turns (test-time augmentation)",
+    )
+    s.add_argument(
+        "--threshold",
+        type=float,
+        help="also write a binary mask (0/255) of probability > T as *-mask.tif",
+    )
+    s.add_argument(
+        "--instances",
+        action="store_true",
+        help="also write instance labels (connected components) as *-instances.tif",
+    )
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     s.add_argument("--no-progress", action="store_true")
@@ -220,31 +248,52 @@ def cmd_predict(args) -> int:
     from .checkpoint import model_from_checkpoint
     from .dataset import parse_slices
     from .device import select_device
-    from .io import read_images, write_tiff
+    from .instances import connected_components
+    from .io import StackWriter, read_images
     from .tiling import predict
 
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
+    src = Path(args.input)
+    images = read_images(src)  # input errors first: cheaper than loading the model
     device = select_device(args.device)
     model, _ = model_from_checkpoint(args.checkpoint, device)
-    src = Path(args.input)
-    images = read_images(src)
     idx = list(range(len(images)))
     if args.slices:
         idx = parse_slices(args.slices, len(images), f"{src}: --slices")
-    bar = tqdm(idx, desc="predict", unit="image", disable=args.no_progress)
-    maps = [predict(model, images.arrays[i], precision=args.precision) for i in bar]
-    if src.is_dir():
-        folder = Path(args.out) if args.out else src.with_name(src.name + "-prob")
-        for i, m in zip(idx, maps, strict=True):
-            write_tiff(folder / f"{images.names[i]}.tif", m.astype(np.float32))
-        print(f"wrote {len(maps)} probability maps to {folder}")
-        return 0
-    out = Path(args.out) if args.out else Path(f"{src.stem}-prob.tif")
-    shapes = {m.shape for m in maps}
-    data = np.stack(maps) if len(maps) > 1 and len(shapes) == 1 else maps[0]
-    if len(maps) > 1 and len(shapes) > 1:
-        raise InputError(f"{src}: slices differ in size; predict a folder instead")
-    write_tiff(out, data.astype(np.float32))
-    print(f"wrote {out} ({' x '.join(map(str, data.shape))} float32, 1 = cell)")
+    if src.is_dir():  # one output file per input file
+        folder = Path(args.out) if args.out else Path(f"{src.name}-prob")
+        groups = [(folder / f"{images.names[i]}.tif", [i]) for i in idx]
+    else:  # one output stack for the input stack
+        out = Path(args.out) if args.out else Path(f"{src.stem}-prob.tif")
+        groups = [(out, idx)]
+    threshold = 0.5 if args.threshold is None else args.threshold
+    bar = tqdm(total=len(idx), desc="predict", unit="image", disable=args.no_progress)
+    for path, members in groups:
+        outputs = {path: "prob"}
+        if args.threshold is not None:
+            outputs[path.with_name(path.stem + "-mask.tif")] = "mask"
+        if args.instances:
+            outputs[path.with_name(path.stem + "-instances.tif")] = "instances"
+        with ExitStack() as stack:  # every file is complete, or none is written
+            writers = {p: stack.enter_context(StackWriter(p)) for p in outputs}
+            for i in members:
+                prob = predict(model, images.arrays[i], tile=args.tile, precision=args.precision,
+                               tta=args.tta, memory_mb=args.memory_mb,
+                               progress=not args.no_progress)  # fmt: skip
+                if prob.ndim == 3:
+                    raise InputError(f"{args.checkpoint}: a {prob.shape[0]}-class model; "
+                                     "predict writes binary foreground maps only")  # fmt: skip
+                for p, kind in outputs.items():
+                    if kind == "prob":
+                        writers[p].write(prob.astype(np.float32))
+                    elif kind == "mask":
+                        writers[p].write(((prob > threshold) * 255).astype(np.uint8))
+                    else:
+                        writers[p].write(connected_components(prob, threshold))
+                bar.update(1)
+        print("wrote " + ", ".join(str(p) for p in outputs))
+    bar.close()
     return 0
 
 

@@ -244,11 +244,14 @@ def read_pairs(
 def normalize(image: np.ndarray) -> np.ndarray:
     """(H, W) any dtype -> (H, W) float32 with zero mean and unit variance (per image).
 
-    A constant image maps to zeros.
+    A constant image maps to zeros. Works in place on one float32 copy (large images).
     """
-    x = image.astype(np.float32)
-    std = float(x.std())
-    return (x - x.mean()) / (std if std > 1e-8 else 1.0)
+    x = image.astype(np.float32)  # always a copy
+    mean = float(x.mean(dtype=np.float64))
+    std = float(x.std(dtype=np.float64))
+    x -= mean
+    x /= std if std > 1e-8 else 1.0
+    return x
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,6 +294,31 @@ def write_tiff(path: str | Path, data: np.ndarray | Sequence[np.ndarray]) -> Pat
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, np.asarray(data), compression="zlib", photometric="minisblack")
     return path
+
+
+class StackWriter:
+    """Write a multi-page TIFF one (H, W) page at a time, atomically (temp file + rename on
+    success), so a stack never has to be held in memory and a failed run leaves nothing."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.pages = 0
+
+    def __enter__(self) -> StackWriter:
+        import tifffile
+
+        self._atomic = atomic_path(self.path)
+        tmp = self._atomic.__enter__()
+        self._tif = tifffile.TiffWriter(tmp, bigtiff=False)
+        return self
+
+    def write(self, page: np.ndarray) -> None:
+        self._tif.write(page, compression="zlib", photometric="minisblack", metadata=None)
+        self.pages += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._tif.close()
+        self._atomic.__exit__(exc_type, exc, tb)
 
 
 def write_text(path: str | Path, text: str) -> Path:

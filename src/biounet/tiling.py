@@ -286,17 +286,23 @@ def probabilities(
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     x = normalize(image)
-    transforms = DIHEDRAL if tta else [(0, False)]
-    total = None
+    plan_for = lambda shape: plan_tiles(  # noqa: E731
+        model.config, shape, tile=tile, precision=precision, memory_mb=memory_mb
+    )
     with evaluating(model):
-        for k, flip in transforms:
+        if not tta:
+            return tiled_probabilities(model, x, plan_for(x.shape), precision, progress)
+        total = None
+        for k, flip in DIHEDRAL:
             xt = np.ascontiguousarray(_dihedral_np(x, k, flip))
-            plan = plan_tiles(model.config, xt.shape, tile=tile, precision=precision,
-                              memory_mb=memory_mb)  # fmt: skip
-            p = tiled_probabilities(model, xt, plan, precision, progress)
+            p = tiled_probabilities(model, xt, plan_for(xt.shape), precision, progress)
             p = _inverse_dihedral_np(p, k, flip)
-            total = p.copy() if total is None else total + p
-    return total / len(transforms)
+            if total is None:
+                total = np.ascontiguousarray(p)
+            else:
+                total += p
+    total /= len(DIHEDRAL)
+    return total
 
 
 def predict(
