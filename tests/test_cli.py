@@ -256,3 +256,37 @@ def test_augment_preview_draws_the_presets_tiles(isbi_crops, tmp_path, capsys):
     code, _, _ = run(["augment-preview", "--images", str(img), "--labels", str(lab), "--out",
                       str(out), "-n", "3"], capsys)  # fmt: skip
     assert code == 0 and out.stat().st_size > 10_000
+
+
+def test_evaluate_json_on_a_perfect_and_a_noisy_prediction(isbi_crops, tmp_path, capsys):
+    _, lab = isbi_crops
+    labels = tifffile.imread(lab)
+    perfect = tmp_path / "perfect.tif"
+    tifffile.imwrite(perfect, (labels == 255).astype(np.float32), photometric="minisblack")
+    code, out, _ = run(["evaluate", str(perfect), str(lab), "--json"], capsys)
+    r = json.loads(out)
+    assert code == 0
+    assert {"v_rand", "v_info", "pixel_error", "rand_error", "warping_error", "iou", "dice",
+            "seg", "thresholds"} <= set(r)  # fmt: skip
+    assert r["v_rand"] == r["v_info"] == 1.0 and r["pixel_error"] == r["warping_error"] == 0
+    noisy = tmp_path / "noisy.tif"
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(noisy, np.clip((labels == 255) + rng.normal(0, 0.4, labels.shape), 0, 1)
+                     .astype(np.float32), photometric="minisblack")  # fmt: skip
+    code, out, _ = run(["evaluate", str(noisy), str(lab), "--json", "--metrics", "v_rand,iou"],
+                       capsys)  # fmt: skip
+    r = json.loads(out)
+    assert set(r) == {"v_rand", "v_rand_split", "v_rand_merge", "v_rand_threshold", "iou",
+                      "thresholds"}  # fmt: skip
+    assert 0 < r["v_rand"] < 1
+    code, out, _ = run(["evaluate", str(noisy), str(lab), "--slices", "1-2"], capsys)
+    assert code == 0 and "v_rand" in out and "2 slice(s)" in out
+
+    code, _, err = run(["evaluate", str(lab), str(lab)], capsys)
+    _one_line_error(code, err, "lab.tif", "8-bit values; expected float probabilities")
+    code, _, err = run(["evaluate", str(noisy), str(lab), "--metrics", "vrand"], capsys)
+    _one_line_error(code, err, "--metrics: unknown vrand")
+    short = tmp_path / "short.tif"
+    tifffile.imwrite(short, labels[:2], photometric="minisblack")
+    code, _, err = run(["evaluate", str(noisy), str(short)], capsys)
+    _one_line_error(code, err, "short.tif", "2 slices")

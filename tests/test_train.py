@@ -148,3 +148,13 @@ def test_paper_style_training_uses_cached_weight_maps(isbi_crops, tmp_path):
     assert len(cached) == 1
     with np.load(cached[0]) as f:
         assert len(f.files) == 4 and f["w0"].shape == (96, 96) and f["w0"].max() > 5
+
+
+def test_best_checkpoint_can_be_chosen_by_v_rand(isbi_crops, tmp_path):
+    preset = tiny_preset(*isbi_crops, epochs=3, select_by="v_rand", isbi_every=2)
+    result = train(preset, tmp_path / "r", progress=False)
+    history = load_checkpoint(tmp_path / "r" / "last.pt")["history"]
+    assert [h.get("v_rand") is not None for h in history] == [False, True, True]  # every 2, last
+    best = max((h for h in history if h.get("v_rand") is not None), key=lambda h: h["v_rand"])
+    assert result["best_epoch"] == best["epoch"]
+    assert load_checkpoint(tmp_path / "r" / "best.pt")["epoch"] == best["epoch"]

@@ -17,6 +17,9 @@ from .io import InputError
 
 log = logging.getLogger("biounet")
 
+ALL_METRICS = ("v_rand", "v_info", "pixel_error", "rand_error", "warping_error", "iou", "dice",
+               "seg")  # fmt: skip
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -107,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("evaluate", help="ISBI 2012 metrics, the paper's errors, IoU, Dice, SEG")
+    s.add_argument("pred", help="probability TIFF / stack / folder (1 = cell)")
+    s.add_argument("gt", help="label TIFF / stack / folder (255 or 1 = cell, 0 = membrane)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument(
+        "--metrics",
+        default=",".join(ALL_METRICS),
+        help=f"comma-separated subset of {','.join(ALL_METRICS)}",
+    )
+    s.add_argument("--thresholds", help="comma-separated thresholds (default 0, 0.1, ..., 1)")
+    s.add_argument("--slices", help="only these slices, e.g. 25-29 (same for both)")
+    s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("weight-map", help="write the paper's border weight maps w(x)")
     s.add_argument("labels", help="label TIFF / stack / folder: binary masks or instance labels")
@@ -237,6 +253,10 @@ def report(result: dict, out: Path) -> str:
             f"{result['val_pixel_error']:.4f}  IoU(cell) {result['val_iou']:.4f}  "
             f"Dice(cell) {result['val_dice']:.4f}"
         )
+        if result.get("v_rand") is not None:
+            lines.append(
+                f"  ISBI 2012: V_rand {result['v_rand']:.4f}  V_info {result['v_info']:.4f}"
+            )
     lines.append(f"  plots: {out / 'curves.png'}, {out / 'val.png'}; log: {out / 'log.csv'}")
     return "\n".join(lines)
 
@@ -294,6 +314,54 @@ def cmd_predict(args) -> int:
                 bar.update(1)
         print("wrote " + ", ".join(str(p) for p in outputs))
     bar.close()
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from .dataset import parse_slices
+    from .io import check_pairs, read_images, read_masks
+    from .metrics import DEFAULT_THRESHOLDS, isbi_scores
+
+    chosen = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    unknown = sorted(set(chosen) - set(ALL_METRICS))
+    if unknown:
+        raise InputError(f"--metrics: unknown {', '.join(unknown)}; choose from "
+                         f"{', '.join(ALL_METRICS)}")  # fmt: skip
+    thresholds = DEFAULT_THRESHOLDS
+    if args.thresholds:
+        try:
+            thresholds = tuple(float(t) for t in args.thresholds.split(","))
+        except ValueError:
+            raise InputError(f"--thresholds {args.thresholds!r}: expected numbers") from None
+    preds, gts = read_images(args.pred), read_masks(args.gt)
+    check_pairs(preds, gts)
+    idx = list(range(len(preds)))
+    if args.slices:
+        idx = parse_slices(args.slices, len(preds), f"{args.pred}: --slices")
+    probs = [preds.arrays[i].astype(np.float32) for i in idx]
+    for i, p in zip(idx, probs, strict=True):
+        if p.min() < 0 or p.max() > 1:
+            if preds.arrays[i].dtype == np.uint8:
+                raise InputError(f"{args.pred}: 8-bit values; expected float probabilities "
+                                 "in [0, 1] (1 = cell), as biounet predict writes")  # fmt: skip
+            raise InputError(f"{args.pred}: slice {i} has values outside [0, 1] "
+                             f"({p.min():g} .. {p.max():g}); expected probabilities")  # fmt: skip
+    result = isbi_scores(probs, [gts.arrays[i] for i in idx], thresholds=thresholds,
+                         metrics=chosen)  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.pred} against {args.gt}: {len(idx)} slice(s), thresholds "
+          f"{thresholds[0]:g}..{thresholds[-1]:g}")  # fmt: skip
+    for key in chosen:
+        at = result.get(f"{key}_threshold")
+        extra = ""
+        if key in ("v_rand", "v_info"):
+            extra = f"  split {result[key + '_split']:.4f}  merge {result[key + '_merge']:.4f}"
+        where = f"  (threshold {at:g})" if at is not None else ""
+        print(f"  {key:<14} {result[key]:.6f}{extra}{where}")
     return 0
 
 

@@ -14,6 +14,8 @@ from .model import ModelConfig
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "poly", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
+SELECT_BY = ("val_loss", "val_pixel_error", "v_rand", "v_info")
+HIGHER_IS_BETTER = ("v_rand", "v_info")
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,8 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 where the hardware has it) | "bf16" | "fp32"
     device: str = "auto"  # "auto" (cuda if present) | "cpu" | "cuda" | "cuda:1" ...
     seed: int = 0
-    select_by: str = "val_loss"  # best.pt criterion: "val_loss" | "val_pixel_error"
+    select_by: str = "val_loss"  # best.pt: "val_loss" | "val_pixel_error" | "v_rand" | "v_info"
+    isbi_every: int = 1  # validation V_rand / V_info every N epochs (0 = never)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -110,10 +113,10 @@ class TrainConfig:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.select_by not in ("val_loss", "val_pixel_error"):
-            raise ValueError(
-                f"select_by must be val_loss or val_pixel_error, got {self.select_by!r}"
-            )
+        if self.select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
+        if self.isbi_every < 0:
+            raise ValueError(f"isbi_every must be >= 0, got {self.isbi_every}")
         for name in ("batch_size", "epochs", "tile"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -20,7 +20,8 @@ def _pyplot():
 
 
 def plot_curves(history: Sequence[dict], path: str | Path) -> Path:
-    """Train / validation loss (left, log scale) and validation pixel error (right) per epoch."""
+    """Train / validation loss (left) and validation errors (right: pixel error,
+    1 - V_rand, 1 - V_info) per epoch, log scales."""
     plt = _pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -29,10 +30,15 @@ def plot_curves(history: Sequence[dict], path: str | Path) -> Path:
     if validated:
         ve = [h["epoch"] for h in validated]
         ax.plot(ve, [h["val_loss"] for h in validated], "o-", ms=3, label="validation")
-        ax2.plot(ve, [h["val_pixel_error"] for h in validated], "o-", ms=3, color="C2")
+        ax2.plot(ve, [h["val_pixel_error"] for h in validated], "o-", ms=3, label="pixel error")
+        for key, name in (("v_rand", "1 - V_rand"), ("v_info", "1 - V_info")):
+            pts = [(h["epoch"], 1 - h[key]) for h in validated if h.get(key) is not None]
+            if pts:
+                ax2.plot(*zip(*pts, strict=True), "o-", ms=3, label=name)
+        ax2.legend()
     ax.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
     ax.legend()
-    ax2.set(xlabel="epoch", ylabel="pixel error", title="validation pixel error")
+    ax2.set(xlabel="epoch", ylabel="error", yscale="log", title="validation")
     for a in (ax, ax2):
         a.grid(alpha=0.3)
     fig.tight_layout()

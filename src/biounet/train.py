@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from . import metrics
 from .augment import augment
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import Preset, TrainConfig
+from .config import HIGHER_IS_BETTER, Preset, TrainConfig
 from .dataset import TileSampler, split
 from .device import autocast, resolve_precision, select_device
 from .io import InputError, find_data, normalize, read_pairs, write_text
@@ -37,7 +37,10 @@ from .weights import cached_weight_maps
 
 log = logging.getLogger("biounet")
 
-LOG_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_pixel_error", "seconds")
+LOG_COLUMNS = (
+    "epoch", "step", "lr", "train_loss", "val_loss", "val_pixel_error", "v_rand", "v_info",
+    "seconds",
+)  # fmt: skip
 
 
 def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -109,8 +112,11 @@ def load_data(cfg: TrainConfig, num_classes: int) -> Data:
     )
 
 
-def validate(model: UNet, data: Data, precision: str) -> tuple[dict, list[np.ndarray]]:
-    """Whole-slice predictions of the validation images: loss, pixel error, IoU, Dice."""
+def validate(
+    model: UNet, data: Data, precision: str, isbi: bool = True
+) -> tuple[dict, list[np.ndarray]]:
+    """Predictions of the validation images: loss, pixel error, IoU, Dice and, if ``isbi``,
+    the ISBI 2012 V_rand and V_info (thinned, maximal over thresholds 0, 0.1, ..., 1)."""
     probs = [predict(model, img, precision=precision) for img in data.val_images]
     if probs and probs[0].ndim == 3:  # more than 2 classes: report the class-1 channel
         probs = [p[1] for p in probs]
@@ -121,7 +127,21 @@ def validate(model: UNet, data: Data, precision: str) -> tuple[dict, list[np.nda
         "val_iou": np.mean([metrics.iou(p > 0.5, m) for p, m in pairs]),
         "val_dice": np.mean([metrics.dice(p > 0.5, m) for p, m in pairs]),
     }
+    if isbi:
+        r = metrics.isbi_scores(probs, data.val_masks, metrics=("v_rand", "v_info"))
+        scores.update(v_rand=r["v_rand"], v_info=r["v_info"])
     return {k: float(v) for k, v in scores.items()}, probs
+
+
+def selection_score(row: dict, select_by: str) -> float | None:
+    """The value best.pt minimises (negated where higher is better); None if the row lacks
+    it (ISBI metrics not computed this epoch). Without validation: the training loss."""
+    if "val_loss" not in row:
+        return row["train_loss"]
+    v = row.get(select_by)
+    if v is None:
+        return None
+    return -v if select_by in HIGHER_IS_BETTER else v
 
 
 def _rng_state(np_rng: np.random.Generator, gen: torch.Generator) -> dict:
@@ -285,13 +305,14 @@ def train(
         row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": float(np.mean(losses))}
         probs = None
         if data.val_images:
-            scores, probs = validate(model, data, precision)
+            isbi = cfg.isbi_every > 0 and (epoch % cfg.isbi_every == 0 or epoch == cfg.epochs)
+            scores, probs = validate(model, data, precision, isbi)
             row.update(scores)
         row["seconds"] = round(time.perf_counter() - t0, 2)
         history.append(row)
-        score = row.get(cfg.select_by, row["train_loss"])
-        is_best = score < best
-        best = min(best, score)
+        score = selection_score(row, cfg.select_by)
+        is_best = score is not None and score < best
+        best = min(best, score) if score is not None else best
         state = {
             "preset": preset.to_dict(),
             "model": model.state_dict(),
@@ -310,12 +331,15 @@ def train(
         if probs is not None:
             plot_panels(data.val_images, data.val_masks, probs, out / "val.png", data.val_names)
         log.info(
-            "epoch %d/%d  train loss %.4f  val loss %s  val pixel error %s  %.1fs%s",
+            "epoch %d/%d  train loss %.4f  val loss %s  pixel error %s  V_rand %s  V_info %s"
+            "  %.1fs%s",
             epoch,
             cfg.epochs,
             row["train_loss"],
             _fmt(row.get("val_loss")),
             _fmt(row.get("val_pixel_error")),
+            _fmt(row.get("v_rand")),
+            _fmt(row.get("v_info")),
             row["seconds"],
             "  (best)" if is_best else "",
         )
@@ -330,13 +354,11 @@ def summary(history: list[dict], select_by: str = "val_loss") -> dict:
     """The best epoch's row (by ``select_by``, else training loss), plus totals."""
     if not history:
         return {}
-    best = min(history, key=lambda h: h.get(select_by, h["train_loss"]))
-    return {
-        **best,
-        "best_epoch": best["epoch"],
-        "epochs": history[-1]["epoch"],
-        "total_seconds": round(sum(h["seconds"] for h in history), 1),
-    }
+    scored = [(selection_score(h, select_by), h) for h in history]
+    scored = [(v, h) for v, h in scored if v is not None] or [(h["train_loss"], h) for h in history]
+    best = min(scored, key=lambda vh: vh[0])[1]
+    return {**best, "best_epoch": best["epoch"], "epochs": history[-1]["epoch"],
+            "total_seconds": round(sum(h["seconds"] for h in history), 1)}  # fmt: skip
 
 
 def preview_tiles(preset: Preset, n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
