@@ -153,7 +153,7 @@ def test_best_threshold_is_reported_and_bad_metric_names_refused():
     prob = np.where(lab == 255, 0.35, 0.2).astype(np.float32)  # separable only below 0.35
     r = isbi_scores(prob, lab, metrics=("v_rand", "pixel_error"))
     assert r["v_rand"] == 1.0 and r["v_rand_threshold"] in (0.2, 0.3)
-    with pytest.raises(ValueError, match="unknown metrics \\['vrand'\\]"):
+    with pytest.raises(ValueError, match="unknown metrics \\['vrand'\\]; choose from"):
         isbi_scores(prob, lab, metrics=("vrand",))
     with pytest.raises(ValueError, match="shapes differ"):
         isbi_scores(prob, lab[:5])
@@ -190,3 +190,10 @@ def test_rand_and_info_match_a_slow_reference_with_boundary_pixels(seed):
     v_rand, v_info = _slow_scores(gt, seg)
     assert rand_scores(gt, seg).score == pytest.approx(v_rand, abs=1e-12)
     assert information_scores(gt, seg).score == pytest.approx(v_info, abs=1e-12)
+
+
+def test_the_cli_knows_every_metric():
+    from biounet.cli import ALL_METRICS
+    from biounet.metrics import METRICS
+
+    assert ALL_METRICS == METRICS

@@ -17,8 +17,16 @@ from .io import InputError
 
 log = logging.getLogger("biounet")
 
-ALL_METRICS = ("v_rand", "v_info", "pixel_error", "rand_error", "warping_error", "iou", "dice",
-               "seg")  # fmt: skip
+ALL_METRICS = (
+    "v_rand",
+    "v_info",
+    "pixel_error",
+    "rand_error",
+    "warping_error",
+    "iou",
+    "dice",
+    "seg",
+)  # fmt: skip  (= metrics.METRICS, kept here so the parser needs no numpy)
 
 
 def main(argv: list[str] | None = None) -> int:

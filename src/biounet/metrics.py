@@ -14,7 +14,9 @@ ground truth's foreground, and the maximum over thresholds is reported.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,7 @@ from scipy import ndimage
 
 FOUR = ndimage.generate_binary_structure(2, 1)
 DEFAULT_THRESHOLDS = tuple(round(0.1 * i, 1) for i in range(11))
+METRICS = ("v_rand", "v_info", "pixel_error", "rand_error", "warping_error", "iou", "dice", "seg")
 
 
 def _check(a: np.ndarray, b: np.ndarray) -> None:
@@ -316,20 +319,38 @@ def warping_error(prob: np.ndarray, label: np.ndarray, *, threshold: float = 0.5
 # The ISBI report
 
 
+def _threshold_scores(
+    p: np.ndarray, g: np.ndarray, thresholds: Sequence[float], metrics: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """One slice's scores per threshold (arrays of len(thresholds))."""
+    keys = ("v_rand", "v_rand_split", "v_rand_merge", "v_info", "v_info_split",
+            "v_info_merge", "pixel_f", "rand_f")  # fmt: skip
+    rows = {k: np.zeros(len(thresholds)) for k in keys}
+    gt = ground_truth_segments(g)
+    for k, t in enumerate(thresholds):
+        if {"v_rand", "v_info"} & set(metrics):
+            seg = thinned_segments(p, t)
+            if "v_rand" in metrics:
+                r = rand_scores(gt, seg)
+                rows["v_rand"][k], rows["v_rand_split"][k], rows["v_rand_merge"][k] = (
+                    r.score, r.split, r.merge)  # fmt: skip
+            if "v_info" in metrics:
+                v = information_scores(gt, seg)
+                rows["v_info"][k], rows["v_info_split"][k], rows["v_info_merge"][k] = (
+                    v.score, v.split, v.merge)  # fmt: skip
+        if "pixel_error" in metrics:
+            rows["pixel_f"][k] = pixel_fscore(p > t, g)
+        if "rand_error" in metrics:
+            rows["rand_f"][k] = rand_scores(gt, ndimage.label(p > t, structure=FOUR)[0]).score
+    return rows
+
+
 def isbi_scores(
     prob: np.ndarray | Sequence[np.ndarray],
     label: np.ndarray | Sequence[np.ndarray],
     *,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-    metrics: Sequence[str] = (
-        "v_rand",
-        "v_info",
-        "pixel_error",
-        "rand_error",
-        "iou",
-        "dice",
-        "seg",
-    ),  # fmt: skip
+    metrics: Sequence[str] = METRICS,
     warping_threshold: float = 0.5,
 ) -> dict:
     """Score probability maps (H, W) or stacks against labels: each metric per slice,
@@ -343,33 +364,14 @@ def isbi_scores(
     pairs = list(zip(probs, labels, strict=True))
     for p, g in pairs:
         _check(p, g)
-    known = {"v_rand", "v_info", "pixel_error", "rand_error", "warping_error", "iou", "dice",
-             "seg"}  # fmt: skip
-    unknown = set(metrics) - known
+    unknown = set(metrics) - set(METRICS)
     if unknown:
-        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {sorted(known)}")
-    rows = {m: np.zeros((len(probs), len(thresholds))) for m in
-            ("v_rand", "v_rand_split", "v_rand_merge", "v_info", "v_info_split",
-             "v_info_merge", "pixel_f", "rand_f")}  # fmt: skip
-    need_thin = {"v_rand", "v_info"} & set(metrics)
-    for s, (p, g) in enumerate(pairs):
-        gt = ground_truth_segments(g)
-        for k, t in enumerate(thresholds):
-            if need_thin:
-                seg = thinned_segments(p, t)
-                if "v_rand" in metrics:
-                    r = rand_scores(gt, seg)
-                    rows["v_rand"][s, k], rows["v_rand_split"][s, k] = r.score, r.split
-                    rows["v_rand_merge"][s, k] = r.merge
-                if "v_info" in metrics:
-                    v = information_scores(gt, seg)
-                    rows["v_info"][s, k], rows["v_info_split"][s, k] = v.score, v.split
-                    rows["v_info_merge"][s, k] = v.merge
-            if "pixel_error" in metrics:
-                rows["pixel_f"][s, k] = pixel_fscore(p > t, g)
-            if "rand_error" in metrics:
-                comps = ndimage.label(p > t, structure=FOUR)[0]
-                rows["rand_f"][s, k] = rand_scores(gt, comps).score
+        raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {list(METRICS)}")
+    if not pairs:
+        raise ValueError("no slices to score")
+    with ThreadPoolExecutor(max_workers=min(len(pairs), os.cpu_count() or 1)) as pool:
+        per_slice = list(pool.map(lambda pg: _threshold_scores(*pg, thresholds, metrics), pairs))
+    rows = {k: np.array([r[k] for r in per_slice]) for k in per_slice[0]} if per_slice else {}
     out: dict = {}
     detail = {"thresholds": list(thresholds)}
     for name in ("v_rand", "v_info"):
