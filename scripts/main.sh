@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: train the fast default preset on the bundled ISBI 2012 stacks (slices 0-24),
-# predict the held-out slices 25-29, print a short report and write plots to runs/main/.
+# predict the held-out slices 25-29, score them (ISBI 2012 metrics) and write plots to runs/main/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,3 +12,4 @@ else
 fi
 .venv/bin/biounet predict "$OUT/best.pt" data/isbi2012/train-volume.tif --slices 25-29 \
   --out "$OUT/pred-25-29.tif"
+.venv/bin/biounet evaluate "$OUT/pred-25-29.tif" data/isbi2012/train-labels.tif --slices 25-29

@@ -281,6 +281,10 @@ def test_evaluate_json_on_a_perfect_and_a_noisy_prediction(isbi_crops, tmp_path,
     assert 0 < r["v_rand"] < 1
     code, out, _ = run(["evaluate", str(noisy), str(lab), "--slices", "1-2"], capsys)
     assert code == 0 and "v_rand" in out and "2 slice(s)" in out
+    two = tmp_path / "two.tif"  # a prediction of slices 4-5 only, scored against the stack
+    tifffile.imwrite(two, (labels[4:6] == 255).astype(np.float32), photometric="minisblack")
+    code, out, _ = run(["evaluate", str(two), str(lab), "--slices", "4-5", "--json"], capsys)
+    assert code == 0 and json.loads(out)["v_rand"] == 1.0
 
     code, _, err = run(["evaluate", str(lab), str(lab)], capsys)
     _one_line_error(code, err, "lab.tif", "8-bit values; expected float probabilities")

@@ -129,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of {','.join(ALL_METRICS)}",
     )
     s.add_argument("--thresholds", help="comma-separated thresholds (default 0, 0.1, ..., 1)")
-    s.add_argument("--slices", help="only these slices, e.g. 25-29 (same for both)")
+    s.add_argument(
+        "--slices",
+        help="only these slices, e.g. 25-29: of both stacks, or of GT "
+        "alone when PRED holds just those slices",
+    )
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("weight-map", help="write the paper's border weight maps w(x)")
@@ -344,11 +348,20 @@ def cmd_evaluate(args) -> int:
         except ValueError:
             raise InputError(f"--thresholds {args.thresholds!r}: expected numbers") from None
     preds, gts = read_images(args.pred), read_masks(args.gt)
-    check_pairs(preds, gts)
-    idx = list(range(len(preds)))
+    gt_idx = list(range(len(gts)))
     if args.slices:
-        idx = parse_slices(args.slices, len(preds), f"{args.pred}: --slices")
+        gt_idx = parse_slices(args.slices, len(gts), f"{args.gt}: --slices")
+    if args.slices and len(preds) == len(gt_idx) < len(gts):
+        idx = list(range(len(preds)))  # PRED holds just the selected slices
+    else:
+        check_pairs(preds, gts)
+        idx = gt_idx
     probs = [preds.arrays[i].astype(np.float32) for i in idx]
+    labels = [gts.arrays[i] for i in gt_idx]
+    for p, g, i in zip(probs, labels, idx, strict=True):
+        if p.shape != g.shape:
+            raise InputError(f"{args.pred}: slice {i} is {p.shape[0]} x {p.shape[1]}, "
+                             f"its label {g.shape[0]} x {g.shape[1]}")  # fmt: skip
     for i, p in zip(idx, probs, strict=True):
         if p.min() < 0 or p.max() > 1:
             if preds.arrays[i].dtype == np.uint8:
@@ -356,8 +369,7 @@ def cmd_evaluate(args) -> int:
                                  "in [0, 1] (1 = cell), as biounet predict writes")  # fmt: skip
             raise InputError(f"{args.pred}: slice {i} has values outside [0, 1] "
                              f"({p.min():g} .. {p.max():g}); expected probabilities")  # fmt: skip
-    result = isbi_scores(probs, [gts.arrays[i] for i in idx], thresholds=thresholds,
-                         metrics=chosen)  # fmt: skip
+    result = isbi_scores(probs, labels, thresholds=thresholds, metrics=chosen)
     if args.json:
         print(json.dumps(result))
         return 0
