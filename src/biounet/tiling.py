@@ -109,9 +109,10 @@ def plan_tiles(
 ) -> TilePlan:
     """Choose the tile for an image of ``shape`` (H, W).
 
-    ``tile`` (an input edge) is rounded to the nearest valid size, with a notice; by
-    default the largest valid tile whose activations fit ``memory_mb`` is taken, but no
-    larger than the image needs. Small tiles are batched up to the budget.
+    ``tile`` (an input edge) is rounded to the nearest valid size, with a notice. By
+    default, among the valid tiles whose activations fit ``memory_mb`` (and no larger than
+    the image needs), the one that computes the fewest pixels for this image. Small tiles
+    are batched up to the budget.
     """
     d, pad = cfg.depth, cfg.padding
     q = 2**d
@@ -128,23 +129,43 @@ def plan_tiles(
         chosen = nearest_valid_input_size(max(tile, smallest), d, pad)
         if chosen != tile:
             log.info("tile %d is not a usable input size here; using %d", tile, chosen)
-    else:
-        chosen = smallest
-        for candidate in range(smallest, max(need, smallest) + 1):
-            if not is_valid_input_size(candidate, d, pad):
-                continue
-            if activation_bytes(cfg, candidate, precision) > budget:
-                break
-            chosen = candidate
-    out = output_size(chosen, d, pad)
-    if pad == "valid":
+        return _plan(cfg, chosen, need, overlap, budget, precision)
+    # the largest tile that fits the budget, then the smallest tile that needs no more tiles
+    # than it: fewest pixels computed (e.g. 2 x 2 tiles of 700 rather than of 892)
+    fitting = [
+        c for c in range(smallest, max(need, smallest) + 1)
+        if is_valid_input_size(c, d, pad) and activation_bytes(cfg, c, precision) <= budget
+    ] or [smallest]  # fmt: skip
+    plans = [_plan(cfg, c, need, overlap, budget, precision) for c in fitting]
+    # per-tile costs (edges, launches) grow like perimeter / area: favour larger tiles a bit
+    return min(plans, key=lambda p: (_computed_pixels(p, shape, pad) * (1 + 32 / p.tile), -p.tile))
+
+
+def _plan(cfg: ModelConfig, tile: int, need: int, overlap: float, budget: int, precision: str):
+    q = 2**cfg.depth
+    out = output_size(tile, cfg.depth, cfg.padding)
+    if cfg.padding == "valid":
         stride = out // q * q  # the pooling grid: tiles compute what one pass would
-    elif chosen >= need:
-        stride = chosen  # one tile covers the image: no overlap, no blending
+    elif tile >= need:
+        stride = tile  # one tile covers the image: no overlap, no blending
     else:
-        stride = max(q, int(chosen * (1 - overlap)) // q * q)
-    batch = max(1, budget // activation_bytes(cfg, chosen, precision))
-    return TilePlan(tile=chosen, out=out, stride=stride, batch=int(batch))
+        stride = max(q, int(tile * (1 - overlap)) // q * q)
+    batch = max(1, budget // activation_bytes(cfg, tile, precision))
+    return TilePlan(tile=tile, out=out, stride=stride, batch=int(batch))
+
+
+def _computed_pixels(plan: TilePlan, shape: tuple[int, int], padding: str) -> int:
+    """Input pixels the network processes for an image of ``shape`` under ``plan``."""
+    n = 1
+    for size in shape:
+        covered = size if padding == "valid" else size + 2 * _margin(plan)
+        n *= len(_origins(covered, plan, covered))
+    return n * plan.tile**2
+
+
+def _margin(plan: TilePlan) -> int:
+    """Mirror margin of a same-padding canvas: half the overlap."""
+    return (plan.tile - plan.stride) // 2 if plan.stride < plan.tile else 0
 
 
 def _origins(size: int, plan: TilePlan, covered: int) -> list[int]:
@@ -220,7 +241,7 @@ def tiled_probabilities(
         bar.close()
         return out
     # same padding: Gaussian-blended overlapping tiles on a mirror-padded canvas
-    m = (S - plan.stride) // 2 if plan.stride < S else 0
+    m = _margin(plan)
     oy = _origins(H + 2 * m, plan, H + 2 * m)
     ox = _origins(W + 2 * m, plan, W + 2 * m)
     Hp, Wp = oy[-1] + S, ox[-1] + S
@@ -285,6 +306,7 @@ def probabilities(
         raise ValueError(f"expected a non-empty (H, W) image, got shape {image.shape}")
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
+    model.to(memory_format=torch.channels_last)  # in place; the same weights, faster convs
     x = normalize(image)
     plan_for = lambda shape: plan_tiles(  # noqa: E731
         model.config, shape, tile=tile, precision=precision, memory_mb=memory_mb
