@@ -14,21 +14,9 @@ from PIL import Image
 
 from biounet.cli import main
 
-SMALL = [
-    "--val-slices",
-    "4-5",
-    "--epochs",
-    "2",
-    "--steps-per-epoch",
-    "2",
-    "--tile",
-    "32",
-    "--batch-size",
-    "2",
-    "--no-progress",
-    "--precision",
-    "fp32",
-]
+TAIL = ["--steps-per-epoch", "2", "--tile", "32", "--batch-size", "2", "--no-progress",
+        "--precision", "fp32"]  # fmt: skip
+SMALL = ["--val-slices", "4-5", "--epochs", "2", *TAIL]
 
 
 def run(argv, capsys):
@@ -197,15 +185,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(isbi_crops, tmp_path):
         "4-5",
         "--epochs",
         "1000",
-        "--steps-per-epoch",
-        "2",
-        "--tile",
-        "32",
-        "--batch-size",
-        "2",
-        "--no-progress",
-        "--precision",
-        "fp32",
+        *TAIL,
     ]
     cmd = [sys.executable, "-m", "biounet.cli"]
     proc = subprocess.Popen([*cmd, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -5,6 +5,13 @@ from __future__ import annotations
 from .config import AugmentConfig, Preset, TrainConfig
 from .model import ModelConfig
 
+# The paper's augmentation: elastic deformation on a 3 x 3 grid with 10 px standard
+# deviation, composed with rotation, shift, flips and gray-value changes.
+PAPER_AUGMENT = AugmentConfig(
+    flip=True, rot90=True, rotate=True, shift=True, elastic=True, elastic_grid=3,
+    elastic_sigma=10.0, gray=True, interpolation="bicubic",
+)  # fmt: skip
+
 PAPER = Preset(
     name="paper",
     description=(
@@ -33,17 +40,7 @@ PAPER = Preset(
         momentum=0.99,
         weight_decay=0.0,
         schedule="constant",
-        augment=AugmentConfig(
-            flip=True,
-            rot90=True,
-            rotate=True,
-            shift=True,
-            elastic=True,
-            elastic_grid=3,
-            elastic_sigma=10.0,
-            gray=True,
-            interpolation="bicubic",
-        ),
+        augment=PAPER_AUGMENT,
         weight_map=True,
         w0=10.0,
         sigma=5.0,
@@ -114,17 +111,7 @@ FAST = Preset(
         weight_decay=1e-4,
         schedule="cosine",
         warmup_steps=30,
-        augment=AugmentConfig(
-            flip=True,
-            rot90=True,
-            rotate=True,
-            shift=True,
-            elastic=True,
-            elastic_grid=3,
-            elastic_sigma=10.0,
-            gray=True,
-            interpolation="bicubic",
-        ),
+        augment=PAPER_AUGMENT,
         val_slices="25-29",
     ),
 )
