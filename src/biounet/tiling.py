@@ -228,8 +228,8 @@ def tiled_probabilities(
         padded = mirror_pad(image, b, oy[-1] + S - H - b, b, ox[-1] + S - W - b)
         out = None
         coords = [(y, x) for y in oy for x in ox]
-        bar = tqdm(total=len(coords), desc="tiles", unit="tile", disable=not progress,
-                   leave=False)  # fmt: skip
+        quiet = not progress or len(coords) <= plan.batch  # one forward pass: no bar
+        bar = tqdm(total=len(coords), desc="tiles", unit="tile", disable=quiet, leave=False)
         for batch in _batches(coords, plan.batch):
             probs = _run(model, [padded[y : y + S, x : x + S] for y, x in batch], precision)
             if out is None:
@@ -250,7 +250,8 @@ def tiled_probabilities(
     window = gaussian_window(S) if len(oy) * len(ox) > 1 else np.ones((S, S), np.float32)
     acc, wsum = None, np.zeros((Hp, Wp), np.float32)
     coords = [(y, x) for y in oy for x in ox]
-    bar = tqdm(total=len(coords), desc="tiles", unit="tile", disable=not progress, leave=False)
+    quiet = not progress or len(coords) <= plan.batch  # one forward pass: no bar
+    bar = tqdm(total=len(coords), desc="tiles", unit="tile", disable=quiet, leave=False)
     for batch in _batches(coords, plan.batch):
         probs = _run(model, [padded[y : y + S, x : x + S] for y, x in batch], precision)
         if acc is None:
