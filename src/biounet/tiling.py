@@ -219,26 +219,18 @@ def tiled_probabilities(
 ) -> np.ndarray:
     """(H, W) normalised float32 image -> (K, H, W) float32 probabilities (K = 1 for
     binary models: the foreground), by overlap-tiling as planned."""
-    cfg = model.config
     H, W = image.shape
     S = plan.tile
-    if cfg.padding == "valid":
+    if model.config.padding == "valid":
         b = (S - plan.out) // 2
         oy, ox = _origins(H, plan, H), _origins(W, plan, W)
         padded = mirror_pad(image, b, oy[-1] + S - H - b, b, ox[-1] + S - W - b)
         out = None
-        coords = [(y, x) for y in oy for x in ox]
-        quiet = not progress or len(coords) <= plan.batch  # one forward pass: no bar
-        bar = tqdm(total=len(coords), desc="tiles", unit="tile", disable=quiet, leave=False)
-        for batch in _batches(coords, plan.batch):
-            probs = _run(model, [padded[y : y + S, x : x + S] for y, x in batch], precision)
+        for y, x, p in _tile_outputs(model, padded, oy, ox, plan, precision, progress):
             if out is None:
-                out = np.empty((probs.shape[1], H, W), np.float32)
-            for (y, x), p in zip(batch, probs.numpy(), strict=True):
-                h, w = min(plan.out, H - y), min(plan.out, W - x)
-                out[:, y : y + h, x : x + w] = p[:, :h, :w]
-            bar.update(len(batch))
-        bar.close()
+                out = np.empty((p.shape[0], H, W), np.float32)
+            h, w = min(plan.out, H - y), min(plan.out, W - x)
+            out[:, y : y + h, x : x + w] = p[:, :h, :w]  # abutting tiles, no blending
         return out
     # same padding: Gaussian-blended overlapping tiles on a mirror-padded canvas
     m = _margin(plan)
@@ -249,20 +241,27 @@ def tiled_probabilities(
     padded = mirror_pad(image, top, Hp - H - top, left, Wp - W - left)
     window = gaussian_window(S) if len(oy) * len(ox) > 1 else np.ones((S, S), np.float32)
     acc, wsum = None, np.zeros((Hp, Wp), np.float32)
-    coords = [(y, x) for y in oy for x in ox]
-    quiet = not progress or len(coords) <= plan.batch  # one forward pass: no bar
-    bar = tqdm(total=len(coords), desc="tiles", unit="tile", disable=quiet, leave=False)
-    for batch in _batches(coords, plan.batch):
-        probs = _run(model, [padded[y : y + S, x : x + S] for y, x in batch], precision)
+    for y, x, p in _tile_outputs(model, padded, oy, ox, plan, precision, progress):
         if acc is None:
-            acc = np.zeros((probs.shape[1], Hp, Wp), np.float32)
-        for (y, x), p in zip(batch, probs.numpy(), strict=True):
-            acc[:, y : y + S, x : x + S] += p * window
-            wsum[y : y + S, x : x + S] += window
-        bar.update(len(batch))
-    bar.close()
+            acc = np.zeros((p.shape[0], Hp, Wp), np.float32)
+        acc[:, y : y + S, x : x + S] += p * window
+        wsum[y : y + S, x : x + S] += window
     acc /= wsum
     return acc[:, top : top + H, left : left + W]
+
+
+def _tile_outputs(model, padded, oy, ox, plan, precision, progress):
+    """Yield (y, x, (K, out, out) probabilities) for the tiles at origins oy x ox of the
+    padded image, run in batches, with a progress bar when there is more than one batch."""
+    S = plan.tile
+    coords = [(y, x) for y in oy for x in ox]
+    quiet = not progress or len(coords) <= plan.batch
+    with tqdm(total=len(coords), desc="tiles", unit="tile", disable=quiet, leave=False) as bar:
+        for batch in _batches(coords, plan.batch):
+            probs = _run(model, [padded[y : y + S, x : x + S] for y, x in batch], precision)
+            for (y, x), p in zip(batch, probs.numpy(), strict=True):
+                yield y, x, p
+            bar.update(len(batch))
 
 
 def whole_image_probabilities(model: UNet, image: np.ndarray, precision: str) -> np.ndarray:
