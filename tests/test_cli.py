@@ -156,6 +156,14 @@ def test_bad_inputs_give_one_line_errors(isbi_crops, tmp_path, capsys):
         code, err, "--tile 100", "smaller than the network's minimum 188", "nearest valid: 188"
     )
 
+    code, _, err = run(["train", "--images", str(img), "--out", str(tmp_path / "r")], capsys)
+    _one_line_error(code, err, "--images given alone")
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, _, err = run(["weight-map", str(lab), "--out", str(afile / "w.tif")], capsys)
+    _one_line_error(code, err, "afile")  # an OSError from the file system, in one line
+
     code, _, err = run(["train", "--resume", str(tmp_path / "r"), "--lr", "0.1"], capsys)
     _one_line_error(code, err, "--resume keeps the run's settings; drop --lr")
 

@@ -153,3 +153,21 @@ def test_normalize_gives_zero_mean_unit_variance():
     assert x.dtype == np.float32
     assert abs(x.mean()) < 1e-6 and abs(x.std() - 1) < 1e-5
     np.testing.assert_array_equal(normalize(np.full((3, 3), 7)), 0)
+
+
+def test_pages_of_different_shapes_are_all_read(tmp_path):
+    path = tmp_path / "mixed.tif"
+    with tifffile.TiffWriter(path) as tif:
+        for shape in ((20, 30), (25, 30), (20, 30)):
+            tif.write(np.zeros(shape, np.uint8), photometric="minisblack", metadata=None)
+    assert [a.shape for a in read_images(path).arrays] == [(20, 30), (25, 30), (20, 30)]
+
+
+def test_stack_writer_writes_bigtiff_on_request(tmp_path):
+    from biounet.io import StackWriter
+
+    with StackWriter(tmp_path / "b.tif", bigtiff=True) as w:
+        w.write(np.ones((4, 5), np.float32))
+        w.write(np.zeros((4, 5), np.float32))
+    with tifffile.TiffFile(tmp_path / "b.tif") as tif:
+        assert tif.is_bigtiff and tif.asarray().shape == (2, 4, 5)

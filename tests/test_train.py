@@ -17,8 +17,8 @@ TINY = ModelConfig(depth=2, base_channels=4, padding="same", batch_norm=True, dr
 
 def tiny_preset(images, labels, **train):
     cfg = dict(
-        images=str(images),
-        labels=str(labels),
+        images=images,
+        labels=labels,
         val_slices="4-5",
         tile=32,
         batch_size=2,
@@ -106,7 +106,8 @@ def test_run_directory_holds_everything_and_checkpoints_load_safely(isbi_crops, 
 
 
 def test_refuses_to_overwrite_a_run_and_to_resume_nothing(isbi_crops, tmp_path):
-    preset = tiny_preset(*isbi_crops, epochs=1)
+    preset = tiny_preset(*isbi_crops, epochs=1)  # paths given as Path objects: stored as text
+    assert isinstance(preset.train.images, str)
     with pytest.raises(InputError, match="no last.pt to resume from"):
         train(preset, tmp_path / "empty", resume=True, progress=False)
     train(preset, tmp_path / "run", progress=False)

@@ -35,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.func(args) or 0
-    except (InputError, ValueError, FileNotFoundError) as e:
+    except (InputError, ValueError) as e:
         print(f"biounet: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # missing, unreadable or unwritable files, full disks
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"biounet: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("biounet: interrupted", file=sys.stderr)
@@ -60,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", help="mask stack or folder of masks paired by file name")
     s.add_argument("--val-slices", help="held-out slice indices, e.g. 25-29 or 28,29 or none")
     s.add_argument("--train-slices", help="training slice indices (default: all others)")
-    s.add_argument("--out", default="runs/latest", help="run directory (default: runs/latest)")
+    s.add_argument("--out", help="run directory (default: runs/latest)")
     s.add_argument("--epochs", type=int)
     s.add_argument("--steps-per-epoch", type=int)
     s.add_argument("--batch-size", type=int)
@@ -243,7 +247,7 @@ def cmd_train(args) -> int:
             seed=args.seed,
             precision=args.precision,
         )
-        out = Path(args.out)
+        out = Path(args.out or "runs/latest")
         result = train(
             preset, out, epochs=args.epochs, device=args.device, progress=not args.no_progress
         )
@@ -294,7 +298,7 @@ def cmd_predict(args) -> int:
     if args.slices:
         idx = parse_slices(args.slices, len(images), f"{src}: --slices")
     if src.is_dir():  # one output file per input file
-        folder = Path(args.out) if args.out else Path(f"{src.name}-prob")
+        folder = Path(args.out) if args.out else Path(f"{src.resolve().name}-prob")
         groups = [(folder / f"{images.names[i]}.tif", [i]) for i in idx]
     else:  # one output stack for the input stack
         out = Path(args.out) if args.out else Path(f"{src.stem}-prob.tif")
@@ -307,8 +311,9 @@ def cmd_predict(args) -> int:
             outputs[path.with_name(path.stem + "-mask.tif")] = "mask"
         if args.instances:
             outputs[path.with_name(path.stem + "-instances.tif")] = "instances"
+        big = sum(images.arrays[i].size for i in members) * 4 > 2**31  # classic TIFF: 4 GiB
         with ExitStack() as stack:  # every file is complete, or none is written
-            writers = {p: stack.enter_context(StackWriter(p)) for p in outputs}
+            writers = {p: stack.enter_context(StackWriter(p, bigtiff=big)) for p in outputs}
             for i in members:
                 prob = predict(model, images.arrays[i], tile=args.tile, precision=args.precision,
                                tta=args.tta, memory_mb=args.memory_mb,

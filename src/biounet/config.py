@@ -107,6 +107,11 @@ class TrainConfig:
     isbi_every: int = 1  # validation V_rand / V_info every N epochs (0 = never)
 
     def __post_init__(self):
+        for name in ("images", "labels"):  # Paths are welcome, config.json stores text
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, str(getattr(self, name)))
+        if self.step_epochs < 1:
+            raise ValueError(f"step_epochs must be >= 1, got {self.step_epochs}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:

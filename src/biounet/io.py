@@ -106,23 +106,25 @@ def _read_tiff(path: Path, mask: bool) -> list[np.ndarray]:
     tiff_log.setLevel(logging.CRITICAL)  # damage is reported below, in one line
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes = series.axes
-            data = series.asarray()
+            if len(tif.series) == 1:
+                series = [(tif.series[0].axes, tif.series[0].asarray())]
+            else:  # pages of different shapes: every page, in file order
+                series = [(page.axes, page.asarray()) for page in tif.pages]
     except Exception as e:  # tifffile raises many types for damaged files
-        raise InputError(f"{path}: not a readable TIFF ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"{path}: not a readable TIFF ({type(e).__name__}: {first})") from None
     finally:
         tiff_log.setLevel(level)
-    if "S" in axes:  # colour samples, interleaved (..YXS) or planar (..SYX)
-        data = _to_gray(np.moveaxis(data, axes.index("S"), -1), path, mask)
-        axes = axes.replace("S", "")
-    elif data.ndim >= 3 and data.shape[-1] in (2, 3, 4) and data.shape[-3] > 4:
-        data = _to_gray(data, path, mask)  # (.., H, W, C) without a samples tag
-        axes = axes[:-1]
-    if data.ndim < 2:
-        raise InputError(f"{path}: expected a 2-D image or a stack, got shape {data.shape}")
-    data = data.reshape(-1, *data.shape[-2:])  # all leading axes (pages, Z, T, ...) -> N
-    return list(data)
+    pages: list[np.ndarray] = []
+    for axes, data in series:
+        if "S" in axes:  # colour samples, interleaved (..YXS) or planar (..SYX)
+            data = _to_gray(np.moveaxis(data, axes.index("S"), -1), path, mask)
+        elif data.ndim >= 3 and data.shape[-1] in (2, 3, 4) and data.shape[-3] > 4:
+            data = _to_gray(data, path, mask)  # (.., H, W, C) without a samples tag
+        if data.ndim < 2:
+            raise InputError(f"{path}: expected a 2-D image or a stack, got shape {data.shape}")
+        pages.extend(data.reshape(-1, *data.shape[-2:]))  # leading axes (pages, Z, T) -> N
+    return pages
 
 
 def _read_png(path: Path, mask: bool) -> np.ndarray:
@@ -300,8 +302,9 @@ class StackWriter:
     """Write a multi-page TIFF one (H, W) page at a time, atomically (temp file + rename on
     success), so a stack never has to be held in memory and a failed run leaves nothing."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, bigtiff: bool = False):
         self.path = Path(path)
+        self.bigtiff = bigtiff  # needed past 4 GiB
         self.pages = 0
 
     def __enter__(self) -> StackWriter:
@@ -309,7 +312,7 @@ class StackWriter:
 
         self._atomic = atomic_path(self.path)
         tmp = self._atomic.__enter__()
-        self._tif = tifffile.TiffWriter(tmp, bigtiff=False)
+        self._tif = tifffile.TiffWriter(tmp, bigtiff=self.bigtiff)
         return self
 
     def write(self, page: np.ndarray) -> None:

@@ -89,7 +89,10 @@ class Data:
 
 def load_data(cfg: TrainConfig, num_classes: int) -> Data:
     """Read the configured images and masks (default: bundled ISBI 2012) and split them."""
-    if cfg.images is None or cfg.labels is None:
+    if (cfg.images is None) != (cfg.labels is None):
+        given = "--images" if cfg.images is not None else "--labels"
+        raise InputError(f"{given} given alone: --images and --labels go together")
+    if cfg.images is None:
         root = find_data("isbi2012")
         images_path = cfg.images or root / "train-volume.tif"
         labels_path = cfg.labels or root / "train-labels.tif"
@@ -118,9 +121,11 @@ def validate(
     """Predictions of the validation images: loss, pixel error, IoU, Dice and, if ``isbi``,
     the ISBI 2012 V_rand and V_info (thinned, maximal over thresholds 0, 0.1, ..., 1)."""
     probs = [predict(model, img, precision=precision) for img in data.val_images]
-    if probs and probs[0].ndim == 3:  # more than 2 classes: report the class-1 channel
+    masks = data.val_masks
+    if probs and probs[0].ndim == 3:  # more than 2 classes: score class 1 against the rest
         probs = [p[1] for p in probs]
-    pairs = list(zip(probs, data.val_masks, strict=True))
+        masks = [(m == 1).astype(np.uint8) for m in masks]
+    pairs = list(zip(probs, masks, strict=True))
     scores = {
         "val_loss": np.mean([metrics.binary_cross_entropy(p, m) for p, m in pairs]),
         "val_pixel_error": np.mean([metrics.pixel_error(p, m) for p, m in pairs]),
@@ -128,7 +133,7 @@ def validate(
         "val_dice": np.mean([metrics.dice(p > 0.5, m) for p, m in pairs]),
     }
     if isbi:
-        r = metrics.isbi_scores(probs, data.val_masks, metrics=("v_rand", "v_info"))
+        r = metrics.isbi_scores(probs, masks, metrics=("v_rand", "v_info"))
         scores.update(v_rand=r["v_rand"], v_info=r["v_info"])
     return {k: float(v) for k, v in scores.items()}, probs
 
@@ -323,9 +328,9 @@ def train(
             "history": history,
             "rng": _rng_state(np_rng, gen),
         }
-        save_checkpoint(out / "last.pt", state)
-        if is_best:
+        if is_best:  # best first: a crash between the two writes loses no best model
             save_checkpoint(out / "best.pt", state)
+        save_checkpoint(out / "last.pt", state)
         _write_log(out / "log.csv", history)
         plot_curves(history, out / "curves.png")
         if probs is not None:
