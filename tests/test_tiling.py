@@ -187,3 +187,14 @@ def test_auto_tile_fits_the_memory_budget_and_batches_small_tiles():
 def test_gaussian_window_is_positive_and_peaks_in_the_centre():
     w = gaussian_window(64)
     assert w.min() >= 1e-3 and w[31, 31] == w.max() == 1.0 and w.dtype == np.float32
+
+
+def test_overlap_is_configurable_and_checked(rng):
+    model = _net("same")
+    image = rng.random((100, 100)).astype(np.float32)
+    a = plan_tiles(model.config, image.shape, tile=48, overlap=0.25)
+    b = plan_tiles(model.config, image.shape, tile=48, overlap=0.5)
+    assert b.stride < a.stride
+    assert predict(model, image, tile=48, overlap=0.5, precision="fp32").shape == (100, 100)
+    with pytest.raises(ValueError, match="overlap must be in"):
+        plan_tiles(model.config, image.shape, overlap=1.0)

@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="activation memory budget per forward pass (default 1024)",
     )
     s.add_argument(
+        "--overlap",
+        type=float,
+        default=0.25,
+        help="tile overlap for same-padding networks (default 0.25)",
+    )
+    s.add_argument(
         "--tta",
         action="store_true",
         help="average the 8 flips / quarter turns (test-time augmentation)",
@@ -316,7 +322,7 @@ def cmd_predict(args) -> int:
             writers = {p: stack.enter_context(StackWriter(p, bigtiff=big)) for p in outputs}
             for i in members:
                 prob = predict(model, images.arrays[i], tile=args.tile, precision=args.precision,
-                               tta=args.tta, memory_mb=args.memory_mb,
+                               tta=args.tta, memory_mb=args.memory_mb, overlap=args.overlap,
                                progress=not args.no_progress)  # fmt: skip
                 if prob.ndim == 3:
                     raise InputError(f"{args.checkpoint}: a {prob.shape[0]}-class model; "

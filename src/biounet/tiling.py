@@ -114,6 +114,8 @@ def plan_tiles(
     the image needs), the one that computes the fewest pixels for this image. Small tiles
     are batched up to the budget.
     """
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
     d, pad = cfg.depth, cfg.padding
     q = 2**d
     budget = memory_mb * 2**20
@@ -298,6 +300,7 @@ def probabilities(
     precision: str = "auto",
     tta: bool = False,
     memory_mb: int = DEFAULT_MEMORY_MB,
+    overlap: float = 0.25,
     progress: bool = False,
 ) -> np.ndarray:
     """(H, W) image, any dtype -> (K, H, W) float32 probabilities, K = 1 (foreground) for
@@ -309,7 +312,7 @@ def probabilities(
     model.to(memory_format=torch.channels_last)  # in place; the same weights, faster convs
     x = normalize(image)
     plan_for = lambda shape: plan_tiles(  # noqa: E731
-        model.config, shape, tile=tile, precision=precision, memory_mb=memory_mb
+        model.config, shape, tile=tile, precision=precision, memory_mb=memory_mb, overlap=overlap
     )
     with evaluating(model):
         if not tta:
@@ -336,6 +339,7 @@ def predict(
     tta: bool = False,
     device: str | torch.device | None = None,
     memory_mb: int = DEFAULT_MEMORY_MB,
+    overlap: float = 0.25,
     progress: bool = False,
 ) -> np.ndarray:
     """Probability map of one image by overlap-tile inference.
@@ -349,6 +353,8 @@ def predict(
         tta: average over the 8 flips / quarter turns (the paper averaged rotations).
         device: where to run a checkpoint's model (default: cpu); a model runs where it is.
         memory_mb: activation memory budget for choosing the tile and batch.
+        overlap: share of a tile that overlaps its neighbour (same-padding networks only;
+            valid-padding tiles abut exactly).
         progress: a progress bar over tiles.
 
     Returns (H, W) float32 probability of the foreground (cell) class for 1- and 2-output
@@ -359,5 +365,5 @@ def predict(
     else:
         model, _ = model_from_checkpoint(model_or_checkpoint, device or "cpu")
     probs = probabilities(model, image, tile=tile, precision=precision, tta=tta,
-                          memory_mb=memory_mb, progress=progress)  # fmt: skip
+                          memory_mb=memory_mb, overlap=overlap, progress=progress)  # fmt: skip
     return probs[0] if probs.shape[0] == 1 else probs
