@@ -282,3 +282,21 @@ def test_evaluate_json_on_a_perfect_and_a_noisy_prediction(isbi_crops, tmp_path,
     tifffile.imwrite(short, labels[:2], photometric="minisblack")
     code, _, err = run(["evaluate", str(noisy), str(short)], capsys)
     _one_line_error(code, err, "short.tif", "2 slices")
+
+
+def test_bench_reports_speeds_and_ratios(isbi_crops, tmp_path, capsys):
+    img, lab = isbi_crops
+    out = tmp_path / "run"
+    assert main(["train", "--images", str(img), "--labels", str(lab), "--out", str(out),
+                 *SMALL]) == 0  # fmt: skip
+    capsys.readouterr()
+    code, text, _ = run(["bench", "--checkpoint", str(out / "best.pt"), "--image-size", "64",
+                         "--repeat", "1", "--json"], capsys)  # fmt: skip
+    r = json.loads(text)
+    assert code == 0
+    for key in ("train_steps_per_s", "baseline_steps_per_s", "speedup_vs_baseline",
+                "train_gflops", "conv_peak_fp32_gflops", "conv_peak_bf16_gflops",
+                "share_of_peak", "predict_mpx_per_s", "predict_tta_mpx_per_s"):  # fmt: skip
+        assert r[key] > 0, key
+    assert r["speedup_vs_baseline"] == pytest.approx(
+        r["train_steps_per_s"] / r["baseline_steps_per_s"])  # fmt: skip

@@ -150,3 +150,14 @@ def test_dropout_is_active_in_training_only():
 def test_bad_model_config_is_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ModelConfig(**kwargs)
+
+
+def test_forward_flops_count_the_paper_network():
+    from biounet.bench import forward_flops
+
+    tiny = UNet(ModelConfig(depth=1, base_channels=2, padding="same", dropout=0.0))
+    # inc: 1->2 and 2->2 3x3 convs at 8x8; down: 2->4, 4->4 at 4x4; up-conv 4->2 (2x2) from
+    # 4x4; up: 4->2, 2->2 at 8x8; head 2->2 (1x1) at 8x8
+    macs = (64 * 2 * 1 * 9 + 64 * 2 * 2 * 9 + 16 * 4 * 2 * 9 + 16 * 4 * 4 * 9
+            + 16 * 4 * 2 * 4 + 64 * 2 * 4 * 9 + 64 * 2 * 2 * 9 + 64 * 2 * 2)  # fmt: skip
+    assert forward_flops(tiny, torch.zeros(1, 1, 8, 8)) == 2 * macs

@@ -129,6 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_predict)
 
+    s = sub.add_parser("bench", help="training and inference speed against same-run baselines")
+    s.add_argument("--preset", default=DEFAULT, choices=list(PRESETS))
+    s.add_argument("--checkpoint", help="measure this model (e.g. a shipped one) instead")
+    s.add_argument(
+        "--image-size",
+        type=int,
+        default=2048,
+        help="edge of the image for predict speed (0: skip; default 2048)",
+    )
+    s.add_argument("--no-tta", action="store_true", help="skip the --tta inference timing")
+    s.add_argument("--repeat", type=int, default=3, help="timed training steps (median)")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_bench)
+
     s = sub.add_parser("evaluate", help="ISBI 2012 metrics, the paper's errors, IoU, Dice, SEG")
     s.add_argument("pred", help="probability TIFF / stack / folder (1 = cell)")
     s.add_argument("gt", help="label TIFF / stack / folder (255 or 1 = cell, 0 = membrane)")
@@ -337,6 +352,23 @@ def cmd_predict(args) -> int:
                 bar.update(1)
         print("wrote " + ", ".join(str(p) for p in outputs))
     bar.close()
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import format_bench, run_bench
+    from .checkpoint import model_from_checkpoint
+    from .presets import get_preset
+
+    if args.repeat < 1 or args.image_size < 0:
+        raise InputError(f"--repeat must be >= 1 and --image-size >= 0, got {args.repeat}, "
+                         f"{args.image_size}")  # fmt: skip
+    model, preset = None, get_preset(args.preset)
+    if args.checkpoint:
+        model, preset = model_from_checkpoint(args.checkpoint)
+    result = run_bench(preset, model=model, device=args.device, repeat=args.repeat,
+                       image_size=args.image_size, tta=not args.no_tta)  # fmt: skip
+    print(json.dumps(result) if args.json else format_bench(result))
     return 0
 
 

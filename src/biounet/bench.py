@@ -1,0 +1,172 @@
+"""Training and inference speed of a preset on this machine, against baselines measured in
+the same run: the same model in plain fp32 NCHW eager PyTorch, and the machine's own peak
+for a large 3x3 convolution in fp32 and in bf16.
+
+Achieved GFLOP/s count the multiply-adds of every convolution (2 FLOPs each), forward and
+backward (backward = 2x forward), from the shapes seen in one forward pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import Preset
+from .device import autocast, resolve_precision, select_device
+from .losses import segmentation_loss
+from .model import UNet, output_size
+from .tiling import predict
+
+
+def _timed(fn: Callable[[], object], repeat: int, device: torch.device) -> float:
+    """Median seconds of ``repeat`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
+    """FLOPs (2 per multiply-add) of the convolutions in one forward pass of ``x``."""
+    total = 0
+
+    def hook(m, inputs, out):
+        nonlocal total
+        k = m.kernel_size[0] * m.kernel_size[1]
+        if isinstance(m, nn.ConvTranspose2d):
+            total += 2 * inputs[0].numel() * m.out_channels * k
+        else:
+            total += 2 * out.numel() * (m.in_channels // m.groups) * k
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]  # fmt: skip
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def conv_peak(precision: str, device: torch.device, repeat: int = 5) -> float:
+    """GFLOP/s of a large 3x3 convolution (128 -> 128 channels, 128 x 128, batch 8),
+    forward only, channels_last, in fp32 or under bf16 autocast."""
+    conv = nn.Conv2d(128, 128, 3, padding=1, bias=False).to(device)
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(8, 128, 128, 128, device=device).contiguous(memory_format=torch.channels_last)
+    flops = 2 * 8 * 128 * 128 * 128 * 128 * 9
+
+    def run():
+        with torch.inference_mode(), autocast(device, precision):
+            conv(x)
+
+    return flops / _timed(run, repeat, device) / 1e9
+
+
+def train_step_time(
+    model: UNet, preset: Preset, device: torch.device, precision: str, fast: bool, repeat: int
+) -> float:
+    """Seconds per training step at the preset's tile and batch: ``fast`` = biounet's
+    set-up (channels_last, autocast as ``precision``), else plain fp32 NCHW eager."""
+    cfg = preset.train
+    m = copy.deepcopy(model).to(device).train()
+    out = output_size(cfg.tile, preset.model.depth, preset.model.padding)
+    x = torch.randn(cfg.batch_size, preset.model.in_channels, cfg.tile, cfg.tile, device=device)
+    y = torch.randint(0, max(2, preset.model.out_channels), (cfg.batch_size, out, out),
+                      device=device)  # fmt: skip
+    if preset.model.out_channels == 1:
+        y = y.clamp(max=1)
+    if fast:
+        m = m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(m.parameters(), lr=1e-6, momentum=0.9)
+
+    def step():
+        with autocast(device, precision if fast else "fp32"):
+            logits = m(x)
+        loss = segmentation_loss(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return _timed(step, repeat, device)
+
+
+def run_bench(
+    preset: Preset,
+    *,
+    model: UNet | None = None,
+    device: str = "auto",
+    repeat: int = 3,
+    image_size: int = 2048,
+    tta: bool = True,
+) -> dict:
+    """Measure ``preset`` (or ``model``, e.g. a shipped checkpoint's) and return a dict of
+    timings and ratios. ``image_size`` 0 skips inference."""
+    dev = select_device(device)
+    precision = resolve_precision(preset.train.precision, dev)
+    torch.manual_seed(0)
+    model = model if model is not None else UNet(preset.model)
+    cfg = preset.train
+    x = torch.zeros(cfg.batch_size, preset.model.in_channels, cfg.tile, cfg.tile)
+    flops = 3 * forward_flops(copy.deepcopy(model).eval(), x)  # forward + backward
+    t_fast = train_step_time(model, preset, dev, precision, True, repeat)
+    t_plain = train_step_time(model, preset, dev, precision, False, repeat)
+    peak32, peak16 = conv_peak("fp32", dev), conv_peak("bf16", dev)
+    result = {
+        "preset": preset.name,
+        "device": str(dev),
+        "precision": precision,
+        "tile": cfg.tile,
+        "batch": cfg.batch_size,
+        "train_steps_per_s": 1 / t_fast,
+        "train_gflops": flops / t_fast / 1e9,
+        "baseline_steps_per_s": 1 / t_plain,
+        "baseline_gflops": flops / t_plain / 1e9,
+        "speedup_vs_baseline": t_plain / t_fast,
+        "conv_peak_fp32_gflops": peak32,
+        "conv_peak_bf16_gflops": peak16,
+        "share_of_peak": flops / t_fast / 1e9 / (peak16 if precision == "bf16" else peak32),
+    }
+    if image_size:
+        image = np.random.default_rng(0).random((image_size, image_size)).astype(np.float32)
+        m = copy.deepcopy(model).to(dev).eval()
+        mpx = image_size**2 / 1e6
+        result["predict_mpx_per_s"] = mpx / _timed(lambda: predict(m, image), 1, dev)
+        if tta:
+            result["predict_tta_mpx_per_s"] = mpx / _timed(
+                lambda: predict(m, image, tta=True), 1, dev
+            )
+    return result
+
+
+def format_bench(r: dict) -> str:
+    """Human-readable lines for :func:`run_bench`'s result."""
+    lines = [
+        f"{r['preset']} on {r['device']} ({r['precision']}), tile {r['tile']}, batch {r['batch']}:",
+        f"  training      {r['train_steps_per_s']:.3f} steps/s, {r['train_gflops']:.0f} GFLOP/s",
+        f"  baseline      {r['baseline_steps_per_s']:.3f} steps/s, {r['baseline_gflops']:.0f} "
+        "GFLOP/s (plain fp32 NCHW eager)",
+        f"  conv peak     fp32 {r['conv_peak_fp32_gflops']:.0f} GFLOP/s, bf16 "
+        f"{r['conv_peak_bf16_gflops']:.0f} GFLOP/s (3x3, 128 channels)",
+        f"  ratios        {r['speedup_vs_baseline']:.2f}x the baseline; "
+        f"{100 * r['share_of_peak']:.0f} % of the {r['precision']} conv peak",
+    ]
+    if "predict_mpx_per_s" in r:
+        tta = (f", with --tta {r['predict_tta_mpx_per_s']:.2f} Mpx/s"
+               if "predict_tta_mpx_per_s" in r else "")  # fmt: skip
+        lines.append(f"  predict       {r['predict_mpx_per_s']:.2f} Mpx/s{tta}")
+    return "\n".join(lines)
