@@ -221,7 +221,19 @@ def cmd_info(args) -> int:
         f"  training     {t.epochs} epochs x {t.steps_per_epoch or 'one pass'} steps, "
         f"batch {t.batch_size}, validate on slices {t.val_slices or 'none'}"
     )
-    print(f"  augmentation flips {t.augment.flip}, 90-degree rotations {t.augment.rot90}")
+    a = t.augment
+    on = [name for name, flag in (("flips", a.flip), ("quarter turns", a.rot90)) if flag]
+    if a.rotate:
+        on.append(f"rotation +-{a.rotate_degrees:g} deg")
+    if a.shift:
+        on.append(f"shift +-{a.shift_px:g} px")
+    if a.elastic:
+        on.append(f"elastic {a.elastic_grid}x{a.elastic_grid} grid, {a.elastic_sigma:g} px")
+    if a.gray:
+        on.append("gray values")
+    print(f"  augmentation {', '.join(on) or 'none'}")
+    if t.weight_map:
+        print(f"  loss weights the paper's w(x): w0 {t.w0:g}, sigma {t.sigma:g} px")
     return 0
 
 
