@@ -166,6 +166,8 @@ def test_bad_inputs_give_one_line_errors(isbi_crops, tmp_path, capsys):
 
     code, _, err = run(["train", "--resume", str(tmp_path / "r"), "--lr", "0.1"], capsys)
     _one_line_error(code, err, "--resume keeps the run's settings; drop --lr")
+    code, _, err = run(["train", "--resume", str(tmp_path / "r"), "--out", "x"], capsys)
+    _one_line_error(code, err, "drop --out")
 
     code, _, err = run(["predict", str(img), str(img)], capsys)
     _one_line_error(code, err, "img.tif", "not a readable biounet checkpoint")

@@ -241,49 +241,24 @@ def cmd_train(args) -> int:
     from .presets import DEFAULT, get_preset
     from .train import train
 
-    fixed = (
-        "preset",
-        "images",
-        "labels",
-        "val_slices",
-        "train_slices",
-        "steps_per_epoch",
-        "batch_size",
-        "tile",
-        "lr",
-        "seed",
-        "precision",
-    )
+    # flags that map onto TrainConfig fields of the same name
+    settings = ("images", "labels", "val_slices", "train_slices", "steps_per_epoch",
+                "batch_size", "tile", "lr", "seed", "precision")  # fmt: skip
     if args.resume:  # the run's own config.json; only --epochs and --device may change
+        fixed = ("preset", "out", *settings)
         given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) is not None]
         if given:
             raise InputError(f"--resume keeps the run's settings; drop {', '.join(given)}")
         out = Path(args.resume)
-        result = train(
-            None,
-            out,
-            resume=True,
-            epochs=args.epochs,
-            device=args.device,
-            progress=not args.no_progress,
-        )
+        result = train(None, out, resume=True, epochs=args.epochs, device=args.device,
+                       progress=not args.no_progress)  # fmt: skip
     else:
         preset = get_preset(args.preset or DEFAULT).with_train(
-            images=args.images,
-            labels=args.labels,
-            val_slices=args.val_slices,
-            train_slices=args.train_slices,
-            steps_per_epoch=args.steps_per_epoch,
-            batch_size=args.batch_size,
-            tile=args.tile,
-            lr=args.lr,
-            seed=args.seed,
-            precision=args.precision,
+            **{k: getattr(args, k) for k in settings}
         )
         out = Path(args.out or "runs/latest")
-        result = train(
-            preset, out, epochs=args.epochs, device=args.device, progress=not args.no_progress
-        )
+        result = train(preset, out, epochs=args.epochs, device=args.device,
+                       progress=not args.no_progress)  # fmt: skip
     print(report(result, out))
     return 0
 
@@ -327,6 +302,9 @@ def cmd_predict(args) -> int:
     images = read_images(src)  # input errors first: cheaper than loading the model
     device = select_device(args.device)
     model, _ = model_from_checkpoint(args.checkpoint, device)
+    if model.config.out_channels > 2:
+        raise InputError(f"{args.checkpoint}: a {model.config.out_channels}-class model; "
+                         "predict writes binary foreground maps only")  # fmt: skip
     idx = list(range(len(images)))
     if args.slices:
         idx = parse_slices(args.slices, len(images), f"{src}: --slices")
@@ -351,9 +329,6 @@ def cmd_predict(args) -> int:
                 prob = predict(model, images.arrays[i], tile=args.tile, precision=args.precision,
                                tta=args.tta, memory_mb=args.memory_mb, overlap=args.overlap,
                                progress=not args.no_progress)  # fmt: skip
-                if prob.ndim == 3:
-                    raise InputError(f"{args.checkpoint}: a {prob.shape[0]}-class model; "
-                                     "predict writes binary foreground maps only")  # fmt: skip
                 for p, kind in outputs.items():
                     if kind == "prob":
                         writers[p].write(prob.astype(np.float32))

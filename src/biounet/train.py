@@ -94,8 +94,7 @@ def load_data(cfg: TrainConfig, num_classes: int) -> Data:
         raise InputError(f"{given} given alone: --images and --labels go together")
     if cfg.images is None:
         root = find_data("isbi2012")
-        images_path = cfg.images or root / "train-volume.tif"
-        labels_path = cfg.labels or root / "train-labels.tif"
+        images_path, labels_path = root / "train-volume.tif", root / "train-labels.tif"
     else:
         images_path, labels_path = cfg.images, cfg.labels
     images, masks = read_pairs(images_path, labels_path, num_classes)
@@ -177,6 +176,20 @@ def _write_log(path: Path, history: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
+def make_sampler(
+    cfg: TrainConfig, data: Data, out_tile: int, rng: np.random.Generator, cache=None
+) -> TileSampler:
+    """The training tile sampler: weight maps if configured (cached in memory and, given a
+    ``cache`` folder, on disk) and the context margin the augmentation needs."""
+    weights = None
+    if cfg.weight_map:
+        t = time.perf_counter()
+        weights = cached_weight_maps(data.train_masks, cfg.w0, cfg.sigma, cache)
+        log.info("weight maps (w0 %g, sigma %g): %.2fs", cfg.w0, cfg.sigma, time.perf_counter() - t)
+    return TileSampler(data.train_images, data.train_masks, cfg.tile, out_tile, rng, weights,
+                       cfg.augment.margin(cfg.tile))  # fmt: skip
+
+
 def check_tile(preset: Preset) -> int:
     """Output tile edge for the preset's input tile; InputError naming valid sizes."""
     m, tile = preset.model, preset.train.tile
@@ -236,15 +249,7 @@ def train(
     # 3. Data.
     num_classes = max(2, preset.model.out_channels)
     data = load_data(cfg, num_classes)
-    weights = None
-    if cfg.weight_map:
-        t = time.perf_counter()
-        weights = cached_weight_maps(data.train_masks, cfg.w0, cfg.sigma, out)
-        log.info("weight maps (w0 %g, sigma %g): %.2fs", cfg.w0, cfg.sigma, time.perf_counter() - t)
-    margin = cfg.augment.margin(cfg.tile)
-    sampler = TileSampler(
-        data.train_images, data.train_masks, cfg.tile, out_tile, np_rng, weights, margin
-    )
+    sampler = make_sampler(cfg, data, out_tile, np_rng, cache=out)
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(data.train_images) / cfg.batch_size)
 
     # 4. Model and optimiser (restored when resuming).
@@ -373,11 +378,7 @@ def preview_tiles(preset: Preset, n: int = 12, seed: int = 0) -> tuple[np.ndarra
     cfg = replace(preset.train, val_slices="none", train_slices=None)
     out_tile = check_tile(preset)
     data = load_data(cfg, max(2, preset.model.out_channels))
-    weights = cached_weight_maps(data.train_masks, cfg.w0, cfg.sigma) if cfg.weight_map else None
-    sampler = TileSampler(
-        data.train_images, data.train_masks, cfg.tile, out_tile,
-        np.random.default_rng(seed), weights, cfg.augment.margin(cfg.tile),
-    )  # fmt: skip
+    sampler = make_sampler(cfg, data, out_tile, np.random.default_rng(seed))
     x, y, w = sampler.sample(n)
     x, y, _ = augment(x, y, w, cfg.augment, torch.Generator().manual_seed(seed),
                       tile=cfg.tile, label_size=out_tile)  # fmt: skip
