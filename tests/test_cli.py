@@ -302,3 +302,22 @@ def test_bench_reports_speeds_and_ratios(isbi_crops, tmp_path, capsys):
         assert r[key] > 0, key
     assert r["speedup_vs_baseline"] == pytest.approx(
         r["train_steps_per_s"] / r["baseline_steps_per_s"])  # fmt: skip
+
+
+def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops, tmp_path, capsys):
+    img, lab = isbi_crops
+    out = tmp_path / "run"
+    code, _, _ = run(["train", "--images", str(img), "--labels", str(lab), "--out", str(out),
+                      "--select-by", "train_loss", "--weight-map", "--isbi-every", "0", *SMALL],
+                     capsys)  # fmt: skip
+    assert code == 0
+    cfg = json.loads((out / "config.json").read_text())["train"]
+    assert (cfg["select_by"], cfg["weight_map"], cfg["isbi_every"]) == ("train_loss", True, 0)
+    code, text, _ = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt")], capsys)
+    assert code == 0 and "weights and configuration only" in text
+    code, _, _ = run(["predict", str(tmp_path / "m.pt"), str(img), "--out",
+                      str(tmp_path / "p.tif"), "--no-progress"], capsys)  # fmt: skip
+    assert code == 0 and tifffile.imread(tmp_path / "p.tif").shape == (6, 96, 96)
+    code, _, err = run(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")], capsys)
+    _one_line_error(code, err, "missing.pt", "no such checkpoint")
+    assert not (tmp_path / "x.pt").exists()

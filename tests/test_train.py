@@ -159,3 +159,34 @@ def test_best_checkpoint_can_be_chosen_by_v_rand(isbi_crops, tmp_path):
     best = max((h for h in history if h.get("v_rand") is not None), key=lambda h: h["v_rand"])
     assert result["best_epoch"] == best["epoch"]
     assert load_checkpoint(tmp_path / "r" / "best.pt")["epoch"] == best["epoch"]
+
+
+def test_best_checkpoint_by_training_loss_ignores_the_validation_slices(isbi_crops, tmp_path):
+    preset = tiny_preset(*isbi_crops, epochs=4, select_by="train_loss")
+    result = train(preset, tmp_path / "r", progress=False)
+    history = load_checkpoint(tmp_path / "r" / "last.pt")["history"]
+    assert all(h.get("val_loss") is not None for h in history)  # validation still watched
+    best = min(history, key=lambda h: h["train_loss"])
+    assert result["best_epoch"] == best["epoch"]
+    assert load_checkpoint(tmp_path / "r" / "best.pt")["epoch"] == best["epoch"]
+    by_val = min(history, key=lambda h: h["val_loss"])
+    if by_val["epoch"] != best["epoch"]:  # the two rules disagree here: which one ruled
+        assert load_checkpoint(tmp_path / "r" / "best.pt")["epoch"] != by_val["epoch"]
+
+
+def test_export_keeps_configuration_and_weights_only(isbi_crops, tmp_path):
+    from biounet.checkpoint import export_model
+
+    train(tiny_preset(*isbi_crops, epochs=2), tmp_path / "r", progress=False)
+    shipped = export_model(tmp_path / "r" / "best.pt", tmp_path / "m.pt")
+    loaded = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert set(loaded) == {"format_version", "preset", "model", "epoch", "step",
+                           "trained_seconds", "log"}  # fmt: skip
+    assert loaded["epoch"] == shipped["epoch"] and loaded["log"]["epoch"] == loaded["epoch"]
+    a, _ = model_from_checkpoint(tmp_path / "r" / "best.pt")
+    b, preset = model_from_checkpoint(tmp_path / "m.pt")
+    assert preset.name == "tiny"
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(a(x), b(x))
+    assert (tmp_path / "m.pt").stat().st_size < (tmp_path / "r" / "best.pt").stat().st_size

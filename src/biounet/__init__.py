@@ -5,7 +5,7 @@ Public API (re-exported names only)::
     from biounet import UNet, get_preset, train, predict
 """
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import export_model, load_checkpoint, model_from_checkpoint
 from .config import AugmentConfig, Preset, TrainConfig
 from .io import InputError, read_images, read_masks
 from .model import (
@@ -35,6 +35,7 @@ __all__ = [
     "UNet",
     "border",
     "count_parameters",
+    "export_model",
     "get_preset",
     "load_checkpoint",
     "min_input_size",

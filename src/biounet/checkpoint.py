@@ -47,6 +47,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def export_model(source: str | Path, dest: str | Path) -> dict:
+    """Write the model of checkpoint ``source`` to ``dest`` for shipping: configuration and
+    weights only (no optimiser state, RNG states or per-epoch history), plus the training
+    record a user needs to trust it (epoch, step, seconds trained, the chosen epoch's log
+    row). Returns the dict written. Loads with ``load_checkpoint`` like any checkpoint."""
+    ckpt = load_checkpoint(source)
+    history = ckpt.get("history") or []
+    chosen = next((h for h in history if h.get("epoch") == ckpt.get("epoch")), {})
+    shipped = {
+        "preset": ckpt["preset"],
+        "model": {k: v.detach().clone() for k, v in ckpt["model"].items()},
+        "epoch": ckpt.get("epoch"),
+        "step": ckpt.get("step"),
+        "trained_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
+        "log": {k: v for k, v in chosen.items() if v is not None},
+    }
+    save_checkpoint(dest, shipped)
+    return shipped
+
+
 def model_from_checkpoint(
     checkpoint: dict | str | Path, device: str | torch.device = "cpu"
 ) -> tuple[UNet, Preset]:

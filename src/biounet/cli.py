@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
+from .config import HIGHER_IS_BETTER, SELECT_BY
 from .io import InputError
 
 log = logging.getLogger("biounet")
@@ -74,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     s.add_argument("--precision", choices=("auto", "bf16", "fp32"))
     s.add_argument(
+        "--select-by",
+        choices=SELECT_BY,
+        help="what best.pt minimises/maximises (train_loss keeps validation slices out of "
+        "model selection)",
+    )
+    s.add_argument("--isbi-every", type=int, help="validation V_rand / V_info every N epochs")
+    s.add_argument(
+        "--weight-map",
+        action=argparse.BooleanOptionalAction,
+        help="weight the loss by the paper's border weight map w(x)",
+    )
+    s.add_argument(
         "--resume",
         metavar="DIR",
         help="continue the run in DIR from its last.pt with its own settings "
@@ -128,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="strip a checkpoint to configuration + weights for sharing")
+    s.add_argument("checkpoint", help="a checkpoint (e.g. runs/NAME/best.pt)")
+    s.add_argument("out", help="the file to write (e.g. models/NAME.pt)")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("bench", help="training and inference speed against same-run baselines")
     s.add_argument("--preset", default=DEFAULT, choices=list(PRESETS))
@@ -221,6 +239,11 @@ def cmd_info(args) -> int:
         f"  training     {t.epochs} epochs x {t.steps_per_epoch or 'one pass'} steps, "
         f"batch {t.batch_size}, validate on slices {t.val_slices or 'none'}"
     )
+    print(
+        f"  best.pt      lowest {t.select_by.replace('_', ' ')}"
+        if t.select_by not in HIGHER_IS_BETTER
+        else f"  best.pt      highest {t.select_by.replace('_', ' ')}"
+    )
     a = t.augment
     on = [name for name, flag in (("flips", a.flip), ("quarter turns", a.rot90)) if flag]
     if a.rotate:
@@ -243,7 +266,8 @@ def cmd_train(args) -> int:
 
     # flags that map onto TrainConfig fields of the same name
     settings = ("images", "labels", "val_slices", "train_slices", "steps_per_epoch",
-                "batch_size", "tile", "lr", "seed", "precision")  # fmt: skip
+                "batch_size", "tile", "lr", "seed", "precision", "select_by", "isbi_every",
+                "weight_map")  # fmt: skip
     if args.resume:  # the run's own config.json; only --epochs and --device may change
         fixed = ("preset", "out", *settings)
         given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) is not None]
@@ -339,6 +363,16 @@ def cmd_predict(args) -> int:
                 bar.update(1)
         print("wrote " + ", ".join(str(p) for p in outputs))
     bar.close()
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .checkpoint import export_model
+
+    shipped = export_model(args.checkpoint, args.out)
+    size = Path(args.out).stat().st_size / 2**20
+    print(f"wrote {args.out}: {shipped['preset']['name']} model, epoch {shipped['epoch']}, "
+          f"{size:.1f} MB (weights and configuration only)")  # fmt: skip
     return 0
 
 

@@ -14,7 +14,7 @@ from .model import ModelConfig
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "poly", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
-SELECT_BY = ("val_loss", "val_pixel_error", "v_rand", "v_info")
+SELECT_BY = ("train_loss", "val_loss", "val_pixel_error", "v_rand", "v_info")
 HIGHER_IS_BETTER = ("v_rand", "v_info")
 
 
@@ -103,7 +103,10 @@ class TrainConfig:
     precision: str = "auto"  # "auto" (bf16 where the hardware has it) | "bf16" | "fp32"
     device: str = "auto"  # "auto" (cuda if present) | "cpu" | "cuda" | "cuda:1" ...
     seed: int = 0
-    select_by: str = "val_loss"  # best.pt: "val_loss" | "val_pixel_error" | "v_rand" | "v_info"
+    # best.pt minimises this: "train_loss" keeps the validation slices out of model
+    # selection (they are then only watched); "val_loss" | "val_pixel_error" | "v_rand" |
+    # "v_info" select on them
+    select_by: str = "val_loss"
     isbi_every: int = 1  # validation V_rand / V_info every N epochs (0 = never)
 
     def __post_init__(self):

@@ -140,7 +140,7 @@ def validate(
 def selection_score(row: dict, select_by: str) -> float | None:
     """The value best.pt minimises (negated where higher is better); None if the row lacks
     it (ISBI metrics not computed this epoch). Without validation: the training loss."""
-    if "val_loss" not in row:
+    if select_by == "train_loss" or "val_loss" not in row:
         return row["train_loss"]
     v = row.get(select_by)
     if v is None:
