@@ -30,3 +30,26 @@ def isbi_crops(isbi, tmp_path):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+DSB = Path(__file__).resolve().parents[1] / "data" / "dsb2018-fluo"
+
+
+@pytest.fixture
+def dsb_crops(tmp_path):
+    """(images folder, labels folder): crops of 5 DSB 2018 images with touching nuclei, of
+    two sizes (96 x 96 and 80 x 112), PNG images and uint16 instance-label TIFFs."""
+    from PIL import Image
+
+    ids = ["2bf594e9d06f78b4", "0ea221716cf13710", "feffce59a1a3eb0a", "b560dba92fbf2af7",
+           "88d5a03f8ecd459f"]  # fmt: skip
+    img_dir, lab_dir = tmp_path / "dsb-images", tmp_path / "dsb-labels"
+    img_dir.mkdir()
+    lab_dir.mkdir()
+    for k, i in enumerate(ids):
+        img = np.asarray(Image.open(DSB / "images" / f"{i}.png"))
+        lab = tifffile.imread(DSB / "labels" / f"{i}.tif")
+        h, w = (96, 96) if k % 2 == 0 else (80, 112)
+        Image.fromarray(img[:h, :w]).save(img_dir / f"{i}.png")
+        tifffile.imwrite(lab_dir / f"{i}.tif", lab[:h, :w])
+    return img_dir, lab_dir

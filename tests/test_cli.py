@@ -321,3 +321,52 @@ def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops
     code, _, err = run(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")], capsys)
     _one_line_error(code, err, "missing.pt", "no such checkpoint")
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_path, capsys):
+    img, lab = dsb_crops
+    out = tmp_path / "nuc"
+    code, text, _ = run(["train", "--images", str(img), "--labels", str(lab), "--target",
+                         "contour", "--out", str(out), "--val-slices", "4", "--epochs", "2",
+                         *TAIL], capsys)  # fmt: skip
+    assert code == 0, text
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["target"] == "contour" and cfg["model"]["out_channels"] == 3
+    code, _, _ = run(["predict", str(out / "best.pt"), str(img), "--out", str(tmp_path / "p"),
+                      "--instances", "--no-progress"], capsys)  # fmt: skip
+    assert code == 0
+    names = sorted(p.stem for p in img.iterdir())
+    inst = tifffile.imread(tmp_path / "p" / f"{names[0]}-instances.tif")
+    prob = tifffile.imread(tmp_path / "p" / f"{names[0]}.tif")
+    assert inst.dtype == np.uint16 and inst.shape == prob.shape == (80, 112)
+    assert prob.dtype == np.float32 and prob.min() >= 0 and prob.max() <= 1
+
+    # evaluate: the reference against itself is perfect; our predictions pair by name
+    code, text, _ = run(["evaluate", str(lab), str(lab), "--instances", "--json"], capsys)
+    r = json.loads(text)
+    assert code == 0 and (r["ap50"], r["dsb_score"], r["seg"], r["merges"]) == (1, 1, 1, 0)
+    preds = tmp_path / "inst"
+    preds.mkdir()
+    for n in names:
+        (tmp_path / "p" / f"{n}-instances.tif").rename(preds / f"{n}-instances.tif")
+    code, text, _ = run(["evaluate", str(preds), str(lab), "--json"], capsys)  # auto: uint16
+    r = json.loads(text)
+    assert code == 0 and r["images"] == 5 and r["n_gt"] > 40
+    assert set(r) >= {"ap50", "dsb_score", "f1", "seg", "merges", "splits"}
+
+    # bad instance input, one line each
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for n in names:
+        tifffile.imwrite(bad / f"{n}.tif", tifffile.imread(lab / f"{n}.tif").astype(np.int32))
+    tifffile.imwrite(bad / f"{names[0]}.tif", -np.ones((96, 96), np.int32))
+    code, _, err = run(["evaluate", str(preds), str(bad), "--instances"], capsys)
+    _one_line_error(code, err, names[0], "negative value -1")
+    (bad / f"{names[2]}.tif").unlink()
+    tifffile.imwrite(bad / f"{names[0]}.tif", np.zeros((50, 50), np.uint16))
+    base = ["train", "--target", "binary", "--out", str(tmp_path / "b"), *SMALL]
+    code, _, err = run([*base, "--images", str(img), "--labels", str(bad)], capsys)
+    _one_line_error(code, err, "no mask for image", names[2])
+    tifffile.imwrite(bad / f"{names[2]}.tif", np.zeros((96, 96), np.uint16))
+    code, _, err = run([*base, "--images", str(img), "--labels", str(bad)], capsys)
+    _one_line_error(code, err, names[0], "50 x 50", "80 x 112")

@@ -7,7 +7,8 @@ Public API (re-exported names only)::
 
 from .checkpoint import export_model, load_checkpoint, model_from_checkpoint
 from .config import AugmentConfig, Preset, TrainConfig
-from .io import InputError, read_images, read_masks
+from .instances import instances
+from .io import InputError, read_images, read_instances, read_masks
 from .model import (
     ModelConfig,
     UNet,
@@ -37,6 +38,7 @@ __all__ = [
     "count_parameters",
     "export_model",
     "get_preset",
+    "instances",
     "load_checkpoint",
     "min_input_size",
     "model_from_checkpoint",
@@ -44,6 +46,7 @@ __all__ = [
     "output_size",
     "predict",
     "read_images",
+    "read_instances",
     "read_masks",
     "train",
     "valid_input_size",

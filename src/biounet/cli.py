@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import HIGHER_IS_BETTER, SELECT_BY
+from .config import HIGHER_IS_BETTER, SELECT_BY, TARGETS
 from .io import InputError
 
 log = logging.getLogger("biounet")
@@ -63,7 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--preset", choices=list(PRESETS), help=f"default: {DEFAULT}")
     s.add_argument("--images", help="image stack (TIFF) or folder of PNG/TIFF images")
     s.add_argument("--labels", help="mask stack or folder of masks paired by file name")
-    s.add_argument("--val-slices", help="held-out slice indices, e.g. 25-29 or 28,29 or none")
+    s.add_argument(
+        "--target",
+        choices=TARGETS,
+        help="mask: labels are class masks (ISBI 0/255); binary / contour: labels are instance "
+        "images, learned as foreground with carved borders / background-interior-boundary",
+    )
+    s.add_argument(
+        "--val-slices",
+        help="held-out images: indices such as 25-29 or 28,29, none, or @FILE naming them",
+    )
     s.add_argument("--train-slices", help="training slice indices (default: all others)")
     s.add_argument("--out", help="run directory (default: runs/latest)")
     s.add_argument("--epochs", type=int)
@@ -135,7 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--instances",
         action="store_true",
-        help="also write instance labels (connected components) as *-instances.tif",
+        help="also write uint16 instance labels as *-instances.tif (mask models: connected "
+        "components; binary: components grown over the carved borders; contour: seeded "
+        "watershed)",
     )
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
@@ -166,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pred", help="probability TIFF / stack / folder (1 = cell)")
     s.add_argument("gt", help="label TIFF / stack / folder (255 or 1 = cell, 0 = membrane)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument(
+        "--instances",
+        action="store_true",
+        help="PRED and GT are instance labels (0 = background): DSB 2018 score, AP@0.5, F1, "
+        "SEG, merges, splits (automatic when PRED is a 16/32-bit integer image)",
+    )
     s.add_argument(
         "--metrics",
         default=",".join(ALL_METRICS),
@@ -267,7 +284,7 @@ def cmd_train(args) -> int:
     # flags that map onto TrainConfig fields of the same name
     settings = ("images", "labels", "val_slices", "train_slices", "steps_per_epoch",
                 "batch_size", "tile", "lr", "seed", "precision", "select_by", "isbi_every",
-                "weight_map")  # fmt: skip
+                "weight_map", "target")  # fmt: skip
     if args.resume:  # the run's own config.json; only --epochs and --device may change
         fixed = ("preset", "out", *settings)
         given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) is not None]
@@ -280,11 +297,25 @@ def cmd_train(args) -> int:
         preset = get_preset(args.preset or DEFAULT).with_train(
             **{k: getattr(args, k) for k in settings}
         )
+        preset = with_target_outputs(preset)
         out = Path(args.out or "runs/latest")
         result = train(preset, out, epochs=args.epochs, device=args.device,
                        progress=not args.no_progress)  # fmt: skip
     print(report(result, out))
     return 0
+
+
+def with_target_outputs(preset):
+    """The preset with as many network outputs as its target needs (a 1-output sigmoid
+    network stays as it is for the binary target)."""
+    from dataclasses import replace
+
+    from .targets import NUM_CLASSES
+
+    t, m = preset.train.target, preset.model
+    if t == "mask" or m.out_channels == NUM_CLASSES[t] or (t == "binary" and m.out_channels == 1):
+        return preset
+    return replace(preset, model=replace(m, out_channels=NUM_CLASSES[t]))
 
 
 def report(result: dict, out: Path) -> str:
@@ -316,7 +347,7 @@ def cmd_predict(args) -> int:
     from .checkpoint import model_from_checkpoint
     from .dataset import parse_slices
     from .device import select_device
-    from .instances import connected_components
+    from .instances import connected_components, instances
     from .io import StackWriter, read_images
     from .tiling import predict
 
@@ -325,10 +356,11 @@ def cmd_predict(args) -> int:
     src = Path(args.input)
     images = read_images(src)  # input errors first: cheaper than loading the model
     device = select_device(args.device)
-    model, _ = model_from_checkpoint(args.checkpoint, device)
-    if model.config.out_channels > 2:
+    model, preset = model_from_checkpoint(args.checkpoint, device)
+    target = preset.train.target
+    if model.config.out_channels > 2 and target != "contour":
         raise InputError(f"{args.checkpoint}: a {model.config.out_channels}-class model; "
-                         "predict writes binary foreground maps only")  # fmt: skip
+                         "predict handles binary and contour models only")  # fmt: skip
     idx = list(range(len(images)))
     if args.slices:
         idx = parse_slices(args.slices, len(images), f"{src}: --slices")
@@ -350,16 +382,19 @@ def cmd_predict(args) -> int:
         with ExitStack() as stack:  # every file is complete, or none is written
             writers = {p: stack.enter_context(StackWriter(p, bigtiff=big)) for p in outputs}
             for i in members:
-                prob = predict(model, images.arrays[i], tile=args.tile, precision=args.precision,
-                               tta=args.tta, memory_mb=args.memory_mb, overlap=args.overlap,
-                               progress=not args.no_progress)  # fmt: skip
+                probs = predict(model, images.arrays[i], tile=args.tile, precision=args.precision,
+                                tta=args.tta, memory_mb=args.memory_mb, overlap=args.overlap,
+                                progress=not args.no_progress)  # fmt: skip
+                prob = 1.0 - probs[0] if probs.ndim == 3 else probs  # foreground probability
                 for p, kind in outputs.items():
                     if kind == "prob":
                         writers[p].write(prob.astype(np.float32))
                     elif kind == "mask":
                         writers[p].write(((prob > threshold) * 255).astype(np.uint8))
-                    else:
+                    elif target == "mask":
                         writers[p].write(connected_components(prob, threshold))
+                    else:  # binary: carved borders grown back; contour: seeded watershed
+                        writers[p].write(instances(probs, threshold))
                 bar.update(1)
         print("wrote " + ", ".join(str(p) for p in outputs))
     bar.close()
@@ -411,7 +446,10 @@ def cmd_evaluate(args) -> int:
             thresholds = tuple(float(t) for t in args.thresholds.split(","))
         except ValueError:
             raise InputError(f"--thresholds {args.thresholds!r}: expected numbers") from None
-    preds, gts = read_images(args.pred), read_masks(args.gt)
+    preds = read_images(args.pred)
+    if args.instances or all(a.dtype.kind in "iu" and a.dtype.itemsize > 1 for a in preds.arrays):
+        return evaluate_instances(preds, args)
+    gts = read_masks(args.gt)
     gt_idx = list(range(len(gts)))
     if args.slices:
         gt_idx = parse_slices(args.slices, len(gts), f"{args.gt}: --slices")
@@ -446,6 +484,36 @@ def cmd_evaluate(args) -> int:
             extra = f"  split {result[key + '_split']:.4f}  merge {result[key + '_merge']:.4f}"
         where = f"  (threshold {at:g})" if at is not None else ""
         print(f"  {key:<14} {result[key]:.6f}{extra}{where}")
+    return 0
+
+
+def evaluate_instances(preds, args) -> int:
+    from .dataset import parse_slices
+    from .io import check_pairs, labels_to_instances, read_instances, where_of
+    from .metrics import instance_scores_many
+
+    gts = read_instances(args.gt)
+    suffix = "-instances"  # predict --instances names its files NAME-instances.tif
+    preds.names = [n[: -len(suffix)] if n.endswith(suffix) else n for n in preds.names]
+    preds.arrays = [
+        labels_to_instances(a, where_of(preds, i))[0] for i, a in enumerate(preds.arrays)
+    ]
+    check_pairs(preds, gts)
+    idx = list(range(len(gts)))
+    if args.slices:
+        idx = parse_slices(args.slices, len(gts), f"{args.gt}: --slices", gts.names)
+    r = instance_scores_many([gts.arrays[i] for i in idx], [preds.arrays[i] for i in idx])
+    keys = ("ap50", "dsb_score", "f1", "seg", "precision50", "recall50", "merges", "splits",
+            "n_gt", "n_pred", "images")  # fmt: skip
+    result = {k: r[k] for k in keys}
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.pred} against {args.gt}: {r['images']} image(s), {r['n_gt']} reference and "
+          f"{r['n_pred']} predicted objects (matched by IoU > t)")  # fmt: skip
+    print(f"  AP@0.5 {r['ap50']:.4f}  DSB score {r['dsb_score']:.4f}  F1@0.5 {r['f1']:.4f}  "
+          f"SEG {r['seg']:.4f}  precision@0.5 {r['precision50']:.4f}  recall@0.5 "
+          f"{r['recall50']:.4f}  merges {r['merges']}  splits {r['splits']}")  # fmt: skip
     return 0
 
 

@@ -16,6 +16,7 @@ SCHEDULES = ("step", "cosine", "poly", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
 SELECT_BY = ("train_loss", "val_loss", "val_pixel_error", "v_rand", "v_info")
 HIGHER_IS_BETTER = ("v_rand", "v_info")
+TARGETS = ("mask", "binary", "contour")  # see targets.py
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,11 @@ class TrainConfig:
 
     images: str | None = None  # image stack / folder; None = bundled ISBI 2012 train-volume
     labels: str | None = None  # label stack / folder; None = bundled ISBI 2012 train-labels
-    val_slices: str = "25-29"  # held-out slice indices ("25-29", "28,29", "" for none)
+    # what the labels hold and the network learns (targets.py): "mask" (class masks, e.g.
+    # ISBI 0/255), "binary" (instance labels -> foreground with carved borders, the
+    # paper) or "contour" (instance labels -> background / interior / boundary)
+    target: str = "mask"
+    val_slices: str = "25-29"  # held-out slices ("25-29", "28,29", "" for none, "@names.txt")
     train_slices: str | None = None  # None = every slice not in val_slices
     tile: int = 256  # input tile edge; must be a valid input size of the model
     batch_size: int = 8  # tiles per step
@@ -108,6 +113,7 @@ class TrainConfig:
     # "v_info" select on them
     select_by: str = "val_loss"
     isbi_every: int = 1  # validation V_rand / V_info every N epochs (0 = never)
+    val_every: int = 1  # validate every N epochs (0 = never; held-out images stay unused)
 
     def __post_init__(self):
         for name in ("images", "labels"):  # Paths are welcome, config.json stores text
@@ -123,8 +129,11 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.select_by not in SELECT_BY:
             raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
-        if self.isbi_every < 0:
-            raise ValueError(f"isbi_every must be >= 0, got {self.isbi_every}")
+        for name in ("isbi_every", "val_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         for name in ("batch_size", "epochs", "tile"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -8,15 +8,21 @@ import torch
 from .io import InputError
 
 
-def parse_slices(spec: str, n: int, what: str = "slices") -> list[int]:
-    """Slice indices from a spec such as ``"25-29"``, ``"28,29"`` or ``"0-4,10"``.
+def parse_slices(
+    spec: str, n: int, what: str = "slices", names: list[str] | None = None
+) -> list[int]:
+    """Slice indices from a spec such as ``"25-29"``, ``"28,29"`` or ``"0-4,10"``, or
+    ``"@list.txt"``: a text file naming images (file stems, one per line, ``#`` comments),
+    looked up in ``names``.
 
     Ranges are inclusive; ``""`` or ``"none"`` gives no slices. InputError if an index is
-    outside 0..n-1 or the spec does not parse.
+    outside 0..n-1, a listed name is not among ``names``, or the spec does not parse.
     """
     spec = spec.strip()
     if spec.lower() in ("", "none"):
         return []
+    if spec.startswith("@"):
+        return _listed(spec[1:], names, what)
     out: list[int] = []
     for part in spec.split(","):
         try:
@@ -31,13 +37,34 @@ def parse_slices(spec: str, n: int, what: str = "slices") -> list[int]:
     return sorted(set(out))
 
 
-def split(n: int, val: str, train: str | None) -> tuple[list[int], list[int]]:
-    """(train indices, validation indices) of ``n`` images; train defaults to the rest."""
-    val_idx = parse_slices(val, n, "validation slices")
+def _listed(path: str, names: list[str] | None, what: str) -> list[int]:
+    from .io import resolve_data_path
+
+    file = resolve_data_path(path)
+    if not file.is_file():
+        raise InputError(f"{what} @{path}: no such list file")
+    wanted = [ln.split("#")[0].strip() for ln in file.read_text().splitlines()]
+    wanted = [w for w in wanted if w]
+    if names is None:
+        raise InputError(f"{what} @{path}: a name list needs named images (a folder)")
+    index = {n: i for i, n in enumerate(names)}
+    unknown = [w for w in wanted if w not in index]
+    if unknown:
+        more = f" ({len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""
+        raise InputError(f"{file}: {unknown[0]!r} is not among the {len(names)} images{more}")
+    return sorted({index[w] for w in wanted})
+
+
+def split(
+    n: int, val: str, train: str | None, names: list[str] | None = None
+) -> tuple[list[int], list[int]]:
+    """(train indices, validation indices) of ``n`` images; train defaults to the rest.
+    Specs as in :func:`parse_slices` (``names``: the images' names, for ``@list`` specs)."""
+    val_idx = parse_slices(val, n, "validation slices", names)
     if train is None:
         train_idx = [i for i in range(n) if i not in set(val_idx)]
     else:
-        train_idx = parse_slices(train, n, "training slices")
+        train_idx = parse_slices(train, n, "training slices", names)
     if not train_idx:
         raise InputError(f"no training slices left (n = {n}, validation slices {val!r})")
     return train_idx, val_idx

@@ -56,6 +56,19 @@ def find_data(name: str = "isbi2012") -> Path:
     )
 
 
+def resolve_data_path(path: str | Path) -> Path:
+    """``path`` as given if it exists; else a ``data/NAME/...`` path is looked up in the
+    bundled data set NAME (see :func:`find_data`), so presets can name bundled files and
+    still run from any working directory."""
+    path = Path(path)
+    if path.exists() or path.is_absolute() or len(path.parts) < 2 or path.parts[0] != "data":
+        return path
+    try:
+        return find_data(path.parts[1]).joinpath(*path.parts[2:])
+    except InputError:
+        return path
+
+
 def list_image_files(folder: Path) -> list[Path]:
     """Image files (TIFF, PNG) in ``folder``, sorted by name."""
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -197,12 +210,64 @@ def read_masks(path: str | Path, num_classes: int = 2) -> Images:
     """Read masks like :func:`read_images` and map each to class indices (H, W) uint8."""
     masks = read_images(path, mask=True)
     masks.arrays = [
-        mask_to_classes(m, num_classes, _where(masks, i)) for i, m in enumerate(masks.arrays)
+        mask_to_classes(m, num_classes, where_of(masks, i)) for i, m in enumerate(masks.arrays)
     ]
     return masks
 
 
-def _where(images: Images, i: int) -> str:
+def labels_to_instances(labels: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
+    """(H, W) int32 instance labels (0 = background, 1..N objects) from a stored label
+    image, and whether it was a binary mask that had to be split into its 4-connected
+    components (touching objects then stay merged). InputError naming ``where`` for
+    fractional or negative values."""
+    from scipy import ndimage
+
+    if labels.dtype.kind == "f":
+        frac = labels[labels != np.round(labels)]
+        if frac.size:
+            raise InputError(f"{where}: label values are not instance ids: fractional value "
+                             f"{frac.flat[0]:g}")  # fmt: skip
+    elif labels.dtype.kind not in "biu":
+        raise InputError(f"{where}: label image of dtype {labels.dtype}; expected integers")
+    if labels.size and labels.min() < 0:
+        raise InputError(f"{where}: label values are not instance ids: negative value "
+                         f"{labels.min():g}")  # fmt: skip
+    values = np.unique(labels)
+    if np.isin(values, (0, 255)).all() and 255 in values or np.isin(values, (0, 1)).all():
+        comps, n = ndimage.label(labels != 0, structure=ndimage.generate_binary_structure(2, 1))
+        return comps.astype(np.int32), n > 1 or 255 in values
+    if values.max() > np.iinfo(np.int32).max:
+        raise InputError(f"{where}: instance id {values.max():g} is too large")
+    return labels.astype(np.int32), False
+
+
+def read_instances(path: str | Path) -> Images:
+    """Read instance-label images like :func:`read_images`: (H, W) int32, 0 = background.
+
+    A binary mask where instances are needed is split into its connected components, with
+    one warning line for all such files (naming the first); fractional or negative values
+    are an InputError naming the file.
+    """
+    import logging
+
+    labels = read_images(path, mask=True)
+    binary = []
+    for i, arr in enumerate(labels.arrays):
+        labels.arrays[i], was_binary = labels_to_instances(arr, where_of(labels, i))
+        if was_binary:
+            binary.append(where_of(labels, i))
+    if binary:
+        more = f" and {len(binary) - 1} more" if len(binary) > 1 else ""
+        logging.getLogger("biounet").warning(
+            "warning: %s%s: binary mask where instance labels are needed; using its connected "
+            "components (touching objects stay merged)",
+            binary[0],
+            more,
+        )
+    return labels
+
+
+def where_of(images: Images, i: int) -> str:
     if len(images) == 1 or images.source.is_dir():
         name = images.names[i].split("[")[0]
         return str(images.source / name) if images.source.is_dir() else str(images.source)
@@ -228,7 +293,7 @@ def check_pairs(images: Images, masks: Images) -> None:
     for i, (img, m) in enumerate(zip(images.arrays, masks.arrays, strict=True)):
         if img.shape != m.shape:
             raise InputError(
-                f"{_where(masks, i)}: mask is {m.shape[0]} x {m.shape[1]}, "
+                f"{where_of(masks, i)}: mask is {m.shape[0]} x {m.shape[1]}, "
                 f"but its image is {img.shape[0]} x {img.shape[1]}"
             )
 

@@ -28,10 +28,21 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import HIGHER_IS_BETTER, Preset, TrainConfig
 from .dataset import TileSampler, split
 from .device import autocast, resolve_precision, select_device
-from .io import InputError, find_data, normalize, read_pairs, write_text
+from .io import (
+    InputError,
+    check_pairs,
+    find_data,
+    normalize,
+    read_images,
+    read_instances,
+    read_pairs,
+    resolve_data_path,
+    write_text,
+)
 from .losses import segmentation_loss
 from .model import UNet, count_parameters, output_size
 from .plots import plot_curves, plot_panels
+from .targets import NUM_CLASSES, make_target
 from .tiling import predict
 from .weights import cached_weight_maps
 
@@ -85,10 +96,12 @@ class Data:
     val_images: list[np.ndarray]
     val_masks: list[np.ndarray]
     val_names: list[str]
+    train_instances: list[np.ndarray] | None = None  # (H, W) int32, instance targets only
 
 
 def load_data(cfg: TrainConfig, num_classes: int) -> Data:
-    """Read the configured images and masks (default: bundled ISBI 2012) and split them."""
+    """Read the configured images and labels (default: bundled ISBI 2012), turn the labels
+    into the configured target's class maps and split them."""
     if (cfg.images is None) != (cfg.labels is None):
         given = "--images" if cfg.images is not None else "--labels"
         raise InputError(f"{given} given alone: --images and --labels go together")
@@ -96,9 +109,16 @@ def load_data(cfg: TrainConfig, num_classes: int) -> Data:
         root = find_data("isbi2012")
         images_path, labels_path = root / "train-volume.tif", root / "train-labels.tif"
     else:
-        images_path, labels_path = cfg.images, cfg.labels
-    images, masks = read_pairs(images_path, labels_path, num_classes)
-    train_idx, val_idx = split(len(images), cfg.val_slices, cfg.train_slices)
+        images_path, labels_path = resolve_data_path(cfg.images), resolve_data_path(cfg.labels)
+    instances = None
+    if cfg.target == "mask":
+        images, masks = read_pairs(images_path, labels_path, num_classes)
+    else:  # instance labels -> the target's class maps
+        images, masks = read_images(images_path), read_instances(labels_path)
+        check_pairs(images, masks)
+        instances = masks.arrays
+        masks.arrays = [make_target(inst, cfg.target) for inst in instances]
+    train_idx, val_idx = split(len(images), cfg.val_slices, cfg.train_slices, images.names)
     present = np.unique(np.concatenate([np.unique(masks.arrays[i]) for i in train_idx]))
     if len(present) < 2:
         raise InputError(
@@ -111,6 +131,7 @@ def load_data(cfg: TrainConfig, num_classes: int) -> Data:
         val_images=[images.arrays[i] for i in val_idx],
         val_masks=[masks.arrays[i] for i in val_idx],
         val_names=[images.names[i] for i in val_idx],
+        train_instances=None if instances is None else [instances[i] for i in train_idx],
     )
 
 
@@ -121,9 +142,9 @@ def validate(
     the ISBI 2012 V_rand and V_info (thinned, maximal over thresholds 0, 0.1, ..., 1)."""
     probs = [predict(model, img, precision=precision) for img in data.val_images]
     masks = data.val_masks
-    if probs and probs[0].ndim == 3:  # more than 2 classes: score class 1 against the rest
-        probs = [p[1] for p in probs]
-        masks = [(m == 1).astype(np.uint8) for m in masks]
+    if probs and probs[0].ndim == 3:  # more than 2 classes: foreground (not 0) vs class 0
+        probs = [1.0 - p[0] for p in probs]
+        masks = [(m != 0).astype(np.uint8) for m in masks]
     pairs = list(zip(probs, masks, strict=True))
     scores = {
         "val_loss": np.mean([metrics.binary_cross_entropy(p, m) for p, m in pairs]),
@@ -139,9 +160,7 @@ def validate(
 
 def selection_score(row: dict, select_by: str) -> float | None:
     """The value best.pt minimises (negated where higher is better); None if the row lacks
-    it (ISBI metrics not computed this epoch). Without validation: the training loss."""
-    if select_by == "train_loss" or "val_loss" not in row:
-        return row["train_loss"]
+    it (not validated, or ISBI metrics not computed this epoch)."""
     v = row.get(select_by)
     if v is None:
         return None
@@ -184,7 +203,8 @@ def make_sampler(
     weights = None
     if cfg.weight_map:
         t = time.perf_counter()
-        weights = cached_weight_maps(data.train_masks, cfg.w0, cfg.sigma, cache)
+        labels = data.train_instances or data.train_masks  # instances where there are some
+        weights = cached_weight_maps(labels, cfg.w0, cfg.sigma, cache)
         log.info("weight maps (w0 %g, sigma %g): %.2fs", cfg.w0, cfg.sigma, time.perf_counter() - t)
     return TileSampler(data.train_images, data.train_masks, cfg.tile, out_tile, rng, weights,
                        cfg.augment.margin(cfg.tile))  # fmt: skip
@@ -248,7 +268,12 @@ def train(
 
     # 3. Data.
     num_classes = max(2, preset.model.out_channels)
+    if cfg.target != "mask" and num_classes != NUM_CLASSES[cfg.target]:
+        raise InputError(f"target {cfg.target!r} needs a network with {NUM_CLASSES[cfg.target]} "
+                         f"outputs, this one has {preset.model.out_channels}")  # fmt: skip
     data = load_data(cfg, num_classes)
+    validating = bool(data.val_images) and cfg.val_every > 0
+    select_by = cfg.select_by if validating else "train_loss"
     sampler = make_sampler(cfg, data, out_tile, np_rng, cache=out)
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(data.train_images) / cfg.batch_size)
 
@@ -314,13 +339,17 @@ def train(
         epochs_this_call += 1
         row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": float(np.mean(losses))}
         probs = None
-        if data.val_images:
+        if (
+            data.val_images
+            and cfg.val_every
+            and (epoch % cfg.val_every == 0 or epoch == cfg.epochs)
+        ):
             isbi = cfg.isbi_every > 0 and (epoch % cfg.isbi_every == 0 or epoch == cfg.epochs)
             scores, probs = validate(model, data, precision, isbi)
             row.update(scores)
         row["seconds"] = round(time.perf_counter() - t0, 2)
         history.append(row)
-        score = selection_score(row, cfg.select_by)
+        score = selection_score(row, select_by)
         is_best = score is not None and score < best
         best = min(best, score) if score is not None else best
         state = {
@@ -353,7 +382,7 @@ def train(
             row["seconds"],
             "  (best)" if is_best else "",
         )
-    return summary(history, cfg.select_by)
+    return summary(history, select_by)
 
 
 def _fmt(v: float | None) -> str:
@@ -361,7 +390,7 @@ def _fmt(v: float | None) -> str:
 
 
 def summary(history: list[dict], select_by: str = "val_loss") -> dict:
-    """The best epoch's row (by ``select_by``, else training loss), plus totals."""
+    """The best epoch's row (by ``select_by``; training loss if no row has it), plus totals."""
     if not history:
         return {}
     scored = [(selection_score(h, select_by), h) for h in history]

@@ -160,18 +160,18 @@ def cached_weight_maps(
         h.update(f"{m.shape}{m.dtype}".encode())
         h.update(np.ascontiguousarray(m).tobytes())
     digest = h.hexdigest()[:16]
-    if digest in _MEMORY:
-        return _MEMORY[digest]
     path = Path(folder) / f"weight-maps-{digest}.npz" if folder is not None else None
-    if path is not None and path.is_file():
+    if digest in _MEMORY:
+        maps = _MEMORY[digest]
+    elif path is not None and path.is_file():
         with np.load(path) as f:
             maps = [f[f"w{i}"] for i in range(len(masks))]
     else:
         maps = [weight_map(m, w0, sigma) for m in masks]
-        if path is not None:
-            from .io import atomic_path
+    if path is not None and not path.is_file():  # every run folder gets its copy
+        from .io import atomic_path
 
-            with atomic_path(path) as tmp, open(tmp, "wb") as f:
-                np.savez_compressed(f, **{f"w{i}": m for i, m in enumerate(maps)})
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **{f"w{i}": m for i, m in enumerate(maps)})
     _MEMORY[digest] = maps
     return maps

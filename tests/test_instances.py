@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+
+import biounet
+from biounet.instances import binary_instances, contour_instances
+from biounet.targets import binary_target, contour_target
+
+
+def _discs(shape=(64, 64), centres=((20, 20), (20, 31), (45, 45)), r=6):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    lab = np.zeros(shape, np.int32)
+    for i, (cy, cx) in enumerate(centres, start=1):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = i  # discs 1 and 2 touch (overlap cut)
+    return lab
+
+
+def test_binary_instances_undo_the_carved_border_exactly():
+    lab = _discs()
+    assert (lab == 1).sum() and ((lab[:, 1:] == 1) & (lab[:, :-1] == 2)).sum() == 0
+    prob = binary_target(lab).astype(np.float32)  # a perfect binary-target prediction
+    out = binary_instances(prob)
+    assert out.dtype == np.uint16 and out.max() == 3
+    # every object comes back whole (each carved pixel to its own object); the only extra
+    # pixels are where the two discs' outlines leave a natural 2-pixel gap, which looks
+    # exactly like a carved one (rows 16 and 24, one pixel each side)
+    for i in (1, 2, 3):
+        ids = np.unique(out[lab == i])
+        assert len(ids) == 1 and ids[0] > 0
+        assert not ((lab == i) & (out != ids[0])).any()
+        extra = np.argwhere((out == ids[0]) & (lab != i))
+        assert len(extra) == (0 if i == 3 else 2) and set(extra[:, 0]) <= {16, 24}
+
+
+def test_binary_instances_do_not_grow_objects_into_open_background():
+    lab = _discs(centres=((20, 20), (45, 45)))
+    out = binary_instances((lab > 0).astype(np.float32), gap=2)
+    np.testing.assert_array_equal(out > 0, lab > 0)
+
+
+def test_contour_instances_separate_touching_objects_from_class_probabilities():
+    lab = _discs()
+    t = contour_target(lab)
+    probs = np.stack([(t == k).astype(np.float32) for k in range(3)])
+    out = contour_instances(probs)
+    assert out.max() == 3
+    for i in (1, 2, 3):
+        ids = np.unique(out[lab == i])
+        assert len(ids) == 1 and ids[0] > 0
+        np.testing.assert_array_equal(out == ids[0], lab == i)
+    probs[1] = 0  # no seeds at all: each foreground component is one object
+    assert contour_instances(probs).max() == 2  # the touching pair stays merged
+
+
+def test_small_objects_are_dropped_and_ids_stay_consecutive():
+    prob = np.zeros((20, 20), np.float32)
+    prob[2:8, 2:8] = 1
+    prob[15, 15] = 1  # one pixel of noise
+    prob[12:16, 2:6] = 1
+    out = binary_instances(prob, min_size=4)
+    assert sorted(np.unique(out)) == [0, 1, 2]
+
+
+def test_the_api_dispatches_on_shape_and_rejects_others():
+    assert biounet.instances(np.zeros((8, 8))).max() == 0
+    assert biounet.instances(np.zeros((3, 8, 8))).shape == (8, 8)
+    with pytest.raises(ValueError, match=r"got \(2, 8, 8\)"):
+        biounet.instances(np.zeros((2, 8, 8)))
