@@ -7,12 +7,13 @@ metrics of `biounet evaluate --instances`: AP@0.5 (DSB convention TP / (TP + FP 
 DSB 2018 score (mean over IoU thresholds 0.5..0.95), SEG, merges, splits. Each variant is
 scored without and with 8-fold test-time averaging.
 
-    .venv/bin/python benchmarks/nuclei.py [--variants nuclei,binary-w10,binary-w0,contour-plain]
+    .venv/bin/python benchmarks/nuclei.py [--variants nuclei,binary-w10,binary-w0,...]
         [--epochs N] [--out runs/nuclei]
 
 Variants (everything else as in the preset):
     nuclei         contour target (background / interior / boundary), weight map w0 10
     contour-plain  contour target, unweighted cross entropy
+    contour-w2     contour target with a 2-pixel boundary class per object
     binary-w10     the paper: binary target with carved borders, weight map w0 10
     binary-w0      binary target, class balance only (w0 0): what the border term is worth
 
@@ -35,6 +36,7 @@ from biounet.metrics import instance_scores_many
 VARIANTS = {
     "nuclei": {},
     "contour-plain": {"weight_map": False},
+    "contour-w2": {"boundary_width": 2},
     "binary-w10": {"target": "binary"},
     "binary-w0": {"target": "binary", "w0": 0.0},
 }
@@ -58,11 +60,11 @@ def held_out(preset):
 
 
 def score(checkpoint: Path, images, labels, tta: bool) -> dict:
-    model, _ = model_from_checkpoint(checkpoint)
+    model, preset = model_from_checkpoint(checkpoint)
     t0 = time.perf_counter()
     probs = [predict(model, img, tta=tta) for img in images]
     t1 = time.perf_counter()
-    preds = [instances(p) for p in probs]
+    preds = [instances(p, min_size=preset.train.min_object_size) for p in probs]
     t2 = time.perf_counter()
     r = instance_scores_many(labels, preds)
     return {**{k: r[k] for k in KEYS}, "predict_s": round(t1 - t0, 1),

@@ -86,3 +86,12 @@ def test_held_out_images_can_be_named_in_a_list_file(tmp_path):
         parse_slices(f"@{lst}", 4, "validation", names)
     with pytest.raises(InputError, match="no such list file"):
         parse_slices(f"@{tmp_path}/nope.txt", 4, "validation", names)
+
+
+def test_a_wider_boundary_class_erodes_the_interior_further():
+    lab = np.pad(np.ones((6, 6), int), 1)
+    t = contour_target(lab, width=2)
+    assert (t[3:5, 3:5] == 1).all() and (t == 1).sum() == 4
+    assert (t == 2).sum() == 32 and (t[lab == 0] == 0).all()
+    with pytest.raises(ValueError, match="width must be >= 1, got 0"):
+        contour_target(lab, width=0)

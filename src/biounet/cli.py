@@ -357,7 +357,7 @@ def cmd_predict(args) -> int:
     images = read_images(src)  # input errors first: cheaper than loading the model
     device = select_device(args.device)
     model, preset = model_from_checkpoint(args.checkpoint, device)
-    target = preset.train.target
+    target, min_size = preset.train.target, preset.train.min_object_size
     if model.config.out_channels > 2 and target != "contour":
         raise InputError(f"{args.checkpoint}: a {model.config.out_channels}-class model; "
                          "predict handles binary and contour models only")  # fmt: skip
@@ -394,7 +394,7 @@ def cmd_predict(args) -> int:
                     elif target == "mask":
                         writers[p].write(connected_components(prob, threshold))
                     else:  # binary: carved borders grown back; contour: seeded watershed
-                        writers[p].write(instances(probs, threshold))
+                        writers[p].write(instances(probs, threshold, min_size=min_size))
                 bar.update(1)
         print("wrote " + ", ".join(str(p) for p in outputs))
     bar.close()

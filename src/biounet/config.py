@@ -87,6 +87,8 @@ class TrainConfig:
     # ISBI 0/255), "binary" (instance labels -> foreground with carved borders, the
     # paper) or "contour" (instance labels -> background / interior / boundary)
     target: str = "mask"
+    boundary_width: int = 1  # "contour": boundary class width per object (pixels)
+    min_object_size: int = 0  # predict --instances drops smaller objects (pixels)
     val_slices: str = "25-29"  # held-out slices ("25-29", "28,29", "" for none, "@names.txt")
     train_slices: str | None = None  # None = every slice not in val_slices
     tile: int = 256  # input tile edge; must be a valid input size of the model
@@ -132,6 +134,8 @@ class TrainConfig:
         for name in ("isbi_every", "val_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.boundary_width < 1:
+            raise ValueError(f"boundary_width must be >= 1, got {self.boundary_width}")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         for name in ("batch_size", "epochs", "tile"):

@@ -7,12 +7,14 @@
   the instances. ``instances.binary_instances`` undoes the carving after prediction.
 - ``contour`` (common for nuclei, beyond the paper): three classes, 0 background,
   1 interior, 2 boundary (the instance's own pixels that touch another label, background
-  included, 4-connectivity: one pixel wide on each side of a touching edge).
+  included, 4-connectivity: one pixel wide on each side of a touching edge; wider with
+  ``boundary_width``).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from .config import TARGETS
 from .weights import separate_touching
@@ -20,6 +22,7 @@ from .weights import separate_touching
 __all__ = ["TARGETS", "NUM_CLASSES", "make_target", "binary_target", "contour_target"]
 NUM_CLASSES = {"mask": 2, "binary": 2, "contour": 3}
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
 def inner_boundary(instances: np.ndarray) -> np.ndarray:
@@ -41,17 +44,23 @@ def binary_target(instances: np.ndarray) -> np.ndarray:
     return (separate_touching(instances) != 0).astype(np.uint8)
 
 
-def contour_target(instances: np.ndarray) -> np.ndarray:
-    """(H, W) uint8 classes 0 background, 1 interior, 2 boundary."""
+def contour_target(instances: np.ndarray, width: int = 1) -> np.ndarray:
+    """(H, W) uint8 classes 0 background, 1 interior, 2 boundary: the instance pixels
+    within ``width`` 4-steps of another label (``width`` 1: the inner boundary)."""
+    if width < 1:
+        raise ValueError(f"boundary width must be >= 1, got {width}")
+    boundary = inner_boundary(instances)
+    for _ in range(width - 1):
+        boundary |= ndimage.binary_dilation(boundary, FOUR_CONNECTED) & (instances != 0)
     out = (instances != 0).astype(np.uint8)  # interior unless on a boundary
-    out[inner_boundary(instances)] = BOUNDARY
+    out[boundary] = BOUNDARY
     return out
 
 
-def make_target(instances: np.ndarray, target: str) -> np.ndarray:
+def make_target(instances: np.ndarray, target: str, boundary_width: int = 1) -> np.ndarray:
     """The class map the network learns for ``target`` ("binary" or "contour")."""
     if target == "binary":
         return binary_target(instances)
     if target == "contour":
-        return contour_target(instances)
+        return contour_target(instances, boundary_width)
     raise ValueError(f"target must be 'binary' or 'contour' for instance labels, got {target!r}")

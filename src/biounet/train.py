@@ -117,7 +117,7 @@ def load_data(cfg: TrainConfig, num_classes: int) -> Data:
         images, masks = read_images(images_path), read_instances(labels_path)
         check_pairs(images, masks)
         instances = masks.arrays
-        masks.arrays = [make_target(inst, cfg.target) for inst in instances]
+        masks.arrays = [make_target(inst, cfg.target, cfg.boundary_width) for inst in instances]
     train_idx, val_idx = split(len(images), cfg.val_slices, cfg.train_slices, images.names)
     present = np.unique(np.concatenate([np.unique(masks.arrays[i]) for i in train_idx]))
     if len(present) < 2:
