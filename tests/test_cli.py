@@ -345,14 +345,26 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     code, text, _ = run(["evaluate", str(lab), str(lab), "--instances", "--json"], capsys)
     r = json.loads(text)
     assert code == 0 and (r["ap50"], r["dsb_score"], r["seg"], r["merges"]) == (1, 1, 1, 0)
-    preds = tmp_path / "inst"
-    preds.mkdir()
-    for n in names:
-        (tmp_path / "p" / f"{n}-instances.tif").rename(preds / f"{n}-instances.tif")
-    code, text, _ = run(["evaluate", str(preds), str(lab), "--json"], capsys)  # auto: uint16
+    # predict's own output folder (probabilities + NAME-instances.tif): instance mode by itself
+    code, text, _ = run(["evaluate", str(tmp_path / "p"), str(lab), "--json"], capsys)
     r = json.loads(text)
     assert code == 0 and r["images"] == 5 and r["n_gt"] > 40
     assert set(r) >= {"ap50", "dsb_score", "f1", "seg", "merges", "splits"}
+    preds = tmp_path / "p"
+
+    # a named list picks the images to predict
+    lst = tmp_path / "two.txt"
+    lst.write_text(f"{names[3]}\n{names[1]}\n")
+    code, _, _ = run(["predict", str(out / "best.pt"), str(img), "--out", str(tmp_path / "q"),
+                      "--slices", f"@{lst}", "--no-progress"], capsys)  # fmt: skip
+    assert code == 0 and sorted(p.stem for p in (tmp_path / "q").iterdir()) == sorted(
+        [names[1], names[3]])
+
+    # a 16-bit image that is not instance labels is never scored as instances silently
+    u16 = tmp_path / "u16.tif"
+    tifffile.imwrite(u16, (tifffile.imread(preds / f"{names[0]}.tif") * 1000).astype(np.uint16))
+    code, _, err = run(["evaluate", str(u16), str(lab / f"{names[0]}.tif")], capsys)
+    assert code == 2 and "instance" not in err
 
     # bad instance input, one line each
     bad = tmp_path / "bad"
@@ -364,6 +376,11 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     _one_line_error(code, err, names[0], "negative value -1")
     (bad / f"{names[2]}.tif").unlink()
     tifffile.imwrite(bad / f"{names[0]}.tif", np.zeros((50, 50), np.uint16))
+    code, _, err = run(["train", "--images", str(img), "--labels", str(lab), "--target", "contour",
+                        "--select-by", "v_rand", "--isbi-every", "0", "--out",
+                        str(tmp_path / "v"), "--val-slices", "4", *TAIL], capsys)  # fmt: skip
+    _one_line_error(code, err, "select_by v_rand needs the ISBI metrics")
+    assert not (tmp_path / "v").exists()
     base = ["train", "--target", "binary", "--out", str(tmp_path / "b"), *SMALL]
     code, _, err = run([*base, "--images", str(img), "--labels", str(bad)], capsys)
     _one_line_error(code, err, "no mask for image", names[2])

@@ -2,8 +2,9 @@
 
 Keys: ``format_version``, ``preset`` (the full config as a dict, model included), ``model``
 (state_dict), ``optimizer``, ``epoch`` (completed epochs), ``step``, ``best`` (best
-validation score so far), ``history`` (one dict per epoch, as in log.csv), ``rng``
-(torch / generator / numpy states). Metadata never goes inside the state_dict.
+selection score so far: a validation metric or the training loss, see ``select_by``),
+``history`` (one dict per epoch, as in log.csv), ``rng`` (torch / generator / numpy
+states). Metadata never goes inside the state_dict.
 """
 
 from __future__ import annotations

@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model selection)",
     )
     s.add_argument("--isbi-every", type=int, help="validation V_rand / V_info every N epochs")
+    s.add_argument("--val-every", type=int, help="validate every N epochs (0: never)")
     s.add_argument(
         "--weight-map",
         action=argparse.BooleanOptionalAction,
@@ -144,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--instances",
         action="store_true",
-        help="also write uint16 instance labels as *-instances.tif (mask models: connected "
+        help="also write instance labels (uint16; uint32 past 65535) as *-instances.tif (mask "
+        "models: connected "
         "components; binary: components grown over the carved borders; contour: seeded "
         "watershed)",
     )
@@ -284,7 +286,7 @@ def cmd_train(args) -> int:
     # flags that map onto TrainConfig fields of the same name
     settings = ("images", "labels", "val_slices", "train_slices", "steps_per_epoch",
                 "batch_size", "tile", "lr", "seed", "precision", "select_by", "isbi_every",
-                "weight_map", "target")  # fmt: skip
+                "val_every", "weight_map", "target")  # fmt: skip
     if args.resume:  # the run's own config.json; only --epochs and --device may change
         fixed = ("preset", "out", *settings)
         given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) is not None]
@@ -297,6 +299,8 @@ def cmd_train(args) -> int:
         preset = get_preset(args.preset or DEFAULT).with_train(
             **{k: getattr(args, k) for k in settings}
         )
+        if args.target == "binary" and args.weight_map is None:  # the paper's weighted loss
+            preset = preset.with_train(weight_map=True)
         preset = with_target_outputs(preset)
         out = Path(args.out or "runs/latest")
         result = train(preset, out, epochs=args.epochs, device=args.device,
@@ -313,9 +317,12 @@ def with_target_outputs(preset):
     from .targets import NUM_CLASSES
 
     t, m = preset.train.target, preset.model
-    if t == "mask" or m.out_channels == NUM_CLASSES[t] or (t == "binary" and m.out_channels == 1):
+    need = NUM_CLASSES[t]
+    if m.out_channels == need or (t in ("mask", "binary") and m.out_channels == 1):
         return preset
-    return replace(preset, model=replace(m, out_channels=NUM_CLASSES[t]))
+    if t == "mask" and m.out_channels > 2:  # an instance preset's 3 outputs, now 2 classes
+        need = 2
+    return replace(preset, model=replace(m, out_channels=need))
 
 
 def report(result: dict, out: Path) -> str:
@@ -324,7 +331,8 @@ def report(result: dict, out: Path) -> str:
         return f"{out}: nothing trained"
     lines = [
         f"run {out}: {result['epochs']} epochs in {result['total_seconds'] / 60:.1f} min; "
-        f"best epoch {result['best_epoch']} (saved as {out / 'best.pt'})"
+        f"best epoch {result['best_epoch']}"
+        + (f" (saved as {out / 'best.pt'})" if (out / "best.pt").is_file() else "")
     ]
     if result.get("val_loss") is not None:
         lines.append(
@@ -363,7 +371,7 @@ def cmd_predict(args) -> int:
                          "predict handles binary and contour models only")  # fmt: skip
     idx = list(range(len(images)))
     if args.slices:
-        idx = parse_slices(args.slices, len(images), f"{src}: --slices")
+        idx = parse_slices(args.slices, len(images), f"{src}: --slices", images.names)
     if src.is_dir():  # one output file per input file
         folder = Path(args.out) if args.out else Path(f"{src.resolve().name}-prob")
         groups = [(folder / f"{images.names[i]}.tif", [i]) for i in idx]
@@ -446,13 +454,13 @@ def cmd_evaluate(args) -> int:
             thresholds = tuple(float(t) for t in args.thresholds.split(","))
         except ValueError:
             raise InputError(f"--thresholds {args.thresholds!r}: expected numbers") from None
+    if args.instances or instance_files(Path(args.pred)):
+        return evaluate_instances(args)
     preds = read_images(args.pred)
-    if args.instances or all(a.dtype.kind in "iu" and a.dtype.itemsize > 1 for a in preds.arrays):
-        return evaluate_instances(preds, args)
     gts = read_masks(args.gt)
     gt_idx = list(range(len(gts)))
     if args.slices:
-        gt_idx = parse_slices(args.slices, len(gts), f"{args.gt}: --slices")
+        gt_idx = parse_slices(args.slices, len(gts), f"{args.gt}: --slices", gts.names)
     if args.slices and len(preds) == len(gt_idx) < len(gts):
         idx = list(range(len(preds)))  # PRED holds just the selected slices
     else:
@@ -487,18 +495,39 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def evaluate_instances(preds, args) -> int:
+INSTANCE_SUFFIX = "-instances"  # predict --instances writes NAME-instances.tif
+
+
+def instance_files(path: Path) -> list[Path]:
+    """The ``NAME-instances.*`` files at ``path`` (a folder, or one such file)."""
+    from .io import IMAGE_SUFFIXES
+
+    files = sorted(path.iterdir()) if path.is_dir() else [path]
+    return [f for f in files
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.stem.endswith(INSTANCE_SUFFIX)]  # fmt: skip
+
+
+def evaluate_instances(args) -> int:
     from .dataset import parse_slices
-    from .io import check_pairs, labels_to_instances, read_instances, where_of
+    from .io import Images, check_pairs, labels_to_instances, read_images, read_instances, where_of
     from .metrics import instance_scores_many
 
-    gts = read_instances(args.gt)
-    suffix = "-instances"  # predict --instances names its files NAME-instances.tif
-    preds.names = [n[: -len(suffix)] if n.endswith(suffix) else n for n in preds.names]
+    src = Path(args.pred)
+    files = instance_files(src) if src.is_dir() else []
+    if files:  # a predict output folder: its NAME-instances files, not the probability maps
+        parts = [read_images(f, mask=True) for f in files]
+        preds = Images([a for p in parts for a in p.arrays], [f.stem for f in files], src)
+    else:
+        preds = read_images(src, mask=True)
     preds.arrays = [
         labels_to_instances(a, where_of(preds, i))[0] for i, a in enumerate(preds.arrays)
     ]
-    check_pairs(preds, gts)
+    gts = read_instances(args.gt)
+    for images in (preds, gts):  # NAME-instances pairs with NAME
+        images.names = [n[: -len(INSTANCE_SUFFIX)] if n.endswith(INSTANCE_SUFFIX) else n
+                        for n in images.names]  # fmt: skip
+    unscored = len(gts) - len(preds)
+    check_pairs(preds, gts)  # GT is narrowed to the predicted names
     idx = list(range(len(gts)))
     if args.slices:
         idx = parse_slices(args.slices, len(gts), f"{args.gt}: --slices", gts.names)
@@ -510,7 +539,9 @@ def evaluate_instances(preds, args) -> int:
         print(json.dumps(result))
         return 0
     print(f"{args.pred} against {args.gt}: {r['images']} image(s), {r['n_gt']} reference and "
-          f"{r['n_pred']} predicted objects (matched by IoU > t)")  # fmt: skip
+          f"{r['n_pred']} predicted objects (matched by IoU > t)"
+          + (f"; {unscored} reference images without a prediction not scored" if unscored > 0
+             else ""))  # fmt: skip
     print(f"  AP@0.5 {r['ap50']:.4f}  DSB score {r['dsb_score']:.4f}  F1@0.5 {r['f1']:.4f}  "
           f"SEG {r['seg']:.4f}  precision@0.5 {r['precision50']:.4f}  recall@0.5 "
           f"{r['recall50']:.4f}  merges {r['merges']}  splits {r['splits']}")  # fmt: skip

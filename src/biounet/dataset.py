@@ -43,7 +43,11 @@ def _listed(path: str, names: list[str] | None, what: str) -> list[int]:
     file = resolve_data_path(path)
     if not file.is_file():
         raise InputError(f"{what} @{path}: no such list file")
-    wanted = [ln.split("#")[0].strip() for ln in file.read_text().splitlines()]
+    try:
+        text = file.read_text()
+    except (UnicodeDecodeError, OSError) as e:
+        raise InputError(f"{file}: not a readable text list of image names ({e})") from None
+    wanted = [ln.split("#")[0].strip() for ln in text.splitlines()]
     wanted = [w for w in wanted if w]
     if names is None:
         raise InputError(f"{what} @{path}: a name list needs named images (a folder)")

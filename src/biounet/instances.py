@@ -94,10 +94,11 @@ def contour_instances(
 def instances(probs: np.ndarray, threshold: float = 0.5, **options) -> np.ndarray:
     """Instance labels (H, W) from a network's probabilities.
 
-    ``probs`` (H, W) is a ``binary`` (or plain mask) model's foreground probability:
-    :func:`binary_instances` (options ``gap``, ``min_size``). (3, H, W) are a ``contour``
-    model's class probabilities: :func:`contour_instances` (``threshold`` is its
-    foreground threshold; options ``seed_threshold``, ``min_size``).
+    ``probs`` (H, W) is a ``binary`` model's foreground probability:
+    :func:`binary_instances` (options ``gap``, ``min_size``; ``gap=0`` gives the plain
+    connected components, right for a ``mask`` model such as the ISBI one).
+    (3, H, W) are a ``contour`` model's class probabilities: :func:`contour_instances`
+    (``threshold`` is its foreground threshold; options ``seed_threshold``, ``min_size``).
     """
     probs = np.asarray(probs)
     if probs.ndim == 2:

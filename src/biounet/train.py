@@ -256,8 +256,6 @@ def train(
     preset = preset.with_train(epochs=epochs, device=device)
     cfg = preset.train
     out_tile = check_tile(preset)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.json", json.dumps(preset.to_dict(), indent=2) + "\n")
 
     # 2. Device, precision and the run's random number generators.
     device = select_device(cfg.device)
@@ -274,6 +272,10 @@ def train(
     data = load_data(cfg, num_classes)
     validating = bool(data.val_images) and cfg.val_every > 0
     select_by = cfg.select_by if validating else "train_loss"
+    if select_by in HIGHER_IS_BETTER and cfg.isbi_every == 0:
+        raise InputError(f"select_by {select_by} needs the ISBI metrics: set isbi_every >= 1")
+    out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be good
+    write_text(out / "config.json", json.dumps(preset.to_dict(), indent=2) + "\n")
     sampler = make_sampler(cfg, data, out_tile, np_rng, cache=out)
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(data.train_images) / cfg.batch_size)
 
