@@ -113,9 +113,11 @@ def run_bench(
     repeat: int = 3,
     image_size: int = 2048,
     tta: bool = True,
+    predict_model: tuple[str, UNet] | None = None,
 ) -> dict:
     """Measure ``preset`` (or ``model``, e.g. a shipped checkpoint's) and return a dict of
-    timings and ratios. ``image_size`` 0 skips inference."""
+    timings and ratios. Inference is timed on a random ``image_size``^2 image (0: skipped)
+    with ``predict_model`` (name, network), default the trained model."""
     dev = select_device(device)
     precision = resolve_precision(preset.train.precision, dev)
     torch.manual_seed(0)
@@ -143,8 +145,11 @@ def run_bench(
     }
     if image_size:
         image = np.random.default_rng(0).random((image_size, image_size)).astype(np.float32)
-        m = copy.deepcopy(model).to(dev).eval()
+        name, m = predict_model or (f"the {preset.name} network", model)
+        m = copy.deepcopy(m).to(dev).eval()
         mpx = image_size**2 / 1e6
+        result["predict_model"] = name
+        result["predict_image"] = image_size
         result["predict_mpx_per_s"] = mpx / _timed(lambda: predict(m, image), 1, dev)
         if tta:
             result["predict_tta_mpx_per_s"] = mpx / _timed(
@@ -168,5 +173,8 @@ def format_bench(r: dict) -> str:
     if "predict_mpx_per_s" in r:
         tta = (f", with --tta {r['predict_tta_mpx_per_s']:.2f} Mpx/s"
                if "predict_tta_mpx_per_s" in r else "")  # fmt: skip
-        lines.append(f"  predict       {r['predict_mpx_per_s']:.2f} Mpx/s{tta}")
+        lines.append(
+            f"  predict       {r['predict_mpx_per_s']:.2f} Mpx/s{tta} "
+            f"({r['predict_model']}, {r['predict_image']} x {r['predict_image']})"
+        )
     return "\n".join(lines)

@@ -48,6 +48,16 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def shipped_model() -> Path | None:
+    """The trained ISBI 2012 model shipped with biounet (``models/isbi2012.pt`` of the
+    repository, or of the working directory), or None if it is not there."""
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        path = root / "models" / "isbi2012.pt"
+        if path.is_file():
+            return path
+    return None
+
+
 def export_model(source: str | Path, dest: str | Path) -> dict:
     """Write the model of checkpoint ``source`` to ``dest`` for shipping: configuration and
     weights only (no optimiser state, RNG states or per-epoch history), plus the training

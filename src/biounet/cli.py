@@ -162,7 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="training and inference speed against same-run baselines")
     s.add_argument("--preset", default=DEFAULT, choices=list(PRESETS))
-    s.add_argument("--checkpoint", help="measure this model (e.g. a shipped one) instead")
+    s.add_argument(
+        "--checkpoint",
+        help="measure this model instead of the preset's (predict "
+        "speed: default the shipped models/isbi2012.pt where present)",
+    )
     s.add_argument(
         "--image-size",
         type=int,
@@ -421,17 +425,20 @@ def cmd_export(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import format_bench, run_bench
-    from .checkpoint import model_from_checkpoint
+    from .checkpoint import model_from_checkpoint, shipped_model
     from .presets import get_preset
 
     if args.repeat < 1 or args.image_size < 0:
         raise InputError(f"--repeat must be >= 1 and --image-size >= 0, got {args.repeat}, "
                          f"{args.image_size}")  # fmt: skip
-    model, preset = None, get_preset(args.preset)
+    model, preset, inference = None, get_preset(args.preset), None
     if args.checkpoint:
         model, preset = model_from_checkpoint(args.checkpoint)
+    elif shipped_model() is not None:  # time predict with the shipped model, as users run it
+        inference = (str(shipped_model()), model_from_checkpoint(shipped_model())[0])
     result = run_bench(preset, model=model, device=args.device, repeat=args.repeat,
-                       image_size=args.image_size, tta=not args.no_tta)  # fmt: skip
+                       image_size=args.image_size, tta=not args.no_tta,
+                       predict_model=inference)  # fmt: skip
     print(json.dumps(result) if args.json else format_bench(result))
     return 0
 

@@ -1,0 +1,43 @@
+"""The shipped ISBI 2012 model: loads safely, stays small, still segments a held-out slice."""
+
+from pathlib import Path
+
+import numpy as np
+import tifffile
+import torch
+
+from biounet import model_from_checkpoint, predict
+from biounet.cli import main
+from biounet.metrics import isbi_scores
+
+MODEL = Path(__file__).resolve().parents[1] / "models" / "isbi2012.pt"
+DATA = Path(__file__).resolve().parents[1] / "data" / "isbi2012"
+
+
+def test_the_shipped_model_is_weights_only_and_small():
+    assert MODEL.stat().st_size <= 50 * 2**20
+    ckpt = torch.load(MODEL, weights_only=True)  # no pickled code can run
+    assert set(ckpt) >= {"format_version", "preset", "model"}
+    assert "optimizer" not in ckpt and "rng" not in ckpt
+    assert ckpt["preset"]["train"]["val_slices"] == "25-29"  # slices 25-29 never trained on
+
+
+def test_the_shipped_model_segments_held_out_slice_25(isbi):
+    images, labels = isbi
+    model, preset = model_from_checkpoint(MODEL)
+    assert preset.name == "isbi"
+    prob = predict(model, images[25])
+    r = isbi_scores(prob, (labels[25] == 255).astype(np.uint8), metrics=("v_rand", "v_info"))
+    assert r["v_rand"] > 0.96, r  # a regression guard; the model scores about 0.99 here
+
+
+def test_predicting_the_test_volume_gives_the_challenge_format(tmp_path, capsys):
+    out = tmp_path / "submission.tif"
+    code = main(["predict", str(MODEL), str(DATA / "test-volume.tif"), "--slices", "0-1",
+                 "--out", str(out), "--no-progress"])  # fmt: skip
+    assert code == 0
+    with tifffile.TiffFile(out) as tif:  # one float32 page per slice, values in [0, 1]
+        pages = [p.asarray() for p in tif.pages]
+    assert len(pages) == 2
+    assert all(p.shape == (512, 512) and p.dtype == np.float32 for p in pages)
+    assert min(p.min() for p in pages) >= 0 and max(p.max() for p in pages) <= 1
