@@ -358,7 +358,8 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     code, _, _ = run(["predict", str(out / "best.pt"), str(img), "--out", str(tmp_path / "q"),
                       "--slices", f"@{lst}", "--no-progress"], capsys)  # fmt: skip
     assert code == 0 and sorted(p.stem for p in (tmp_path / "q").iterdir()) == sorted(
-        [names[1], names[3]])
+        [names[1], names[3]]
+    )
 
     # a 16-bit image that is not instance labels is never scored as instances silently
     u16 = tmp_path / "u16.tif"

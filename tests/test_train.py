@@ -190,3 +190,24 @@ def test_export_keeps_configuration_and_weights_only(isbi_crops, tmp_path):
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
     assert (tmp_path / "m.pt").stat().st_size < (tmp_path / "r" / "best.pt").stat().st_size
+
+
+def test_weight_averaging_is_saved_resumed_and_used_for_prediction(isbi_crops, tmp_path):
+    from biounet.checkpoint import export_model
+
+    preset = tiny_preset(*isbi_crops, epochs=3, ema=0.9)
+    train(preset, tmp_path / "a", progress=False, stop_after=2)
+    train(None, tmp_path / "a", resume=True, progress=False)
+    train(preset, tmp_path / "b", progress=False)  # uninterrupted twin
+    a, b = load_checkpoint(tmp_path / "a" / "last.pt"), load_checkpoint(tmp_path / "b" / "last.pt")
+    for k in b["ema"]:
+        assert torch.equal(a["ema"][k], b["ema"][k]), k  # the resume restored the average
+    raw = b["model"]["inc.0.weight"]
+    averaged = b["ema"]["module.inc.0.weight"]
+    assert not torch.equal(raw, averaged)
+    model, _ = model_from_checkpoint(tmp_path / "b" / "last.pt")
+    assert torch.equal(model.state_dict()["inc.0.weight"], averaged)
+    shipped = export_model(tmp_path / "b" / "last.pt", tmp_path / "m.pt")
+    assert "ema" not in shipped and torch.equal(shipped["model"]["inc.0.weight"], averaged)
+    with pytest.raises(ValueError, match=r"ema must be in \[0, 1\), got 1"):
+        TrainConfig(ema=1)

@@ -4,7 +4,8 @@ Keys: ``format_version``, ``preset`` (the full config as a dict, model included)
 (state_dict), ``optimizer``, ``epoch`` (completed epochs), ``step``, ``best`` (best
 selection score so far: a validation metric or the training loss, see ``select_by``),
 ``history`` (one dict per epoch, as in log.csv), ``rng`` (torch / generator / numpy
-states). Metadata never goes inside the state_dict.
+states) and, when training averages the weights, ``ema`` (the AveragedModel's state,
+which validation and prediction use). Metadata never goes inside the state_dict.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def export_model(source: str | Path, dest: str | Path) -> dict:
     chosen = next((h for h in history if h.get("epoch") == ckpt.get("epoch")), {})
     shipped = {
         "preset": ckpt["preset"],
-        "model": {k: v.detach().clone() for k, v in ckpt["model"].items()},
+        "model": {k: v.detach().clone() for k, v in inference_weights(ckpt).items()},
         "epoch": ckpt.get("epoch"),
         "step": ckpt.get("step"),
         "trained_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
@@ -85,5 +86,15 @@ def model_from_checkpoint(
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     preset = Preset.from_dict(ckpt["preset"])
     model = UNet(preset.model)
-    model.load_state_dict(ckpt["model"])
+    model.load_state_dict(inference_weights(ckpt))
     return model.to(device).eval(), preset
+
+
+def inference_weights(ckpt: dict) -> dict:
+    """The state_dict to predict with: the moving average of the weights where training
+    kept one (``ema``, an AveragedModel state: ``module.`` prefixes, an update counter),
+    else ``model``."""
+    if "ema" not in ckpt:
+        return ckpt["model"]
+    prefix = "module."
+    return {k[len(prefix) :]: v for k, v in ckpt["ema"].items() if k.startswith(prefix)}

@@ -107,6 +107,9 @@ class TrainConfig:
     weight_map: bool = False  # weight the loss by the paper's w(x) (weights.weight_map)
     w0: float = 10.0  # its border weight (paper: 10)
     sigma: float = 5.0  # its border width in pixels (paper: 5)
+    # validate and ship an exponential moving average of the weights with this decay per
+    # step (0 = off; 0.999 averages over about the last 1000 steps)
+    ema: float = 0.0
     precision: str = "auto"  # "auto" (bf16 where the hardware has it) | "bf16" | "fp32"
     device: str = "auto"  # "auto" (cuda if present) | "cpu" | "cuda" | "cuda:1" ...
     seed: int = 0
@@ -143,6 +146,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 

@@ -167,6 +167,16 @@ def selection_score(row: dict, select_by: str) -> float | None:
     return -v if select_by in HIGHER_IS_BETTER else v
 
 
+def _make_ema(model: torch.nn.Module, decay: float):
+    """An exponential moving average of the weights and batch-norm statistics, updated
+    after every optimiser step (None when ``decay`` is 0)."""
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def _rng_state(np_rng: np.random.Generator, gen: torch.Generator) -> dict:
     state = {
         "torch": torch.get_rng_state(),
@@ -287,6 +297,10 @@ def train(
     epoch, step, best, history = 0, 0, math.inf, []
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
+    ema = _make_ema(model, cfg.ema)  # the weights that validate and predict, if configured
+    if ckpt is not None:
+        if ema is not None and "ema" in ckpt:
+            ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         epoch, step, best, history = ckpt["epoch"], ckpt["step"], ckpt["best"], ckpt["history"]
         _set_rng_state(ckpt["rng"], np_rng, gen)
@@ -334,6 +348,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             losses.append(loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
@@ -347,7 +363,7 @@ def train(
             and (epoch % cfg.val_every == 0 or epoch == cfg.epochs)
         ):
             isbi = cfg.isbi_every > 0 and (epoch % cfg.isbi_every == 0 or epoch == cfg.epochs)
-            scores, probs = validate(model, data, precision, isbi)
+            scores, probs = validate(model if ema is None else ema.module, data, precision, isbi)
             row.update(scores)
         row["seconds"] = round(time.perf_counter() - t0, 2)
         history.append(row)
@@ -357,6 +373,7 @@ def train(
         state = {
             "preset": preset.to_dict(),
             "model": model.state_dict(),
+            **({} if ema is None else {"ema": ema.state_dict()}),
             "optimizer": optimizer.state_dict(),
             "epoch": epoch,
             "step": step,
