@@ -171,3 +171,16 @@ def test_stack_writer_writes_bigtiff_on_request(tmp_path):
         w.write(np.zeros((4, 5), np.float32))
     with tifffile.TiffFile(tmp_path / "b.tif") as tif:
         assert tif.is_bigtiff and tif.asarray().shape == (2, 4, 5)
+
+
+def test_bright_normalization_makes_objects_bright_on_either_background():
+    from biounet.io import normalize
+
+    fluo = np.zeros((20, 20), np.uint8)
+    fluo[5:9, 5:9] = 200  # bright nucleus, dark background
+    inverted = 255 - fluo  # dark nucleus, bright background
+    a, b = normalize(fluo, "zscore-bright"), normalize(inverted, "zscore-bright")
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert a[6, 6] > 0 > a[0, 0]
+    np.testing.assert_allclose(normalize(inverted), -a, atol=1e-6)  # plain zscore keeps it
+    assert abs(a.mean()) < 1e-6 and abs(a.std() - 1) < 1e-5

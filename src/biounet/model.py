@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 PADDINGS = ("valid", "same")
+NORMALIZATIONS = ("zscore", "zscore-bright")
 UPSAMPLINGS = ("transpose", "bilinear")
 
 
@@ -35,6 +36,10 @@ class ModelConfig:
     batch_norm: bool = False  # conv -> BN -> ReLU when True (paper: False)
     dropout: float = 0.5  # dropout at the end of the contracting path (paper: 0.5)
     upsample: str = "transpose"  # "transpose" (2x2 up-conv, paper) | "bilinear" (+1x1 conv)
+    # input normalisation (io.normalize): "zscore" (zero mean, unit variance per image) |
+    # "zscore-bright" (the same, negated for images whose median exceeds their mean, i.e.
+    # dark objects on a bright background, so objects are always bright)
+    normalization: str = "zscore"
 
     def __post_init__(self):
         check_model_config(self)
@@ -45,6 +50,10 @@ class ModelConfig:
 
 def check_model_config(cfg: ModelConfig) -> None:
     """Raise ValueError with the bad value if ``cfg`` cannot describe a network."""
+    if cfg.normalization not in NORMALIZATIONS:
+        raise ValueError(
+            f"normalization must be one of {NORMALIZATIONS}, got {cfg.normalization!r}"
+        )
     if cfg.padding not in PADDINGS:
         raise ValueError(f"padding must be one of {PADDINGS}, got {cfg.padding!r}")
     if cfg.upsample not in UPSAMPLINGS:

@@ -301,7 +301,7 @@ def probabilities(
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     model.to(memory_format=torch.channels_last)  # in place; the same weights, faster convs
-    x = normalize(image)
+    x = normalize(image, model.config.normalization)
     plan_for = lambda shape: plan_tiles(  # noqa: E731
         model.config, shape, tile=tile, precision=precision, memory_mb=memory_mb, overlap=overlap
     )

@@ -99,7 +99,7 @@ class Data:
     train_instances: list[np.ndarray] | None = None  # (H, W) int32, instance targets only
 
 
-def load_data(cfg: TrainConfig, num_classes: int) -> Data:
+def load_data(cfg: TrainConfig, num_classes: int, normalization: str = "zscore") -> Data:
     """Read the configured images and labels (default: bundled ISBI 2012), turn the labels
     into the configured target's class maps and split them."""
     if (cfg.images is None) != (cfg.labels is None):
@@ -126,7 +126,7 @@ def load_data(cfg: TrainConfig, num_classes: int) -> Data:
             "check the mask encoding (foreground must be 255 or 1)"
         )
     return Data(
-        train_images=[normalize(images.arrays[i]) for i in train_idx],
+        train_images=[normalize(images.arrays[i], normalization) for i in train_idx],
         train_masks=[masks.arrays[i] for i in train_idx],
         val_images=[images.arrays[i] for i in val_idx],
         val_masks=[masks.arrays[i] for i in val_idx],
@@ -279,7 +279,7 @@ def train(
     if cfg.target != "mask" and num_classes != NUM_CLASSES[cfg.target]:
         raise InputError(f"target {cfg.target!r} needs a network with {NUM_CLASSES[cfg.target]} "
                          f"outputs, this one has {preset.model.out_channels}")  # fmt: skip
-    data = load_data(cfg, num_classes)
+    data = load_data(cfg, num_classes, preset.model.normalization)
     validating = bool(data.val_images) and cfg.val_every > 0
     select_by = cfg.select_by if validating else "train_loss"
     if select_by in HIGHER_IS_BETTER and cfg.isbi_every == 0:
@@ -425,7 +425,7 @@ def preview_tiles(preset: Preset, n: int = 12, seed: int = 0) -> tuple[np.ndarra
     images (no validation split)."""
     cfg = replace(preset.train, val_slices="none", train_slices=None)
     out_tile = check_tile(preset)
-    data = load_data(cfg, max(2, preset.model.out_channels))
+    data = load_data(cfg, max(2, preset.model.out_channels), preset.model.normalization)
     sampler = make_sampler(cfg, data, out_tile, np.random.default_rng(seed))
     x, y, w = sampler.sample(n)
     x, y, _ = augment(x, y, w, cfg.augment, torch.Generator().manual_seed(seed),
