@@ -139,10 +139,12 @@ def test_quarter_turn_by_angle_equals_the_exact_rotation():
     params = draw_transforms(1, cfg, torch.Generator().manual_seed(0))
     params["angle"][:] = math.pi / 2
     grid = sampling_grid(params, cfg, 20, 20, torch.device("cpu"))
-    x = torch.randn(1, 1, 20, 20)
+    x = torch.randn(1, 1, 20, 20, generator=torch.Generator().manual_seed(1))
     out = F.grid_sample(x, grid, mode="bilinear", align_corners=False)
     ref = torch.rot90(x, 1, dims=(-2, -1))
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    # cos(pi/2) is 6e-8 in float32, not 0: sampling positions are off by up to ~1e-6 px,
+    # so values of size ~4 may differ by a few 1e-6 (1.1e-5 was seen with another input)
+    torch.testing.assert_close(out, ref, atol=5e-5, rtol=0)
 
 
 def test_gray_values_change_the_image_not_the_label():
