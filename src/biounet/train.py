@@ -48,6 +48,10 @@ from .weights import cached_weight_maps
 
 log = logging.getLogger("biounet")
 
+
+class TrainingDiverged(ValueError):
+    """The loss became NaN or infinite: the run stops with a one-line message."""
+
 LOG_COLUMNS = (
     "epoch", "step", "lr", "train_loss", "val_loss", "val_pixel_error", "v_rand", "v_info",
     "seconds",
@@ -345,13 +349,20 @@ def train(
             with autocast(device, precision):
                 logits = model(x)
             loss = segmentation_loss(logits, y, w)
+            value = loss.item()
+            if not math.isfinite(value):  # stop before a NaN reaches the weights
+                raise TrainingDiverged(
+                    f"{out}: the training loss became {value} at epoch {epoch + 1}, step "
+                    f"{step + 1} (lr {lr:g}): the run diverged; lower --lr (last.pt, if any, "
+                    f"holds epoch {epoch})"
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if ema is not None:
                 ema.update_parameters(model)
             step += 1
-            losses.append(loss.item())
+            losses.append(value)
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
         epoch += 1
         epochs_this_call += 1
