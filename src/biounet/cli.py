@@ -92,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--isbi-every", type=int, help="validation V_rand / V_info every N epochs")
     s.add_argument("--val-every", type=int, help="validate every N epochs (0: never)")
     s.add_argument(
+        "--ema",
+        type=float,
+        help="keep an exponential moving average of the weights with this decay (e.g. 0.999); "
+        "validation, best.pt and predict use it (0: off)",
+    )
+    s.add_argument(
         "--weight-map",
         action=argparse.BooleanOptionalAction,
         help="weight the loss by the paper's border weight map w(x)",
@@ -290,7 +296,7 @@ def cmd_train(args) -> int:
     # flags that map onto TrainConfig fields of the same name
     settings = ("images", "labels", "val_slices", "train_slices", "steps_per_epoch",
                 "batch_size", "tile", "lr", "seed", "precision", "select_by", "isbi_every",
-                "val_every", "weight_map", "target")  # fmt: skip
+                "val_every", "weight_map", "target", "ema")  # fmt: skip
     if args.resume:  # the run's own config.json; only --epochs and --device may change
         fixed = ("preset", "out", *settings)
         given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) is not None]
