@@ -26,6 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from biounet import get_preset, model_from_checkpoint, predict, train
+from biounet.device import select_device
 from biounet.io import atomic_path, find_data, read_images, read_masks
 from biounet.metrics import isbi_scores
 
@@ -57,7 +58,7 @@ def score(checkpoint: Path, tta: bool) -> dict:
     root = find_data("isbi2012")
     images = read_images(root / "train-volume.tif").arrays[25:30]
     labels = read_masks(root / "train-labels.tif").arrays[25:30]
-    model, _ = model_from_checkpoint(checkpoint)
+    model, _ = model_from_checkpoint(checkpoint, select_device("auto"))
     probs = [predict(model, img, tta=tta) for img in images]
     r = isbi_scores(probs, labels, metrics=KEYS)
     return {k: r[k] for k in KEYS}
@@ -67,14 +68,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--out", default="runs/ablate")
+    ap.add_argument("--epochs", type=int, default=None, help="override (quick checks)")
     args = ap.parse_args()
     rows = []
     for name in args.variants.split(","):
         run = Path(args.out) / name
         if (run / "last.pt").exists():
-            result = train(None, run, resume=True, progress=False)
+            result = train(None, run, resume=True, epochs=args.epochs, progress=False)
         else:
-            result = train(variant(name), run, progress=False)
+            result = train(variant(name), run, epochs=args.epochs, progress=False)
         for tta in (False, True):
             row = {"variant": name, "tta": tta, "train_min": round(result["total_seconds"] / 60, 1),
                    **score(run / "best.pt", tta)}  # fmt: skip

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from biounet import get_preset, predict, train
+from biounet.device import select_device
 from biounet.io import atomic_path, find_data, read_images, read_masks
 from biounet.metrics import isbi_scores
 
@@ -42,7 +43,7 @@ def run_fold(preset, k: int, out: Path, epochs: int | None, tta: bool) -> dict:
     root = find_data("isbi2012")
     images = read_images(root / "train-volume.tif").arrays[lo : hi + 1]
     labels = read_masks(root / "train-labels.tif").arrays[lo : hi + 1]
-    probs = [predict(run / "best.pt", img, tta=tta) for img in images]
+    probs = [predict(run / "best.pt", img, tta=tta, device=select_device("auto")) for img in images]
     scores = isbi_scores(probs, labels, metrics=COLUMNS)
     return {"fold": k, "held_out": f"{lo}-{hi}", "train_minutes_this_call": round(minutes, 1),
             **{c: scores[c] for c in COLUMNS}}  # fmt: skip

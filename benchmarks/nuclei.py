@@ -30,6 +30,7 @@ from pathlib import Path
 
 from biounet import get_preset, instances, model_from_checkpoint, predict, train
 from biounet.dataset import parse_slices
+from biounet.device import select_device
 from biounet.io import atomic_path, read_images, read_instances, resolve_data_path
 from biounet.metrics import instance_scores_many
 
@@ -60,7 +61,7 @@ def held_out(preset):
 
 
 def score(checkpoint: Path, images, labels, tta: bool) -> dict:
-    model, preset = model_from_checkpoint(checkpoint)
+    model, preset = model_from_checkpoint(checkpoint, select_device("auto"))
     t0 = time.perf_counter()
     probs = [predict(model, img, tta=tta) for img in images]
     t1 = time.perf_counter()
