@@ -161,3 +161,12 @@ def test_forward_flops_count_the_paper_network():
     macs = (64 * 2 * 1 * 9 + 64 * 2 * 2 * 9 + 16 * 4 * 2 * 9 + 16 * 4 * 4 * 9
             + 16 * 4 * 2 * 4 + 64 * 2 * 4 * 9 + 64 * 2 * 2 * 9 + 64 * 2 * 2)  # fmt: skip
     assert forward_flops(tiny, torch.zeros(1, 1, 8, 8)) == 2 * macs
+
+
+def test_layout_is_channels_last_only_where_it_is_fast():
+    from biounet.device import memory_format
+
+    cpu = torch.device("cpu")
+    assert memory_format(cpu, "bf16") == torch.channels_last
+    assert memory_format(cpu, "fp32") == torch.contiguous_format  # 1.8x faster on Zen 3
+    assert memory_format(torch.device("cuda"), "fp32") == torch.channels_last

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import Preset
-from .device import autocast, resolve_precision, select_device
+from .device import autocast, memory_format, resolve_precision, select_device
 from .losses import segmentation_loss
 from .model import UNet, output_size
 from .tiling import predict
@@ -80,7 +80,8 @@ def train_step_time(
     model: UNet, preset: Preset, device: torch.device, precision: str, fast: bool, repeat: int
 ) -> float:
     """Seconds per training step at the preset's tile and batch: ``fast`` = biounet's
-    set-up (channels_last, autocast as ``precision``), else plain fp32 NCHW eager."""
+    set-up (the layout of :func:`memory_format`, autocast as ``precision``), else plain
+    fp32 NCHW eager."""
     cfg = preset.train
     m = copy.deepcopy(model).to(device).train()
     out = output_size(cfg.tile, preset.model.depth, preset.model.padding)
@@ -90,8 +91,9 @@ def train_step_time(
     if preset.model.out_channels == 1:
         y = y.clamp(max=1)
     if fast:
-        m = m.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+        layout = memory_format(device, precision)
+        m = m.to(memory_format=layout)
+        x = x.contiguous(memory_format=layout)
     opt = torch.optim.SGD(m.parameters(), lr=1e-6, momentum=0.9)
 
     def step():

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .augment import dihedral, inverse_dihedral
 from .checkpoint import model_from_checkpoint
 from .dataset import mirror_pad
-from .device import autocast, resolve_precision
+from .device import autocast, memory_format, resolve_precision
 from .io import normalize
 from .model import (
     ModelConfig,
@@ -208,7 +208,7 @@ def _batches(items: list, size: int) -> Iterator[list]:
 def _run(model: UNet, tiles: list[np.ndarray], precision: str) -> torch.Tensor:
     device = next(model.parameters()).device
     x = torch.from_numpy(np.stack(tiles)[:, None]).to(device)
-    x = x.contiguous(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=memory_format(device, precision))
     with autocast(device, precision):
         logits = model(x)
     return _channels(logits).cpu()
@@ -300,7 +300,7 @@ def probabilities(
         raise ValueError(f"expected a non-empty (H, W) image, got shape {image.shape}")
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
-    model.to(memory_format=torch.channels_last)  # in place; the same weights, faster convs
+    model.to(memory_format=memory_format(device, precision))  # in place; the same weights
     x = normalize(image, model.config.normalization)
     plan_for = lambda shape: plan_tiles(  # noqa: E731
         model.config, shape, tile=tile, precision=precision, memory_mb=memory_mb, overlap=overlap

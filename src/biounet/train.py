@@ -27,7 +27,7 @@ from .augment import augment
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import HIGHER_IS_BETTER, Preset, TrainConfig
 from .dataset import TileSampler, split
-from .device import autocast, resolve_precision, select_device
+from .device import autocast, memory_format, resolve_precision, select_device
 from .io import (
     InputError,
     check_pairs,
@@ -51,6 +51,7 @@ log = logging.getLogger("biounet")
 
 class TrainingDiverged(ValueError):
     """The loss became NaN or infinite: the run stops with a one-line message."""
+
 
 LOG_COLUMNS = (
     "epoch", "step", "lr", "train_loss", "val_loss", "val_pixel_error", "v_rand", "v_info",
@@ -296,7 +297,8 @@ def train(
     # 4. Model and optimiser (restored when resuming).
     model = UNet(preset.model)
     model.reset_parameters(generator=gen)
-    model = model.to(device).to(memory_format=torch.channels_last)
+    layout = memory_format(device, precision)
+    model = model.to(device).to(memory_format=layout)
     optimizer = make_optimizer(model, cfg)
     epoch, step, best, history = 0, 0, math.inf, []
     if ckpt is not None:
@@ -345,16 +347,16 @@ def train(
                 None if a is None else a.to(device) for a in sampler.sample(cfg.batch_size)
             )  # regions with margin
             x, y, w = augment(x, y, w, cfg.augment, gen, tile=cfg.tile, label_size=out_tile)
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=layout)
             with autocast(device, precision):
                 logits = model(x)
             loss = segmentation_loss(logits, y, w)
             value = loss.item()
             if not math.isfinite(value):  # stop before a NaN reaches the weights
+                kept = f"; last.pt keeps epoch {epoch}" if epoch else ""
                 raise TrainingDiverged(
-                    f"{out}: the training loss became {value} at epoch {epoch + 1}, step "
-                    f"{step + 1} (lr {lr:g}): the run diverged; lower --lr (last.pt, if any, "
-                    f"holds epoch {epoch})"
+                    f"{out}: the training loss became {value} at epoch {epoch + 1} (step "
+                    f"{step + 1} of the run, lr {lr:g}): the run diverged; lower --lr{kept}"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
