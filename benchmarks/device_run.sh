@@ -4,7 +4,7 @@
 # $OUT (results.tgz, isbi2012.pt.part-*). Run from the repository root:
 #     OUT=DIR bash benchmarks/device_run.sh [DEADLINE_SECONDS] [PARALLEL]
 # QUICK=1 shrinks every run to a few steps (a check of the sweep itself, CPU is enough).
-set -u
+set -uo pipefail
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PY=${PY:-python3}
 if [ "${QUICK:-0}" = 1 ]; then export Q="--epochs 1 --steps-per-epoch 2" QE="--epochs 1"

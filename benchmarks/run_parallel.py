@@ -9,16 +9,19 @@ JOBS is a text file with one job per line, ``NAME command...`` (a shell command 
 blank lines and lines starting with ``#`` are skipped). Jobs start in file order, at most
 ``--jobs`` at a time. At the deadline every job still running is stopped with its whole
 process group (its log says so) and jobs not yet started are skipped. Prints one line per
-job as it ends: name, exit code, minutes; and a JSON summary at the end.
+job as it ends: name, exit code, minutes; and a JSON summary at the end. Stopping the
+runner (Ctrl-C, SIGTERM) stops its jobs too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +42,22 @@ def read_jobs(path: Path) -> list[tuple[str, str]]:
     return jobs
 
 
+def _stop(jobs: dict[str, tuple[subprocess.Popen, float, object]], grace: float = 10.0) -> None:
+    """SIGTERM every job's process group, wait up to ``grace`` seconds in all, then SIGKILL
+    whatever is left of each group (children outlive a shell that dies first)."""
+    for proc, _, _ in jobs.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    end = time.monotonic() + grace
+    for proc, _, _ in jobs.values():
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.0, end - time.monotonic()))
+    for proc, _, _ in jobs.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("jobs", type=Path)
@@ -46,44 +65,50 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds")
     ap.add_argument("--logs", type=Path, default=Path("runs/logs"))
     args = ap.parse_args()
+    if args.parallel < 1:
+        raise SystemExit("--jobs must be at least 1")
     pending = read_jobs(args.jobs)
     args.logs.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     running: dict[str, tuple[subprocess.Popen, float, object]] = {}
     result: dict[str, dict] = {}
-    while pending or running:
-        late = time.monotonic() - t0 > args.deadline
-        while pending and len(running) < args.parallel and not late:
-            name, cmd = pending.pop(0)
-            log = open(args.logs / f"{name}.log", "w")  # noqa: SIM115 (closed when it ends)
-            log.write(f"$ {cmd}\n")
-            log.flush()
-            proc = subprocess.Popen(
-                cmd, shell=True, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-            running[name] = (proc, time.monotonic(), log)
-        for name, (proc, start, log) in list(running.items()):
-            code = proc.poll()
-            if code is None and late:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    code = proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    code = proc.wait()
-                log.write("\n[stopped at the deadline]\n")
-            if code is not None:
-                log.close()
-                minutes = (time.monotonic() - start) / 60
-                result[name] = {"exit": code, "minutes": round(minutes, 2)}
-                print(f"{name}: exit {code} after {minutes:.1f} min", flush=True)
-                del running[name]
-        if late:
-            for name, _ in pending:
-                result[name] = {"exit": None, "minutes": 0.0}
-                print(f"{name}: not started (deadline)", flush=True)
-            pending = []
-        time.sleep(0.5)
+
+    def finish(name: str, code: int | None, note: str = "") -> None:
+        proc, start, log = running.pop(name)
+        if note:
+            log.write(note)
+        log.close()
+        minutes = (time.monotonic() - start) / 60
+        result[name] = {"exit": code, "minutes": round(minutes, 2)}
+        print(f"{name}: exit {code} after {minutes:.1f} min", flush=True)
+
+    # a runner stopped by a signal takes its jobs with it (they run in their own sessions)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        while pending or running:
+            if time.monotonic() - t0 > args.deadline:
+                _stop(running)
+                for name in list(running):
+                    finish(name, running[name][0].returncode, "\n[stopped at the deadline]\n")
+                for name, _ in pending:
+                    result[name] = {"exit": None, "minutes": 0.0}
+                    print(f"{name}: not started (deadline)", flush=True)
+                break
+            while pending and len(running) < args.parallel:
+                name, cmd = pending.pop(0)
+                log = open(args.logs / f"{name}.log", "w")  # noqa: SIM115 (closed by finish)
+                log.write(f"$ {cmd}\n")
+                log.flush()
+                proc = subprocess.Popen(cmd, shell=True, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)  # fmt: skip
+                running[name] = (proc, time.monotonic(), log)
+            for name, (proc, _, _) in list(running.items()):
+                if proc.poll() is not None:
+                    finish(name, proc.returncode)
+            time.sleep(0.5)
+    finally:
+        if running:
+            _stop(running)
     print(json.dumps(result))
 
 
