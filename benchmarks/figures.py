@@ -61,7 +61,7 @@ def nuclei_figure(checkpoint: Path, out: Path, count: int = 3) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--isbi", default="models/isbi2012.pt")
-    ap.add_argument("--nuclei", default="runs/nuclei/nuclei/best.pt")
+    ap.add_argument("--nuclei", default="models/dsb2018-nuclei.pt")
     ap.add_argument("--out", default="docs")
     args = ap.parse_args()
     out = Path(args.out)
