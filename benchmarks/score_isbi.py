@@ -17,7 +17,7 @@ from pathlib import Path
 from biounet import model_from_checkpoint, predict
 from biounet.dataset import parse_slices
 from biounet.device import select_device
-from biounet.io import atomic_path, find_data, read_images, read_masks
+from biounet.io import find_data, read_images, read_masks, write_text
 from biounet.metrics import isbi_scores
 
 KEYS = ("v_rand", "v_info", "pixel_error", "rand_error", "warping_error")
@@ -38,12 +38,11 @@ def main() -> None:
     for tta in (False, True):
         probs = [predict(model, images[i], tta=tta) for i in idx]
         scores = isbi_scores(probs, [labels[i] for i in idx], metrics=KEYS)
-        rows.append({"checkpoint": str(args.checkpoint), "preset": preset.name,
-                     "slices": args.slices, "tta": tta, **{k: scores[k] for k in KEYS}})  # fmt: skip
+        row = {"checkpoint": str(args.checkpoint), "preset": preset.name, "slices": args.slices}
+        rows.append({**row, "tta": tta, **{k: scores[k] for k in KEYS}})
         print(json.dumps(rows[-1]), flush=True)
     if args.json:
-        with atomic_path(args.json) as tmp:
-            Path(tmp).write_text(json.dumps(rows, indent=1) + "\n")
+        write_text(args.json, json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from biounet import model_from_checkpoint, predict
 from biounet.dataset import parse_slices
 from biounet.device import select_device
 from biounet.instances import contour_instances
-from biounet.io import atomic_path, read_images, read_instances, resolve_data_path
+from biounet.io import read_images, read_instances, resolve_data_path, write_text
 from biounet.metrics import instance_scores_many
 
 KEYS = ("ap50", "dsb_score", "seg", "merges", "splits")
@@ -59,8 +59,9 @@ def main() -> None:
     rows = []
     train_probs = probs_of(train_idx)
     for seed, fg in itertools.product(SEEDS, FOREGROUNDS):
-        rows.append({"set": f"train[{len(train_idx)}]", "seed_threshold": seed,
-                     "foreground_threshold": fg, **scores(train_probs, train_idx, seed, fg)})  # fmt: skip
+        setting = {"seed_threshold": seed, "foreground_threshold": fg}
+        rows.append({"set": f"train[{len(train_idx)}]", **setting,
+                     **scores(train_probs, train_idx, seed, fg)})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     best = max(rows, key=lambda r: r["dsb_score"])
     held_idx = sorted(held)
@@ -70,8 +71,7 @@ def main() -> None:
                      "tta": args.tta, **scores(held_probs, held_idx, seed, fg)})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     if args.json:
-        with atomic_path(args.json) as tmp:
-            Path(tmp).write_text(json.dumps(rows, indent=1) + "\n")
+        write_text(args.json, json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

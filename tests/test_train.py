@@ -218,13 +218,15 @@ def test_a_diverging_run_stops_with_one_clear_line(isbi_crops, tmp_path, capsys)
 
     images, labels = isbi_crops
     out = tmp_path / "run"
-    with pytest.raises(ValueError, match=r"training loss became (nan|inf).*epoch 1.*lower --lr"):
+    diverged = r"training loss became (nan|inf).*epoch 1.*lower --lr"
+    with pytest.raises(ValueError, match=diverged):
         train(tiny_preset(images, labels, optimizer="sgd", lr=1e12, momentum=0.99), out,
               progress=False)  # fmt: skip
     assert not (out / "last.pt").exists()  # nothing NaN was saved
     code = main(["train", "--images", str(images), "--labels", str(labels), "--lr", "1e12",
                  "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "2", "--tile", "64",
-                 "--out", str(tmp_path / "cli"), "--no-progress", "--val-slices", "none"])  # fmt: skip
+                 "--out", str(tmp_path / "cli"), "--no-progress",
+                 "--val-slices", "none"])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "diverged; lower --lr" in err[0], err
