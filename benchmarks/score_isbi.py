@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from biounet import model_from_checkpoint, predict
 from biounet.dataset import parse_slices
 from biounet.device import select_device
-from biounet.io import find_data, read_images, read_masks, write_text
+from biounet.io import InputError, find_data, read_images, read_masks, write_text
 from biounet.metrics import isbi_scores
 
 KEYS = ("v_rand", "v_info", "pixel_error", "rand_error", "warping_error")
@@ -46,4 +47,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a missing or unreadable checkpoint or data file: one line
+        print(f"{Path(__file__).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from pathlib import Path
 
 from biounet import model_from_checkpoint, predict
 from biounet.dataset import parse_slices
 from biounet.device import select_device
 from biounet.instances import contour_instances
-from biounet.io import read_images, read_instances, resolve_data_path, write_text
+from biounet.io import InputError, read_images, read_instances, resolve_data_path, write_text
 from biounet.metrics import instance_scores_many
 
 KEYS = ("ap50", "dsb_score", "seg", "merges", "splits")
@@ -75,4 +76,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # a missing or unreadable checkpoint or data file: one line
+        print(f"{Path(__file__).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
