@@ -11,5 +11,5 @@ else
   .venv/bin/biounet train --out "$OUT" "$@"
 fi
 .venv/bin/biounet predict "$OUT/best.pt" data/isbi2012/train-volume.tif --slices 25-29 \
-  --out "$OUT/pred-25-29.tif"
+  --tta --out "$OUT/pred-25-29.tif"
 .venv/bin/biounet evaluate "$OUT/pred-25-29.tif" data/isbi2012/train-labels.tif --slices 25-29

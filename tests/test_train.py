@@ -10,7 +10,7 @@ from biounet.config import AugmentConfig, Preset, TrainConfig
 from biounet.io import InputError
 from biounet.losses import segmentation_loss
 from biounet.model import ModelConfig, UNet
-from biounet.train import learning_rate, train
+from biounet.train import learning_rate, plan_epochs, train
 
 TINY = ModelConfig(depth=2, base_channels=4, padding="same", batch_norm=True, dropout=0.0)
 
@@ -65,6 +65,37 @@ def test_learning_rate_schedules():
     assert learning_rate(cos, 100, 10) == pytest.approx(0.0, abs=1e-12)
     poly = TrainConfig(lr=1.0, schedule="poly", epochs=1)
     assert learning_rate(poly, 50, 100) == pytest.approx(0.5**0.9)
+    # a time limit plans 4 of 10 epochs: the cosine ends with the 4th, not half way down
+    assert learning_rate(cos, 20, 10, epochs=4) == pytest.approx(0.5)
+    assert learning_rate(cos, 40, 10, epochs=4) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_a_time_limit_plans_the_epochs_that_fit():
+    cfg = TrainConfig(epochs=30, time_limit=10)  # 600 s
+    assert plan_epochs(TrainConfig(epochs=30), [], 1, 500.0) == 30  # no limit
+    assert plan_epochs(cfg, [], 1, 60.0) == 10  # 60 s done, 9 more of 60 s fit
+    assert plan_epochs(cfg, [], 1, 10.0) == 30  # everything fits
+    # the first epoch (start-up costs) is left out of the mean once there are two
+    history = [{"seconds": 70.0}, {"seconds": 50.0}, {"seconds": 50.0}]
+    assert plan_epochs(cfg, history, 4, 50.0) == 4 + (600 - 220) // 50
+    assert plan_epochs(cfg, history, 4, 500.0) == 4  # over the limit: stop now, not before
+    with pytest.raises(ValueError, match="time_limit"):
+        TrainConfig(time_limit=-1)
+
+
+def test_a_time_limited_run_ends_its_schedule_in_time_and_can_be_extended(
+    isbi_crops, tmp_path
+):
+    out = tmp_path / "run"
+    preset = tiny_preset(*isbi_crops, epochs=4, val_every=3, time_limit=1e-5)  # 0.6 ms
+    result = train(preset, out, progress=False)
+    ckpt = load_checkpoint(out / "last.pt")
+    assert result["epochs"] == 1 and ckpt["plan"] == 1 and len(ckpt["history"]) == 1
+    assert ckpt["history"][0]["val_loss"] is not None  # the last planned epoch validates
+    # resuming keeps the plan; lifting the limit trains on to the configured epochs
+    assert train(None, out, resume=True, progress=False)["epochs"] == 1
+    assert train(None, out, resume=True, time_limit=0, progress=False)["epochs"] == 4
+    assert load_checkpoint(out / "last.pt")["plan"] == 4
 
 
 def test_resumed_run_reproduces_the_uninterrupted_one(isbi_crops, tmp_path):

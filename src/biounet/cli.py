@@ -75,7 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--train-slices", help="training slice indices (default: all others)")
     s.add_argument("--out", help="run directory (default: runs/latest)")
-    s.add_argument("--epochs", type=int)
+    s.add_argument("--epochs", type=int, help="at most this many epochs")
+    s.add_argument(
+        "--time-limit",
+        type=float,
+        metavar="MIN",
+        help="minutes of training: plan as many epochs as fit (at most --epochs) and end the "
+        "learning-rate schedule with them (0: no limit)",
+    )
     s.add_argument("--steps-per-epoch", type=int)
     s.add_argument("--batch-size", type=int)
     s.add_argument("--tile", type=int, help="input tile edge in pixels")
@@ -106,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         metavar="DIR",
         help="continue the run in DIR from its last.pt with its own settings "
-        "(only --epochs and --device may change them)",
+        "(only --epochs, --time-limit and --device may change them)",
     )
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
@@ -268,6 +275,8 @@ def cmd_info(args) -> int:
         f"  training     {t.epochs} epochs x {t.steps_per_epoch or 'one pass'} steps, "
         f"batch {t.batch_size}, validate on slices {t.val_slices or 'none'}"
     )
+    if t.time_limit:
+        print(f"  time limit   {t.time_limit:g} min: fewer epochs where they do not fit")
     print(
         f"  best.pt      lowest {t.select_by.replace('_', ' ')}"
         if t.select_by not in HIGHER_IS_BETTER
@@ -297,14 +306,14 @@ def cmd_train(args) -> int:
     settings = ("images", "labels", "val_slices", "train_slices", "steps_per_epoch",
                 "batch_size", "tile", "lr", "seed", "precision", "select_by", "isbi_every",
                 "val_every", "weight_map", "target", "ema")  # fmt: skip
-    if args.resume:  # the run's own config.json; only --epochs and --device may change
+    if args.resume:  # the run's own config.json; only --epochs, --time-limit, --device change
         fixed = ("preset", "out", *settings)
         given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) is not None]
         if given:
             raise InputError(f"--resume keeps the run's settings; drop {', '.join(given)}")
         out = Path(args.resume)
         result = train(None, out, resume=True, epochs=args.epochs, device=args.device,
-                       progress=not args.no_progress)  # fmt: skip
+                       time_limit=args.time_limit, progress=not args.no_progress)  # fmt: skip
     else:
         preset = get_preset(args.preset or DEFAULT).with_train(
             **{k: getattr(args, k) for k in settings}
@@ -314,7 +323,7 @@ def cmd_train(args) -> int:
         preset = with_target_outputs(preset)
         out = Path(args.out or "runs/latest")
         result = train(preset, out, epochs=args.epochs, device=args.device,
-                       progress=not args.no_progress)  # fmt: skip
+                       time_limit=args.time_limit, progress=not args.no_progress)  # fmt: skip
     print(report(result, out))
     return 0
 

@@ -93,7 +93,7 @@ class TrainConfig:
     train_slices: str | None = None  # None = every slice not in val_slices
     tile: int = 256  # input tile edge; must be a valid input size of the model
     batch_size: int = 8  # tiles per step
-    epochs: int = 30
+    epochs: int = 30  # at most this many (see time_limit)
     steps_per_epoch: int | None = None  # None = one pass: ceil(train slices / batch size)
     optimizer: str = "adamw"  # "sgd" | "adam" | "adamw"
     lr: float = 2e-3  # peak learning rate
@@ -110,6 +110,10 @@ class TrainConfig:
     # validate and ship an exponential moving average of the weights with this decay per
     # step (0 = off; 0.999 averages over about the last 1000 steps)
     ema: float = 0.0
+    # minutes of training (0 = no limit): after every epoch the run plans as many epochs as
+    # fit (at most ``epochs``) from its mean epoch time, and the schedule (cosine, poly)
+    # ends with the last planned epoch instead of being cut off
+    time_limit: float = 0.0
     precision: str = "auto"  # "auto" (bf16 where the hardware has it) | "bf16" | "fp32"
     device: str = "auto"  # "auto" (cuda if present) | "cpu" | "cuda" | "cuda:1" ...
     seed: int = 0
@@ -148,6 +152,8 @@ class TrainConfig:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if not (self.time_limit >= 0 and math.isfinite(self.time_limit)):
+            raise ValueError(f"time_limit must be >= 0 minutes, got {self.time_limit}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 

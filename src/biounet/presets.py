@@ -90,8 +90,10 @@ FAST = Preset(
     description=(
         "The CPU default: a 16-channel same-padding U-Net with batch norm, 256 x 256 tiles, "
         "the paper's elastic deformation + rotation + shift + flips + gray values (no weight "
-        "map: see benchmarks/ablate_fast.py), AdamW with a cosine schedule, bf16; about 9 "
-        "minutes of training on 2 cores; best.pt by training loss (slices 25-29 only watched)"
+        "map: see benchmarks/ablate_fast.py), AdamW with a cosine schedule, bf16 where the CPU "
+        "has it; 30 epochs or as many as fit in 11.5 minutes (2 Zen 4 cores: all 30 in about "
+        "9 minutes; 2 Zen 3 cores, fp32: 8); best.pt by training loss (slices 25-29 only "
+        "watched)"
     ),
     model=ModelConfig(
         in_channels=1,
@@ -114,6 +116,7 @@ FAST = Preset(
         weight_decay=1e-4,
         schedule="cosine",
         warmup_steps=30,
+        time_limit=11.5,  # minutes: the main job, set-up and scoring included, within 15
         augment=PAPER_AUGMENT,
         val_slices="25-29",
         select_by="train_loss",  # the held-out slices are watched, never used for selection
@@ -125,13 +128,20 @@ ISBI = Preset(
     description=(
         "The shipped ISBI 2012 model (models/isbi2012.pt): the fast network at 32 channels, "
         "the paper's augmentation and border weight map, AdamW with a cosine schedule, "
-        "100 x 30 steps of 8 x 256 x 256 tiles (about 1.8 hours on 2 Zen 4 cores with bf16), "
+        "100 x 30 steps of 8 x 256 x 256 tiles (about 1.8 hours on 2 Zen 4 cores with bf16) "
+        "or as many as fit in 2.5 hours, "
         "weights averaged (EMA 0.999); slices 25-29 are watched, never used for model "
         "selection (best.pt: the averaged weights of the epoch with the lowest training loss)"
     ),
     model=replace(FAST.model, base_channels=32),
     train=replace(
-        FAST.train, epochs=100, weight_map=True, select_by="train_loss", isbi_every=10, ema=0.999
+        FAST.train,
+        epochs=100,
+        time_limit=150.0,
+        weight_map=True,
+        select_by="train_loss",
+        isbi_every=10,
+        ema=0.999,
     ),
 )
 
@@ -141,7 +151,8 @@ NUCLEI = Preset(
         "Touching fluorescence nuclei (bundled DSB 2018 images, instance labels): the fast "
         "network with 3 outputs learning background / interior / boundary, the paper's "
         "border weight map computed from the instances, the paper's augmentation, AdamW "
-        "cosine, 48 x 30 steps of 8 x 256 x 256 tiles (about 15 minutes on 2 cores); "
+        "cosine, 48 x 30 steps of 8 x 256 x 256 tiles or as many as fit in 15 minutes (2 Zen 4 "
+        "cores with bf16: about 14 minutes for all 48); "
         "instances by seeded watershed; the fixed held-out 20% is never trained on"
     ),
     # 3 of the 200 images show dark nuclei on a bright background: negate those
@@ -154,6 +165,7 @@ NUCLEI = Preset(
         min_object_size=15,  # the smallest training nucleus has 21 pixels
         val_slices="@data/splits/dsb2018-fluo-holdout.txt",
         epochs=48,
+        time_limit=15.0,
         weight_map=True,
         isbi_every=0,
         val_every=24,

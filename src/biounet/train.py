@@ -59,15 +59,18 @@ LOG_COLUMNS = (
 )  # fmt: skip
 
 
-def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+def learning_rate(
+    cfg: TrainConfig, step: int, steps_per_epoch: int, epochs: int | None = None
+) -> float:
     """Learning rate for optimiser step ``step`` (0-based): warm-up, then the schedule.
 
     step: lr * gamma ** (completed epochs // step_epochs); cosine: half a cosine from lr to
-    0 over all steps; poly: lr * (1 - progress) ** 0.9 (nnU-Net); constant: lr.
+    0 over all steps; poly: lr * (1 - progress) ** 0.9 (nnU-Net); constant: lr. ``epochs``:
+    the run's planned length (default ``cfg.epochs``; shorter under a time limit).
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    total = cfg.epochs * steps_per_epoch
+    total = (epochs or cfg.epochs) * steps_per_epoch
     progress = min(1.0, step / max(1, total))
     if cfg.schedule == "step":
         return cfg.lr * cfg.gamma ** ((step // steps_per_epoch) // cfg.step_epochs)
@@ -76,6 +79,22 @@ def learning_rate(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     if cfg.schedule == "poly":
         return cfg.lr * (1.0 - progress) ** 0.9
     return cfg.lr
+
+
+def plan_epochs(cfg: TrainConfig, history: list[dict], epoch: int, seconds: float) -> int:
+    """How many epochs the run trains in all: ``cfg.epochs``, or under ``cfg.time_limit``
+    as many as fit, judged after ``epoch`` epochs whose last one has trained for
+    ``seconds`` so far (``history`` holds the earlier ones). Never fewer than ``epoch``.
+
+    An epoch is expected to take the mean of the finished ones, leaving out the first
+    (start-up costs) once there are two; before that, the current epoch's time.
+    """
+    if cfg.time_limit <= 0:
+        return cfg.epochs
+    times = [h["seconds"] for h in history]
+    per_epoch = float(np.mean(times[1:] or times)) if times else seconds
+    left = cfg.time_limit * 60.0 - sum(times) - seconds
+    return max(epoch, min(cfg.epochs, epoch + int(left // max(per_epoch, 1e-9))))
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -241,6 +260,7 @@ def train(
     resume: bool = False,
     epochs: int | None = None,
     device: str | None = None,
+    time_limit: float | None = None,
     stop_after: int | None = None,
     progress: bool = True,
 ) -> dict:
@@ -251,8 +271,9 @@ def train(
             run's own ``config.json`` settings are used.
         out_dir: the run directory (created).
         resume: continue the run in ``out_dir`` from its ``last.pt``.
-        epochs, device: override the configuration's (also when resuming, e.g. to extend a
-            finished run or to move it to another device).
+        epochs, device, time_limit: override the configuration's (also when resuming, e.g.
+            to extend a finished run, to lift its time limit or to move it to another
+            device).
         stop_after: stop after this many epochs in this call (the run stays resumable).
         progress: show a progress bar per epoch.
     """
@@ -268,7 +289,7 @@ def train(
         raise ValueError("train() needs a preset for a new run")
     elif (out / "last.pt").exists():
         raise InputError(f"{out}: already holds a run; use --resume {out} or another --out")
-    preset = preset.with_train(epochs=epochs, device=device)
+    preset = preset.with_train(epochs=epochs, device=device, time_limit=time_limit)
     cfg = preset.train
     out_tile = check_tile(preset)
 
@@ -301,6 +322,7 @@ def train(
     model = model.to(device).to(memory_format=layout)
     optimizer = make_optimizer(model, cfg)
     epoch, step, best, history = 0, 0, math.inf, []
+    plan = cfg.epochs  # epochs in all; a time limit may plan fewer
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     ema = _make_ema(model, cfg.ema)  # the weights that validate and predict, if configured
@@ -310,7 +332,9 @@ def train(
         optimizer.load_state_dict(ckpt["optimizer"])
         epoch, step, best, history = ckpt["epoch"], ckpt["step"], ckpt["best"], ckpt["history"]
         _set_rng_state(ckpt["rng"], np_rng, gen)
-        log.info("resuming %s at epoch %d of %d", out, epoch, cfg.epochs)
+        if epochs is None and time_limit is None:  # keep the plan of the interrupted run (a new --epochs resets it)
+            plan = min(cfg.epochs, ckpt.get("plan", cfg.epochs))
+        log.info("resuming %s at epoch %d of %d", out, epoch, plan)
     log.info(
         "%s preset: %d parameters, tile %d -> %d, batch %d, %d steps/epoch, %d training / "
         "%d validation images, %s %s",
@@ -328,19 +352,22 @@ def train(
 
     # 5. Epochs: train, validate, log, checkpoint, plot.
     epochs_this_call = 0
-    while epoch < cfg.epochs and (stop_after is None or epochs_this_call < stop_after):
+    if cfg.time_limit > 0:
+        log.info("time limit %g min: at most %d epochs, as many as fit", cfg.time_limit,
+                 cfg.epochs)  # fmt: skip
+    while epoch < plan and (stop_after is None or epochs_this_call < stop_after):
         t0 = time.perf_counter()
         model.train()
         losses = []
         bar = tqdm(
             range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            desc=f"epoch {epoch + 1}/{plan}",
             disable=not progress,
             leave=False,
             dynamic_ncols=True,
         )
         for _ in bar:
-            lr = learning_rate(cfg, step, steps_per_epoch)
+            lr = learning_rate(cfg, step, steps_per_epoch, plan)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y, w = (
@@ -368,14 +395,17 @@ def train(
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
         epoch += 1
         epochs_this_call += 1
+        planned, plan = plan, plan_epochs(cfg, history, epoch, time.perf_counter() - t0)
+        if plan != planned:
+            log.info("time limit %g min: %d epochs fit", cfg.time_limit, plan)
         row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": float(np.mean(losses))}
         probs = None
         if (
             data.val_images
             and cfg.val_every
-            and (epoch % cfg.val_every == 0 or epoch == cfg.epochs)
+            and (epoch % cfg.val_every == 0 or epoch == plan)
         ):
-            isbi = cfg.isbi_every > 0 and (epoch % cfg.isbi_every == 0 or epoch == cfg.epochs)
+            isbi = cfg.isbi_every > 0 and (epoch % cfg.isbi_every == 0 or epoch == plan)
             scores, probs = validate(model if ema is None else ema.module, data, precision, isbi)
             row.update(scores)
         row["seconds"] = round(time.perf_counter() - t0, 2)
@@ -389,6 +419,7 @@ def train(
             **({} if ema is None else {"ema": ema.state_dict()}),
             "optimizer": optimizer.state_dict(),
             "epoch": epoch,
+            "plan": plan,
             "step": step,
             "best": best,
             "history": history,
@@ -405,7 +436,7 @@ def train(
             "epoch %d/%d  train loss %.4f  val loss %s  pixel error %s  V_rand %s  V_info %s"
             "  %.1fs%s",
             epoch,
-            cfg.epochs,
+            plan,
             row["train_loss"],
             _fmt(row.get("val_loss")),
             _fmt(row.get("val_pixel_error")),
