@@ -52,7 +52,7 @@ def nuclei_figure(checkpoint: Path, out: Path, count: int = 3) -> None:
     crops = []
     for i in chosen:
         img, lab = images.arrays[i], labels.arrays[order[images.names[i]]]
-        pred = instances(predict(model, img, tta=True), min_size=cfg.min_object_size)
+        pred = instances(predict(model, img, tta=True), **cfg.instance_options())
         crops.append([a[:256, :256] for a in (img, lab, pred)])
     plot_outlines(*zip(*crops, strict=True), out / "nuclei.png",
                   [images.names[i] for i in chosen])  # fmt: skip

@@ -48,6 +48,7 @@ def variant(name: str):
     p = get_preset("nuclei")
     changes = VARIANTS[name]
     model = replace(p.model, out_channels=2) if changes.get("target") == "binary" else p.model
+    changes = {"time_limit": 0.0, **changes}  # equal steps for every row: no time limit
     return replace(p, name=f"nuclei-{name}", model=model, train=replace(p.train, **changes))
 
 
@@ -65,7 +66,7 @@ def score(checkpoint: Path, images, labels, tta: bool) -> dict:
     t0 = time.perf_counter()
     probs = [predict(model, img, tta=tta) for img in images]
     t1 = time.perf_counter()
-    preds = [instances(p, min_size=preset.train.min_object_size) for p in probs]
+    preds = [instances(p, **preset.train.instance_options()) for p in probs]
     t2 = time.perf_counter()
     r = instance_scores_many(labels, preds)
     return {**{k: r[k] for k in KEYS}, "predict_s": round(t1 - t0, 1),

@@ -1,14 +1,18 @@
 """Tune the instance post-processing of a trained `nuclei` (contour) model on its own
-training images, then score the held-out 20% once with the defaults and once with the
-best setting found: the held-out images never choose the setting.
+training images, then score the held-out 20% once with the model's settings and once with
+the best setting found: the held-out images never choose the setting.
 
-    .venv/bin/python benchmarks/tune_instances.py CHECKPOINT [--train-images 60]
-        [--tta] [--json OUT]
+    .venv/bin/python benchmarks/tune_instances.py CHECKPOINT [--train-images 40]
+        [--tta] [--json OUT] [--export MODEL.pt]
 
 Sweeps `contour_instances`' seed threshold (P(interior) above which a pixel seeds an
-object) and foreground threshold (P(background) below 1 - t), ranks them by the DSB
-score on the first N training images (sorted by name), and prints one JSON row per
-setting and the two held-out rows. Predicting runs on the GPU when there is one.
+object), foreground threshold (P(background) below 1 - t), smallest object (pixels) and
+smallest peak (objects whose highest P(interior) stays below it are dropped), ranks the
+settings by the DSB score on the first N training images (sorted by name), and prints
+one JSON row per setting and the two held-out rows. `--export` writes the model with the
+best smallest object and peak stored, so that `biounet predict --instances` uses them
+(the thresholds stay at 0.5: predict has no option for them). Predicting runs on the GPU
+when there is one.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import sys
 from pathlib import Path
 
 from biounet import model_from_checkpoint, predict
+from biounet.checkpoint import export_model
 from biounet.dataset import parse_slices
 from biounet.device import select_device
 from biounet.instances import contour_instances
@@ -27,16 +32,19 @@ from biounet.io import InputError, read_images, read_instances, resolve_data_pat
 from biounet.metrics import instance_scores_many
 
 KEYS = ("ap50", "dsb_score", "seg", "merges", "splits")
-SEEDS = (0.4, 0.5, 0.6, 0.7, 0.8)
-FOREGROUNDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+SEEDS = (0.4, 0.5, 0.6)
+FOREGROUNDS = (0.5, 0.6)
+MIN_SIZES = (15, 25, 40)
+MIN_PEAKS = (0.0, 0.8, 0.9, 0.95)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--train-images", type=int, default=60)
+    ap.add_argument("--train-images", type=int, default=40)
     ap.add_argument("--tta", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--export", type=Path, help="write the model with the best setting here")
     args = ap.parse_args()
     model, preset = model_from_checkpoint(args.checkpoint, select_device("auto"))
     cfg = preset.train
@@ -51,28 +59,37 @@ def main() -> None:
     def probs_of(idx):
         return [predict(model, images.arrays[i], tta=args.tta) for i in idx]
 
-    def scores(probs, idx, seed, fg):
-        preds = [contour_instances(p, foreground_threshold=fg, seed_threshold=seed,
-                                   min_size=cfg.min_object_size) for p in probs]  # fmt: skip
+    def scores(probs, idx, seed, fg, min_size, min_peak):
+        options = dict(foreground_threshold=fg, seed_threshold=seed, min_size=min_size,
+                       min_peak=min_peak)  # fmt: skip
+        preds = [contour_instances(p, **options) for p in probs]
         r = instance_scores_many([by_name[images.names[i]] for i in idx], preds)
         return {k: r[k] for k in KEYS}
 
     rows = []
     train_probs = probs_of(train_idx)
-    for seed, fg in itertools.product(SEEDS, FOREGROUNDS):
-        setting = {"seed_threshold": seed, "foreground_threshold": fg}
-        rows.append({"set": f"train[{len(train_idx)}]", **setting,
-                     **scores(train_probs, train_idx, seed, fg)})  # fmt: skip
+    for setting in itertools.product(SEEDS, FOREGROUNDS, MIN_SIZES, MIN_PEAKS):
+        rows.append({"set": f"train[{len(train_idx)}]", **dict(zip(NAMES, setting, strict=True)),
+                     **scores(train_probs, train_idx, *setting)})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     best = max(rows, key=lambda r: r["dsb_score"])
     held_idx = sorted(held)
     held_probs = probs_of(held_idx)
-    for seed, fg in ((0.5, 0.5), (best["seed_threshold"], best["foreground_threshold"])):
-        rows.append({"set": "held-out", "seed_threshold": seed, "foreground_threshold": fg,
-                     "tta": args.tta, **scores(held_probs, held_idx, seed, fg)})  # fmt: skip
+    own = (0.5, 0.5, cfg.min_object_size, cfg.min_object_peak)
+    for setting in (own, tuple(best[k] for k in NAMES)):
+        rows.append({"set": "held-out", **dict(zip(NAMES, setting, strict=True)), "tta": args.tta,
+                     **scores(held_probs, held_idx, *setting)})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     if args.json:
         write_text(args.json, json.dumps(rows, indent=1) + "\n")
+    if args.export:
+        export_model(args.checkpoint, args.export, min_object_size=best["min_size"],
+                     min_object_peak=best["min_peak"])  # fmt: skip
+        print(f"wrote {args.export}: min_object_size {best['min_size']}, min_object_peak "
+              f"{best['min_peak']}")  # fmt: skip
+
+
+NAMES = ("seed_threshold", "foreground_threshold", "min_size", "min_peak")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import pytest
 import tifffile
 from PIL import Image
 
+from biounet.checkpoint import load_checkpoint
 from biounet.cli import main
 
 TAIL = ["--steps-per-epoch", "2", "--tile", "32", "--batch-size", "2", "--no-progress",
@@ -340,6 +341,18 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     prob = tifffile.imread(tmp_path / "p" / f"{names[0]}.tif")
     assert inst.dtype == np.uint16 and inst.shape == prob.shape == (80, 112)
     assert prob.dtype == np.float32 and prob.min() >= 0 and prob.max() <= 1
+
+    # the model's post-processing: overridden per call, or stored in it by export
+    code, _, _ = run(["predict", str(out / "best.pt"), str(img), "--out", str(tmp_path / "ms"),
+                      "--instances", "--min-size", "100000", "--no-progress"], capsys)  # fmt: skip
+    assert code == 0 and tifffile.imread(tmp_path / "ms" / f"{names[0]}-instances.tif").max() == 0
+    code, _, err = run(["predict", str(out / "best.pt"), str(img), "--out", str(tmp_path / "ms"),
+                        "--instances", "--min-peak", "2", "--no-progress"], capsys)  # fmt: skip
+    _one_line_error(code, err, "min_object_peak must be in [0, 1]")
+    code, _, _ = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"), "--min-peak",
+                      "0.9", "--min-size", "7"], capsys)  # fmt: skip
+    shipped = load_checkpoint(tmp_path / "m.pt")["preset"]["train"]
+    assert code == 0 and (shipped["min_object_peak"], shipped["min_object_size"]) == (0.9, 7)
 
     # evaluate: the reference against itself is perfect; our predictions pair by name
     code, text, _ = run(["evaluate", str(lab), str(lab), "--instances", "--json"], capsys)

@@ -60,6 +60,22 @@ def test_small_objects_are_dropped_and_ids_stay_consecutive():
     assert sorted(np.unique(out)) == [0, 1, 2]
 
 
+def test_faint_objects_are_dropped_by_their_peak_probability():
+    lab = _discs(centres=((20, 20), (45, 45)))
+    t = contour_target(lab)
+    probs = np.stack([(t == k).astype(np.float32) for k in range(3)])
+    probs[1][lab == 2] *= 0.7  # the second nucleus is faint: P(interior) peaks at 0.7
+    probs[2][lab == 2] += 0.3 * (t[lab == 2] == 1)
+    assert contour_instances(probs, min_peak=0.69).max() == 2
+    out = contour_instances(probs, min_peak=0.71)
+    assert sorted(np.unique(out)) == [0, 1]
+    np.testing.assert_array_equal(out == 1, lab == 1)
+    # binary: the peak is the foreground probability's
+    prob = (lab == 1) * 0.95 + (lab == 2) * 0.6
+    assert binary_instances(prob.astype(np.float32), min_peak=0.9).max() == 1
+    assert binary_instances(prob.astype(np.float32), min_peak=0.5).max() == 2
+
+
 def test_the_api_dispatches_on_shape_and_rejects_others():
     assert biounet.instances(np.zeros((8, 8))).max() == 0
     assert biounet.instances(np.zeros((3, 8, 8))).shape == (8, 8)

@@ -83,9 +83,7 @@ def test_a_time_limit_plans_the_epochs_that_fit():
         TrainConfig(time_limit=-1)
 
 
-def test_a_time_limited_run_ends_its_schedule_in_time_and_can_be_extended(
-    isbi_crops, tmp_path
-):
+def test_a_time_limited_run_ends_its_schedule_in_time_and_can_be_extended(isbi_crops, tmp_path):
     out = tmp_path / "run"
     preset = tiny_preset(*isbi_crops, epochs=4, val_every=3, time_limit=1e-5)  # 0.6 ms
     result = train(preset, out, progress=False)

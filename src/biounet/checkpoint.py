@@ -59,12 +59,17 @@ def shipped_model() -> Path | None:
     return None
 
 
-def export_model(source: str | Path, dest: str | Path) -> dict:
+def export_model(source: str | Path, dest: str | Path, **train_settings) -> dict:
     """Write the model of checkpoint ``source`` to ``dest`` for shipping: configuration and
     weights only (no optimiser state, RNG states or per-epoch history), plus the training
     record a user needs to trust it (epoch, step, seconds trained, the chosen epoch's log
-    row). Returns the dict written. Loads with ``load_checkpoint`` like any checkpoint."""
+    row). ``train_settings`` (e.g. ``min_object_peak=0.9``; None values ignored) replace
+    the stored training configuration's, such as the instance post-processing that
+    ``predict`` reads from it. Returns the dict written. Loads with ``load_checkpoint``
+    like any checkpoint."""
     ckpt = load_checkpoint(source)
+    if any(v is not None for v in train_settings.values()):
+        ckpt["preset"] = Preset.from_dict(ckpt["preset"]).with_train(**train_settings).to_dict()
     history = ckpt.get("history") or []
     chosen = next((h for h in history if h.get("epoch") == ckpt.get("epoch")), {})
     shipped = {

@@ -163,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
         "components; binary: components grown over the carved borders; contour: seeded "
         "watershed)",
     )
+    s.add_argument(
+        "--min-size",
+        type=int,
+        metavar="PX",
+        help="--instances: drop objects under PX pixels (default: the model's setting)",
+    )
+    s.add_argument(
+        "--min-peak",
+        type=float,
+        metavar="P",
+        help="--instances: drop objects whose highest interior / foreground probability "
+        "stays under P (default: the model's setting)",
+    )
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     s.add_argument("--no-progress", action="store_true")
@@ -171,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="strip a checkpoint to configuration + weights for sharing")
     s.add_argument("checkpoint", help="a checkpoint (e.g. runs/NAME/best.pt)")
     s.add_argument("out", help="the file to write (e.g. models/NAME.pt)")
+    s.add_argument("--min-size", type=int, metavar="PX",
+                   help="store this instance post-processing setting in the model")  # fmt: skip
+    s.add_argument("--min-peak", type=float, metavar="P",
+                   help="store this instance post-processing setting in the model")  # fmt: skip
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("bench", help="training and inference speed against same-run baselines")
@@ -384,7 +401,9 @@ def cmd_predict(args) -> int:
     images = read_images(src)  # input errors first: cheaper than loading the model
     device = select_device(args.device)
     model, preset = model_from_checkpoint(args.checkpoint, device)
-    target, min_size = preset.train.target, preset.train.min_object_size
+    target = preset.train.target
+    options = preset.with_train(min_object_size=args.min_size,
+                                min_object_peak=args.min_peak).train.instance_options()  # fmt: skip
     if model.config.out_channels > 2 and target != "contour":
         raise InputError(f"{args.checkpoint}: a {model.config.out_channels}-class model; "
                          "predict handles binary and contour models only")  # fmt: skip
@@ -421,7 +440,7 @@ def cmd_predict(args) -> int:
                     elif target == "mask":
                         writers[p].write(connected_components(prob, threshold))
                     else:  # binary: carved borders grown back; contour: seeded watershed
-                        writers[p].write(instances(probs, threshold, min_size=min_size))
+                        writers[p].write(instances(probs, threshold, **options))
                 bar.update(1)
         print("wrote " + ", ".join(str(p) for p in outputs))
     bar.close()
@@ -431,7 +450,8 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from .checkpoint import export_model
 
-    shipped = export_model(args.checkpoint, args.out)
+    shipped = export_model(args.checkpoint, args.out, min_object_size=args.min_size,
+                           min_object_peak=args.min_peak)  # fmt: skip
     size = Path(args.out).stat().st_size / 2**20
     print(f"wrote {args.out}: {shipped['preset']['name']} model, epoch {shipped['epoch']}, "
           f"{size:.1f} MB (weights and configuration only)")  # fmt: skip

@@ -89,6 +89,9 @@ class TrainConfig:
     target: str = "mask"
     boundary_width: int = 1  # "contour": boundary class width per object (pixels)
     min_object_size: int = 0  # predict --instances drops smaller objects (pixels)
+    # ... and objects whose highest P(interior) (contour) or P(foreground) (binary) stays
+    # below this: faint debris (benchmarks/tune_instances.py chooses it on training images)
+    min_object_peak: float = 0.0
     val_slices: str = "25-29"  # held-out slices ("25-29", "28,29", "" for none, "@names.txt")
     train_slices: str | None = None  # None = every slice not in val_slices
     tile: int = 256  # input tile edge; must be a valid input size of the model
@@ -152,10 +155,17 @@ class TrainConfig:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
+        if not 0 <= self.min_object_peak <= 1 or self.min_object_size < 0:
+            raise ValueError(f"min_object_peak must be in [0, 1] and min_object_size >= 0, got "
+                             f"{self.min_object_peak}, {self.min_object_size}")  # fmt: skip
         if not (self.time_limit >= 0 and math.isfinite(self.time_limit)):
             raise ValueError(f"time_limit must be >= 0 minutes, got {self.time_limit}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+
+    def instance_options(self) -> dict:
+        """The post-processing options this model's instances are made with."""
+        return {"min_size": self.min_object_size, "min_peak": self.min_object_peak}
 
 
 @dataclass(frozen=True)

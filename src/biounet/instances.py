@@ -24,10 +24,16 @@ def _compact(labels: np.ndarray, n: int) -> np.ndarray:
     return labels.astype(np.uint16 if n < 2**16 else np.uint32)
 
 
-def _drop_small(labels: np.ndarray, min_size: int) -> tuple[np.ndarray, int]:
-    """Objects of fewer than ``min_size`` pixels removed, ids renumbered 1..N."""
+def _drop_small(
+    labels: np.ndarray, min_size: int, peak: np.ndarray | None = None, min_peak: float = 0.0
+) -> tuple[np.ndarray, int]:
+    """Objects of fewer than ``min_size`` pixels, and objects where ``peak`` (a probability
+    map) never reaches ``min_peak``, removed; ids renumbered 1..N."""
     sizes = np.bincount(labels.ravel())
     keep = sizes >= max(1, min_size)
+    if peak is not None and min_peak > 0 and sizes.size > 1:
+        highest = ndimage.maximum(peak, labels, index=np.arange(sizes.size))
+        keep &= np.asarray(highest) >= min_peak
     keep[0] = False
     new_id = np.zeros(len(sizes), np.int64)
     new_id[keep] = np.arange(1, int(keep.sum()) + 1)
@@ -42,7 +48,12 @@ def connected_components(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray
 
 
 def binary_instances(
-    prob: np.ndarray, threshold: float = 0.5, *, gap: float = 2.0, min_size: int = 0
+    prob: np.ndarray,
+    threshold: float = 0.5,
+    *,
+    gap: float = 2.0,
+    min_size: int = 0,
+    min_peak: float = 0.0,
 ) -> np.ndarray:
     """Instances from a ``binary``-target foreground probability (H, W).
 
@@ -50,11 +61,12 @@ def binary_instances(
     lying in a gap of at most ``gap`` pixels between two objects (distances to the nearest
     and second-nearest object d1 + d2 <= gap + 1) joins the nearest object: this undoes the
     one-pixel border carved on each side of a touching edge for training (gap 2). Objects
-    under ``min_size`` pixels are dropped. Returns uint16 (uint32 past 65535 objects).
+    under ``min_size`` pixels, and objects whose highest probability is below ``min_peak``
+    (faint debris), are dropped. Returns uint16 (uint32 past 65535 objects).
     """
     labels, n = ndimage.label(prob > threshold, structure=FOUR_CONNECTED)
-    if min_size > 1:
-        labels, n = _drop_small(labels, min_size)
+    if min_size > 1 or min_peak > 0:
+        labels, n = _drop_small(labels, min_size, prob, min_peak)
     if gap > 0 and n > 1:
         d1, d2 = nearest_two_distances(labels, max_distance=gap + 1)
         in_gap = (labels == 0) & (d1 + d2 <= gap + 1)
@@ -69,6 +81,7 @@ def contour_instances(
     foreground_threshold: float = 0.5,
     seed_threshold: float = 0.5,
     min_size: int = 0,
+    min_peak: float = 0.0,
 ) -> np.ndarray:
     """Instances from ``contour``-target class probabilities (3, H, W): background,
     interior, boundary.
@@ -76,7 +89,9 @@ def contour_instances(
     Foreground: P(background) < 1 - ``foreground_threshold``. Seeds: the 4-connected
     components of P(interior) > ``seed_threshold`` inside it. A watershed of 1 - P(interior)
     from the seeds fills the foreground; foreground regions no seed reaches become objects
-    of their own. Objects under ``min_size`` pixels are dropped. uint16 (uint32 past 65535).
+    of their own. Objects under ``min_size`` pixels, and objects whose highest P(interior)
+    is below ``min_peak`` (faint debris; with ``min_peak >= seed_threshold`` the unseeded
+    regions too), are dropped. uint16 (uint32 past 65535).
     """
     if probs.ndim != 3 or probs.shape[0] != 3:
         raise ValueError(f"expected (3, H, W) class probabilities, got shape {probs.shape}")
@@ -86,8 +101,8 @@ def contour_instances(
     orphans, m = ndimage.label(foreground & (labels == 0), structure=FOUR_CONNECTED)
     labels = np.where(orphans > 0, orphans + n, labels)
     n += m
-    if min_size > 1:
-        labels, n = _drop_small(labels, min_size)
+    if min_size > 1 or min_peak > 0:
+        labels, n = _drop_small(labels, min_size, probs[1], min_peak)
     return _compact(labels, n)
 
 
@@ -95,10 +110,11 @@ def instances(probs: np.ndarray, threshold: float = 0.5, **options) -> np.ndarra
     """Instance labels (H, W) from a network's probabilities.
 
     ``probs`` (H, W) is a ``binary`` model's foreground probability:
-    :func:`binary_instances` (options ``gap``, ``min_size``; ``gap=0`` gives the plain
-    connected components, right for a ``mask`` model such as the ISBI one).
+    :func:`binary_instances` (options ``gap``, ``min_size``, ``min_peak``; ``gap=0`` gives
+    the plain connected components, right for a ``mask`` model such as the ISBI one).
     (3, H, W) are a ``contour`` model's class probabilities: :func:`contour_instances`
-    (``threshold`` is its foreground threshold; options ``seed_threshold``, ``min_size``).
+    (``threshold`` is its foreground threshold; options ``seed_threshold``, ``min_size``,
+    ``min_peak``). A model's own settings: ``preset.train.instance_options()``.
     """
     probs = np.asarray(probs)
     if probs.ndim == 2:

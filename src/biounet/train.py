@@ -332,7 +332,7 @@ def train(
         optimizer.load_state_dict(ckpt["optimizer"])
         epoch, step, best, history = ckpt["epoch"], ckpt["step"], ckpt["best"], ckpt["history"]
         _set_rng_state(ckpt["rng"], np_rng, gen)
-        if epochs is None and time_limit is None:  # keep the plan of the interrupted run (a new --epochs resets it)
+        if epochs is None and time_limit is None:  # a new --epochs / --time-limit replans
             plan = min(cfg.epochs, ckpt.get("plan", cfg.epochs))
         log.info("resuming %s at epoch %d of %d", out, epoch, plan)
     log.info(
@@ -400,11 +400,7 @@ def train(
             log.info("time limit %g min: %d epochs fit", cfg.time_limit, plan)
         row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": float(np.mean(losses))}
         probs = None
-        if (
-            data.val_images
-            and cfg.val_every
-            and (epoch % cfg.val_every == 0 or epoch == plan)
-        ):
+        if data.val_images and cfg.val_every and (epoch % cfg.val_every == 0 or epoch == plan):
             isbi = cfg.isbi_every > 0 and (epoch % cfg.isbi_every == 0 or epoch == plan)
             scores, probs = validate(model if ema is None else ema.module, data, precision, isbi)
             row.update(scores)
