@@ -38,6 +38,9 @@ def test_info_json_has_the_paper_numbers(capsys):
     )
     code, out, _ = run(["info", "--preset", "blog"], capsys)
     assert "512 -> 512 (same padding" in out
+    assert "time limit" not in out and "instances" not in out
+    code, out, _ = run(["info", "--preset", "nuclei"], capsys)
+    assert "time limit   15 min" in out and ">= 40 px whose peak probability reaches 0.95" in out
 
 
 def test_train_then_predict_end_to_end(isbi_crops, tmp_path, capsys):

@@ -312,6 +312,9 @@ def cmd_info(args) -> int:
     print(f"  augmentation {', '.join(on) or 'none'}")
     if t.weight_map:
         print(f"  loss weights the paper's w(x): w0 {t.w0:g}, sigma {t.sigma:g} px")
+    if t.target != "mask":
+        print(f"  instances    {t.target} target; objects of >= {t.min_object_size} px whose "
+              f"peak probability reaches {t.min_object_peak:g}")  # fmt: skip
     return 0
 
 
