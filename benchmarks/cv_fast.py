@@ -7,7 +7,10 @@ predicts them and they are scored with the official ISBI 2012 metrics. Prints on
 fold and the mean +- sample standard deviation; the mean is the number to quote.
 
     .venv/bin/python benchmarks/cv_fast.py [--preset fast] [--tta] [--out runs/cv]
-        [--folds 0,1,2,3,4,5] [--epochs N]
+        [--folds 0,1,2,3,4,5] [--epochs N] [--time-limit MIN]
+
+Every fold trains the same steps: the preset's time limit is lifted unless --time-limit
+gives one (then each fold plans its own length, as the main job does).
 
 Resumable: a fold whose run directory holds last.pt continues from it, a finished fold is
 only scored again. About 10 minutes per fold for `fast` on 2 CPU cores.
@@ -68,10 +71,11 @@ def main() -> None:
     ap.add_argument("--preset", default="fast")
     ap.add_argument("--folds", default="0,1,2,3,4,5")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--time-limit", type=float, default=0.0, help="minutes (default: none)")
     ap.add_argument("--tta", action="store_true", help="score with 8-fold test-time averaging")
     ap.add_argument("--out", default="runs/cv")
     args = ap.parse_args()
-    preset = get_preset(args.preset)
+    preset = get_preset(args.preset).with_train(time_limit=args.time_limit)
     if preset.train.select_by != "train_loss":
         raise SystemExit(
             f"{args.preset}: select_by is {preset.train.select_by}; cross-validation needs "

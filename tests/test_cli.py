@@ -40,7 +40,9 @@ def test_info_json_has_the_paper_numbers(capsys):
     assert "512 -> 512 (same padding" in out
     assert "time limit" not in out and "instances" not in out
     code, out, _ = run(["info", "--preset", "nuclei"], capsys)
-    assert "time limit   15 min" in out and ">= 40 px whose peak probability reaches 0.95" in out
+    assert (
+        "time limit   15 min" in out and "objects kept: >= 40 px, peak probability >= 0.95" in out
+    )
 
 
 def test_train_then_predict_end_to_end(isbi_crops, tmp_path, capsys):
@@ -351,7 +353,9 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     assert code == 0 and tifffile.imread(tmp_path / "ms" / f"{names[0]}-instances.tif").max() == 0
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--out", str(tmp_path / "ms"),
                         "--instances", "--min-peak", "2", "--no-progress"], capsys)  # fmt: skip
-    _one_line_error(code, err, "min_object_peak must be in [0, 1]")
+    _one_line_error(code, err, "--min-peak must be in [0, 1], got 2")
+    code, _, err = run(["predict", str(out / "best.pt"), str(img), "--min-size", "9"], capsys)
+    _one_line_error(code, err, "add --instances")
     code, _, _ = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"), "--min-peak",
                       "0.9", "--min-size", "7"], capsys)  # fmt: skip
     shipped = load_checkpoint(tmp_path / "m.pt")["preset"]["train"]

@@ -74,6 +74,11 @@ def test_faint_objects_are_dropped_by_their_peak_probability():
     prob = (lab == 1) * 0.95 + (lab == 2) * 0.6
     assert binary_instances(prob.astype(np.float32), min_peak=0.9).max() == 1
     assert binary_instances(prob.astype(np.float32), min_peak=0.5).max() == 2
+    # both filters at once, ids renumbered: big + faint, small + bright, big + bright
+    prob = np.zeros((30, 30), np.float32)
+    prob[2:12, 2:12], prob[20:22, 2:4], prob[15:25, 15:25] = 0.6, 0.99, 0.97
+    out = binary_instances(prob, gap=0, min_size=10, min_peak=0.9)
+    assert sorted(np.unique(out)) == [0, 1] and (out == 1).sum() == 100 and out[20, 20] == 1
 
 
 def test_the_api_dispatches_on_shape_and_rejects_others():

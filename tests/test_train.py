@@ -83,17 +83,31 @@ def test_a_time_limit_plans_the_epochs_that_fit():
         TrainConfig(time_limit=-1)
 
 
-def test_a_time_limited_run_ends_its_schedule_in_time_and_can_be_extended(isbi_crops, tmp_path):
+def test_a_time_limited_run_ends_its_schedule_in_time_and_can_be_extended(
+    isbi_crops, tmp_path, monkeypatch
+):
+    import importlib
+    import types
+
+    clock = iter(range(10**6))  # a clock that ticks one second per reading
+    fake_time = types.SimpleNamespace(perf_counter=lambda: next(clock))
+    monkeypatch.setattr(importlib.import_module("biounet.train"), "time", fake_time)
     out = tmp_path / "run"
-    preset = tiny_preset(*isbi_crops, epochs=4, val_every=3, time_limit=1e-5)  # 0.6 ms
+    # 6 s: after epoch 1 (1 s so far) 6 epochs fit; after epoch 2 (2 s logged) 3; then stop
+    preset = tiny_preset(*isbi_crops, epochs=8, val_every=5, time_limit=0.1)
     result = train(preset, out, progress=False)
     ckpt = load_checkpoint(out / "last.pt")
-    assert result["epochs"] == 1 and ckpt["plan"] == 1 and len(ckpt["history"]) == 1
-    assert ckpt["history"][0]["val_loss"] is not None  # the last planned epoch validates
-    # resuming keeps the plan; lifting the limit trains on to the configured epochs
-    assert train(None, out, resume=True, progress=False)["epochs"] == 1
-    assert train(None, out, resume=True, time_limit=0, progress=False)["epochs"] == 4
-    assert load_checkpoint(out / "last.pt")["plan"] == 4
+    assert result["epochs"] == 3 and ckpt["plan"] == 3 and len(ckpt["history"]) == 3
+    assert ckpt["history"][-1]["val_loss"] is not None  # the last planned epoch validates
+    # the cosine ends with the plan (last step: lr (1 + cos(pi 8/9)) / 2), not 8 epochs later
+    assert ckpt["history"][-1]["lr"] == pytest.approx(learning_rate(preset.train, 8, 3, 3))
+    assert ckpt["history"][-1]["lr"] < 0.05 * preset.train.lr
+    # resuming keeps the plan; more epochs need the limit lifted, said in one clear line
+    assert train(None, out, resume=True, progress=False)["epochs"] == 3
+    with pytest.raises(InputError, match=r"0\.1-minute time limit is spent .*--time-limit 0"):
+        train(None, out, resume=True, epochs=5, progress=False)
+    assert train(None, out, resume=True, epochs=5, time_limit=0, progress=False)["epochs"] == 5
+    assert load_checkpoint(out / "last.pt")["plan"] == 5
 
 
 def test_resumed_run_reproduces_the_uninterrupted_one(isbi_crops, tmp_path):

@@ -312,9 +312,10 @@ def cmd_info(args) -> int:
     print(f"  augmentation {', '.join(on) or 'none'}")
     if t.weight_map:
         print(f"  loss weights the paper's w(x): w0 {t.w0:g}, sigma {t.sigma:g} px")
-    if t.target != "mask":
-        print(f"  instances    {t.target} target; objects of >= {t.min_object_size} px whose "
-              f"peak probability reaches {t.min_object_peak:g}")  # fmt: skip
+    if t.target != "mask" or t.min_object_size or t.min_object_peak:
+        kept = [f">= {t.min_object_size} px"] if t.min_object_size else []
+        kept += [f"peak probability >= {t.min_object_peak:g}"] if t.min_object_peak else []
+        print(f"  instances    {t.target} target; objects kept: {', '.join(kept) or 'all'}")
     return 0
 
 
@@ -394,12 +395,15 @@ def cmd_predict(args) -> int:
     from .checkpoint import model_from_checkpoint
     from .dataset import parse_slices
     from .device import select_device
-    from .instances import connected_components, instances
+    from .instances import instances
     from .io import StackWriter, read_images
     from .tiling import predict
 
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
+    _check_instance_options(args)
+    if (args.min_size is not None or args.min_peak is not None) and not args.instances:
+        raise InputError("--min-size and --min-peak filter instances: add --instances")
     src = Path(args.input)
     images = read_images(src)  # input errors first: cheaper than loading the model
     device = select_device(args.device)
@@ -440,8 +444,8 @@ def cmd_predict(args) -> int:
                         writers[p].write(prob.astype(np.float32))
                     elif kind == "mask":
                         writers[p].write(((prob > threshold) * 255).astype(np.uint8))
-                    elif target == "mask":
-                        writers[p].write(connected_components(prob, threshold))
+                    elif target == "mask":  # connected components, filtered if asked
+                        writers[p].write(instances(prob, threshold, gap=0, **options))
                     else:  # binary: carved borders grown back; contour: seeded watershed
                         writers[p].write(instances(probs, threshold, **options))
                 bar.update(1)
@@ -450,9 +454,17 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _check_instance_options(args) -> None:
+    if args.min_size is not None and args.min_size < 0:
+        raise InputError(f"--min-size must be >= 0 pixels, got {args.min_size}")
+    if args.min_peak is not None and not 0 <= args.min_peak <= 1:
+        raise InputError(f"--min-peak must be in [0, 1], got {args.min_peak}")
+
+
 def cmd_export(args) -> int:
     from .checkpoint import export_model
 
+    _check_instance_options(args)
     shipped = export_model(args.checkpoint, args.out, min_object_size=args.min_size,
                            min_object_peak=args.min_peak)  # fmt: skip
     size = Path(args.out).stat().st_size / 2**20

@@ -332,8 +332,17 @@ def train(
         optimizer.load_state_dict(ckpt["optimizer"])
         epoch, step, best, history = ckpt["epoch"], ckpt["step"], ckpt["best"], ckpt["history"]
         _set_rng_state(ckpt["rng"], np_rng, gen)
-        if epochs is None and time_limit is None:  # a new --epochs / --time-limit replans
+        if epochs is None and time_limit is None:  # keep the interrupted run's plan
             plan = min(cfg.epochs, ckpt.get("plan", cfg.epochs))
+        else:  # a new --epochs / --time-limit: plan again from the time already spent
+            plan = plan_epochs(cfg, history, epoch, 0.0)
+            if epochs is not None and plan == epoch < cfg.epochs:
+                spent = sum(h["seconds"] for h in history) / 60
+                raise InputError(
+                    f"{out}: the run's {cfg.time_limit:g}-minute time limit is spent ({spent:.1f} "
+                    f"min trained); add --time-limit 0 or a longer one to train to epoch "
+                    f"{cfg.epochs}"
+                )
         log.info("resuming %s at epoch %d of %d", out, epoch, plan)
     log.info(
         "%s preset: %d parameters, tile %d -> %d, batch %d, %d steps/epoch, %d training / "
