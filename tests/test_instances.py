@@ -51,6 +51,18 @@ def test_contour_instances_separate_touching_objects_from_class_probabilities():
     assert contour_instances(probs).max() == 2  # the touching pair stays merged
 
 
+def test_a_higher_seed_threshold_splits_objects_joined_by_an_unsure_neck():
+    probs = np.zeros((3, 12, 24), np.float32)
+    probs[1, 3:9, 2:10] = 0.95  # two confident interiors ...
+    probs[1, 3:9, 14:22] = 0.95
+    probs[1, 5:7, 10:14] = 0.6  # ... joined by a neck the network is unsure of
+    probs[2] = np.where(probs[1] == 0.6, 0.4, 0)
+    probs[0] = 1 - probs[1] - probs[2]
+    assert contour_instances(probs).max() == 1
+    out = contour_instances(probs, seed_threshold=0.7)
+    assert out.max() == 2 and out[4, 5] != out[4, 18] and (out > 0).sum() == 2 * 48 + 8
+
+
 def test_small_objects_are_dropped_and_ids_stay_consecutive():
     prob = np.zeros((20, 20), np.float32)
     prob[2:8, 2:8] = 1

@@ -176,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="--instances: drop objects whose highest interior / foreground probability "
         "stays under P (default: the model's setting)",
     )
+    s.add_argument(
+        "--seed-threshold",
+        type=float,
+        metavar="P",
+        help="--instances, contour models: P(interior) above which a pixel seeds an object "
+        "(default: the model's setting)",
+    )
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     s.add_argument("--no-progress", action="store_true")
@@ -187,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-size", type=int, metavar="PX",
                    help="store this instance post-processing setting in the model")  # fmt: skip
     s.add_argument("--min-peak", type=float, metavar="P",
+                   help="store this instance post-processing setting in the model")  # fmt: skip
+    s.add_argument("--seed-threshold", type=float, metavar="P",
                    help="store this instance post-processing setting in the model")  # fmt: skip
     s.set_defaults(func=cmd_export)
 
@@ -315,7 +324,8 @@ def cmd_info(args) -> int:
     if t.target != "mask" or t.min_object_size or t.min_object_peak:
         kept = [f">= {t.min_object_size} px"] if t.min_object_size else []
         kept += [f"peak probability >= {t.min_object_peak:g}"] if t.min_object_peak else []
-        print(f"  instances    {t.target} target; objects kept: {', '.join(kept) or 'all'}")
+        seeds = f"seeds P(interior) > {t.seed_threshold:g}; " if t.target == "contour" else ""
+        print(f"  instances    {t.target} target; {seeds}objects kept: {', '.join(kept) or 'all'}")
     return 0
 
 
@@ -402,15 +412,19 @@ def cmd_predict(args) -> int:
     if args.threshold is not None and not 0 <= args.threshold <= 1:
         raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
     _check_instance_options(args)
-    if (args.min_size is not None or args.min_peak is not None) and not args.instances:
-        raise InputError("--min-size and --min-peak filter instances: add --instances")
+    if not args.instances and any(
+        v is not None for v in (args.min_size, args.min_peak, args.seed_threshold)
+    ):
+        raise InputError("--min-size, --min-peak and --seed-threshold shape instances: "
+                         "add --instances")  # fmt: skip
     src = Path(args.input)
     images = read_images(src)  # input errors first: cheaper than loading the model
     device = select_device(args.device)
     model, preset = model_from_checkpoint(args.checkpoint, device)
     target = preset.train.target
-    options = preset.with_train(min_object_size=args.min_size,
-                                min_object_peak=args.min_peak).train.instance_options()  # fmt: skip
+    overrides = {"min_object_size": args.min_size, "min_object_peak": args.min_peak,
+                 "seed_threshold": args.seed_threshold}  # fmt: skip
+    options = preset.with_train(**overrides).train.instance_options()
     if model.config.out_channels > 2 and target != "contour":
         raise InputError(f"{args.checkpoint}: a {model.config.out_channels}-class model; "
                          "predict handles binary and contour models only")  # fmt: skip
@@ -459,6 +473,8 @@ def _check_instance_options(args) -> None:
         raise InputError(f"--min-size must be >= 0 pixels, got {args.min_size}")
     if args.min_peak is not None and not 0 <= args.min_peak <= 1:
         raise InputError(f"--min-peak must be in [0, 1], got {args.min_peak}")
+    if args.seed_threshold is not None and not 0 < args.seed_threshold < 1:
+        raise InputError(f"--seed-threshold must be in (0, 1), got {args.seed_threshold}")
 
 
 def cmd_export(args) -> int:
@@ -466,7 +482,8 @@ def cmd_export(args) -> int:
 
     _check_instance_options(args)
     shipped = export_model(args.checkpoint, args.out, min_object_size=args.min_size,
-                           min_object_peak=args.min_peak)  # fmt: skip
+                           min_object_peak=args.min_peak,
+                           seed_threshold=args.seed_threshold)  # fmt: skip
     size = Path(args.out).stat().st_size / 2**20
     print(f"wrote {args.out}: {shipped['preset']['name']} model, epoch {shipped['epoch']}, "
           f"{size:.1f} MB (weights and configuration only)")  # fmt: skip

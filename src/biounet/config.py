@@ -92,6 +92,8 @@ class TrainConfig:
     # ... and objects whose highest P(interior) (contour) or P(foreground) (binary) stays
     # below this: faint debris (benchmarks/tune_instances.py chooses it on training images)
     min_object_peak: float = 0.0
+    # "contour": P(interior) above which a pixel seeds an object of the watershed
+    seed_threshold: float = 0.5
     val_slices: str = "25-29"  # held-out slices ("25-29", "28,29", "" for none, "@names.txt")
     train_slices: str | None = None  # None = every slice not in val_slices
     tile: int = 256  # input tile edge; must be a valid input size of the model
@@ -158,6 +160,8 @@ class TrainConfig:
         if not 0 <= self.min_object_peak <= 1 or self.min_object_size < 0:
             raise ValueError(f"min_object_peak must be in [0, 1] and min_object_size >= 0, got "
                              f"{self.min_object_peak}, {self.min_object_size}")  # fmt: skip
+        if not 0 < self.seed_threshold < 1:
+            raise ValueError(f"seed_threshold must be in (0, 1), got {self.seed_threshold}")
         if not (self.time_limit >= 0 and math.isfinite(self.time_limit)):
             raise ValueError(f"time_limit must be >= 0 minutes, got {self.time_limit}")
         if self.lr <= 0:
@@ -165,7 +169,10 @@ class TrainConfig:
 
     def instance_options(self) -> dict:
         """The post-processing options this model's instances are made with."""
-        return {"min_size": self.min_object_size, "min_peak": self.min_object_peak}
+        options = {"min_size": self.min_object_size, "min_peak": self.min_object_peak}
+        if self.target == "contour":
+            options["seed_threshold"] = self.seed_threshold
+        return options
 
 
 @dataclass(frozen=True)
