@@ -79,6 +79,9 @@ def test_a_time_limit_plans_the_epochs_that_fit():
     history = [{"seconds": 70.0}, {"seconds": 50.0}, {"seconds": 50.0}]
     assert plan_epochs(cfg, history, 4, 50.0) == 4 + (600 - 220) // 50
     assert plan_epochs(cfg, history, 4, 500.0) == 4  # over the limit: stop now, not before
+    # the planned last epoch ends the run even if time is left (its schedule is over) ...
+    assert plan_epochs(cfg, history, 4, 50.0, planned=4) == 4
+    assert plan_epochs(cfg, history, 3, 50.0, planned=4) == 3 + (600 - 220) // 50  # ... not before
     with pytest.raises(ValueError, match="time_limit"):
         TrainConfig(time_limit=-1)
 

@@ -81,16 +81,22 @@ def learning_rate(
     return cfg.lr
 
 
-def plan_epochs(cfg: TrainConfig, history: list[dict], epoch: int, seconds: float) -> int:
+def plan_epochs(
+    cfg: TrainConfig, history: list[dict], epoch: int, seconds: float, planned: int | None = None
+) -> int:
     """How many epochs the run trains in all: ``cfg.epochs``, or under ``cfg.time_limit``
     as many as fit, judged after ``epoch`` epochs whose last one has trained for
     ``seconds`` so far (``history`` holds the earlier ones). Never fewer than ``epoch``.
+    A run that has reached its ``planned`` last epoch stays ended: its learning-rate
+    schedule is over, and a faster last epoch does not add one at a rate of zero.
 
     An epoch is expected to take the mean of the finished ones, leaving out the first
     (start-up costs) once there are two; before that, the current epoch's time.
     """
     if cfg.time_limit <= 0:
         return cfg.epochs
+    if planned is not None and epoch >= planned:
+        return planned
     times = [h["seconds"] for h in history]
     per_epoch = float(np.mean(times[1:] or times)) if times else seconds
     left = cfg.time_limit * 60.0 - sum(times) - seconds
@@ -422,7 +428,7 @@ def train(
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
         epoch += 1
         epochs_this_call += 1
-        planned, plan = plan, plan_epochs(cfg, history, epoch, time.perf_counter() - t0)
+        planned, plan = plan, plan_epochs(cfg, history, epoch, time.perf_counter() - t0, plan)
         if plan != planned:
             log.info("time limit %g min: %d epochs fit", cfg.time_limit, plan)
         row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": float(np.mean(losses))}
