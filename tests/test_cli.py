@@ -84,6 +84,9 @@ def test_train_then_predict_end_to_end(isbi_crops, tmp_path, capsys):
     assert inst.dtype == np.uint16 and ((inst > 0) == (mask > 0)).all()
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--threshold", "2"], capsys)
     _one_line_error(code, err, "--threshold must be in [0, 1]")
+    code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
+                        "--seed-threshold", "0.7"], capsys)  # fmt: skip
+    _one_line_error(code, err, "best.pt", "--seed-threshold applies to contour models", "mask")
 
     folder = tmp_path / "pngs"
     folder.mkdir()

@@ -422,6 +422,9 @@ def cmd_predict(args) -> int:
     device = select_device(args.device)
     model, preset = model_from_checkpoint(args.checkpoint, device)
     target = preset.train.target
+    if args.seed_threshold is not None and target != "contour":
+        raise InputError(f"{args.checkpoint}: --seed-threshold applies to contour models; "
+                         f"this is a {target} model")  # fmt: skip
     overrides = {"min_object_size": args.min_size, "min_object_peak": args.min_peak,
                  "seed_threshold": args.seed_threshold}  # fmt: skip
     options = preset.with_train(**overrides).train.instance_options()
