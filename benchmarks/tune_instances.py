@@ -9,10 +9,10 @@ Sweeps `contour_instances`' seed threshold (P(interior) above which a pixel seed
 object), foreground threshold (P(background) below 1 - t), smallest object (pixels) and
 smallest peak (objects whose highest P(interior) stays below it are dropped), ranks the
 settings by the DSB score on the first N training images (sorted by name), and prints
-one JSON row per setting and the held-out rows: the model's own setting, the best, and
-the best at the foreground threshold `predict --instances` uses (0.5). `--export` writes
-the model with that last row's seed threshold, smallest object and peak stored, so that
-`biounet predict --instances` uses them. Predicting runs on the GPU when there is one.
+one JSON row per setting and the held-out rows: the model's own setting and the best.
+`--export` writes the model with the best setting stored (seed and foreground thresholds,
+smallest object, peak), so that `biounet predict --instances` uses it. Predicting runs on
+the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from biounet.metrics import instance_scores_many
 
 KEYS = ("ap50", "dsb_score", "seg", "merges", "splits")
 SEEDS = (0.4, 0.5, 0.6, 0.7, 0.8)
-FOREGROUNDS = (0.5, 0.6)
+FOREGROUNDS = (0.5, 0.6, 0.7)
 MIN_SIZES = (15, 25, 40, 60)
 MIN_PEAKS = (0.0, 0.8, 0.9, 0.95, 0.98)
 
@@ -73,26 +73,20 @@ def main() -> None:
                      **scores(train_probs, train_idx, *setting)})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     best = max(rows, key=lambda r: r["dsb_score"])
-    # predict --instances' foreground threshold is 0.5 (--threshold): the exported setting
-    # (seed threshold, smallest object, peak) is the best of those rows
-    usable = max((r for r in rows if r["foreground_threshold"] == 0.5),
-                 key=lambda r: r["dsb_score"])  # fmt: skip
     held_idx = sorted(held)
     held_probs = probs_of(held_idx)
-    own = (cfg.seed_threshold, 0.5, cfg.min_object_size, cfg.min_object_peak)
-    for setting in dict.fromkeys((own, tuple(best[k] for k in NAMES),
-                                  tuple(usable[k] for k in NAMES))):  # fmt: skip
+    own = (cfg.seed_threshold, cfg.foreground_threshold, cfg.min_object_size, cfg.min_object_peak)
+    for setting in dict.fromkeys((own, tuple(best[k] for k in NAMES))):
         rows.append({"set": "held-out", **dict(zip(NAMES, setting, strict=True)), "tta": args.tta,
                      **scores(held_probs, held_idx, *setting)})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
     if args.json:
         write_text(args.json, json.dumps(rows, indent=1) + "\n")
     if args.export:
-        export_model(args.checkpoint, args.export, min_object_size=usable["min_size"],
-                     min_object_peak=usable["min_peak"],
-                     seed_threshold=usable["seed_threshold"])  # fmt: skip
-        print(f"wrote {args.export}: seed_threshold {usable['seed_threshold']}, min_object_size "
-              f"{usable['min_size']}, min_object_peak {usable['min_peak']}")  # fmt: skip
+        export_model(args.checkpoint, args.export, min_object_size=best["min_size"],
+                     min_object_peak=best["min_peak"], seed_threshold=best["seed_threshold"],
+                     foreground_threshold=best["foreground_threshold"])  # fmt: skip
+        print(f"wrote {args.export}: " + ", ".join(f"{k} {best[k]}" for k in NAMES))
 
 
 NAMES = ("seed_threshold", "foreground_threshold", "min_size", "min_peak")

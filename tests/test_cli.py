@@ -362,25 +362,33 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--seed-threshold", "1"], capsys)  # fmt: skip
     _one_line_error(code, err, "--seed-threshold must be in (0, 1), got 1")
-    code, _, _ = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"), "--min-peak",
-                      "0.9", "--min-size", "7", "--seed-threshold", "0.3"], capsys)  # fmt: skip
+    code, _, err = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"),
+                        "--threshold", "1.5"], capsys)  # fmt: skip
+    _one_line_error(code, err, "--threshold must be in [0, 1], got 1.5")
+    stored = ["--min-peak", "0.9", "--min-size", "7", "--seed-threshold", "0.3", "--threshold",
+              "0.8"]  # fmt: skip
+    code, _, _ = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"), *stored], capsys)
     shipped = load_checkpoint(tmp_path / "m.pt")["preset"]["train"]
     assert code == 0 and (shipped["min_object_peak"], shipped["min_object_size"]) == (0.9, 7)
-    assert shipped["seed_threshold"] == 0.3
+    assert (shipped["seed_threshold"], shipped["foreground_threshold"]) == (0.3, 0.8)
     # what export stores is what the flags give for one call
-    stored = ["--min-peak", "0.9", "--min-size", "7", "--seed-threshold", "0.3"]
     for model, flags, dest in (
         (out / "best.pt", stored, "flags"),
         (tmp_path / "m.pt", [], "stored"),
+        (out / "best.pt", stored[:-2], "fg-default"),
     ):
         code, _, _ = run(["predict", str(model), str(img), "--out", str(tmp_path / dest),
                           "--instances", "--no-progress", *flags], capsys)  # fmt: skip
         assert code == 0
+    changed = 0
     for name in names:
         a = tifffile.imread(tmp_path / "flags" / f"{name}-instances.tif")
         np.testing.assert_array_equal(
             a, tifffile.imread(tmp_path / "stored" / f"{name}-instances.tif")
         )
+        default = tifffile.imread(tmp_path / "fg-default" / f"{name}-instances.tif")
+        changed += (a > 0).sum() < (default > 0).sum()
+    assert changed  # the foreground threshold took effect
 
     # evaluate: the reference against itself is perfect; our predictions pair by name
     code, text, _ = run(["evaluate", str(lab), str(lab), "--instances", "--json"], capsys)

@@ -220,6 +220,22 @@ def test_best_checkpoint_by_training_loss_ignores_the_validation_slices(isbi_cro
         assert load_checkpoint(tmp_path / "r" / "best.pt")["epoch"] != by_val["epoch"]
 
 
+def test_best_checkpoint_can_be_the_last_epoch(isbi_crops, tmp_path):
+    from biounet.train import summary
+
+    losses = ((1, 0.1), (2, 0.5), (3, 0.9))
+    rows = [{"epoch": e, "train_loss": loss, "seconds": 1.0} for e, loss in losses]
+    assert summary(rows, "train_loss")["best_epoch"] == 1
+    assert summary(rows, "last")["best_epoch"] == 3
+    preset = tiny_preset(*isbi_crops, epochs=2, select_by="last", val_every=0)
+    result = train(preset, tmp_path / "r", progress=False)
+    assert result["best_epoch"] == 2
+    best, last = (load_checkpoint(tmp_path / "r" / f"{n}.pt") for n in ("best", "last"))
+    assert best["epoch"] == last["epoch"] == 2
+    for k, v in last["model"].items():
+        assert torch.equal(best["model"][k], v), k
+
+
 def test_export_keeps_configuration_and_weights_only(isbi_crops, tmp_path):
     from biounet.checkpoint import export_model
 

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--select-by",
         choices=SELECT_BY,
         help="what best.pt minimises/maximises (train_loss keeps validation slices out of "
-        "model selection)",
+        "model selection; last: the last epoch)",
     )
     s.add_argument("--isbi-every", type=int, help="validation V_rand / V_info every N epochs")
     s.add_argument("--val-every", type=int, help="validate every N epochs (0: never)")
@@ -153,7 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--threshold",
         type=float,
-        help="also write a binary mask (0/255) of probability > T as *-mask.tif",
+        help="also write a binary mask (0/255) of probability > T as *-mask.tif; with "
+        "--instances, also their foreground threshold (default: the model's setting, 0.5 "
+        "unless stored)",
     )
     s.add_argument(
         "--instances",
@@ -197,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store this instance post-processing setting in the model")  # fmt: skip
     s.add_argument("--seed-threshold", type=float, metavar="P",
                    help="store this instance post-processing setting in the model")  # fmt: skip
+    s.add_argument("--threshold", type=float, metavar="T",
+                   help="store this foreground threshold in the model (predict's -mask.tif "
+                   "and --instances)")  # fmt: skip
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("bench", help="training and inference speed against same-run baselines")
@@ -303,11 +308,11 @@ def cmd_info(args) -> int:
     )
     if t.time_limit:
         print(f"  time limit   {t.time_limit:g} min: fewer epochs where they do not fit")
-    print(
-        f"  best.pt      lowest {t.select_by.replace('_', ' ')}"
-        if t.select_by not in HIGHER_IS_BETTER
-        else f"  best.pt      highest {t.select_by.replace('_', ' ')}"
-    )
+    if t.select_by == "last":
+        print("  best.pt      the last epoch (the end of the learning-rate schedule)")
+    else:
+        best = "highest" if t.select_by in HIGHER_IS_BETTER else "lowest"
+        print(f"  best.pt      {best} {t.select_by.replace('_', ' ')}")
     a = t.augment
     on = [name for name, flag in (("flips", a.flip), ("quarter turns", a.rot90)) if flag]
     if a.rotate:
@@ -325,7 +330,8 @@ def cmd_info(args) -> int:
         kept = [f">= {t.min_object_size} px"] if t.min_object_size else []
         kept += [f"peak probability >= {t.min_object_peak:g}"] if t.min_object_peak else []
         seeds = f"seeds P(interior) > {t.seed_threshold:g}; " if t.target == "contour" else ""
-        print(f"  instances    {t.target} target; {seeds}objects kept: {', '.join(kept) or 'all'}")
+        print(f"  instances    {t.target} target; foreground P > {t.foreground_threshold:g}; "
+              f"{seeds}objects kept: {', '.join(kept) or 'all'}")  # fmt: skip
     return 0
 
 
@@ -409,8 +415,6 @@ def cmd_predict(args) -> int:
     from .io import StackWriter, read_images
     from .tiling import predict
 
-    if args.threshold is not None and not 0 <= args.threshold <= 1:
-        raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
     _check_instance_options(args)
     if not args.instances and any(
         v is not None for v in (args.min_size, args.min_peak, args.seed_threshold)
@@ -426,8 +430,10 @@ def cmd_predict(args) -> int:
         raise InputError(f"{args.checkpoint}: --seed-threshold applies to contour models; "
                          f"this is a {target} model")  # fmt: skip
     overrides = {"min_object_size": args.min_size, "min_object_peak": args.min_peak,
-                 "seed_threshold": args.seed_threshold}  # fmt: skip
+                 "seed_threshold": args.seed_threshold,
+                 "foreground_threshold": args.threshold}  # fmt: skip
     options = preset.with_train(**overrides).train.instance_options()
+    threshold = options.pop("threshold")
     if model.config.out_channels > 2 and target != "contour":
         raise InputError(f"{args.checkpoint}: a {model.config.out_channels}-class model; "
                          "predict handles binary and contour models only")  # fmt: skip
@@ -440,7 +446,6 @@ def cmd_predict(args) -> int:
     else:  # one output stack for the input stack
         out = Path(args.out) if args.out else Path(f"{src.stem}-prob.tif")
         groups = [(out, idx)]
-    threshold = 0.5 if args.threshold is None else args.threshold
     bar = tqdm(total=len(idx), desc="predict", unit="image", disable=args.no_progress)
     for path, members in groups:
         outputs = {path: "prob"}
@@ -472,6 +477,8 @@ def cmd_predict(args) -> int:
 
 
 def _check_instance_options(args) -> None:
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
     if args.min_size is not None and args.min_size < 0:
         raise InputError(f"--min-size must be >= 0 pixels, got {args.min_size}")
     if args.min_peak is not None and not 0 <= args.min_peak <= 1:
@@ -486,7 +493,8 @@ def cmd_export(args) -> int:
     _check_instance_options(args)
     shipped = export_model(args.checkpoint, args.out, min_object_size=args.min_size,
                            min_object_peak=args.min_peak,
-                           seed_threshold=args.seed_threshold)  # fmt: skip
+                           seed_threshold=args.seed_threshold,
+                           foreground_threshold=args.threshold)  # fmt: skip
     size = Path(args.out).stat().st_size / 2**20
     print(f"wrote {args.out}: {shipped['preset']['name']} model, epoch {shipped['epoch']}, "
           f"{size:.1f} MB (weights and configuration only)")  # fmt: skip

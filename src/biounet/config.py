@@ -14,7 +14,7 @@ from .model import ModelConfig
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "poly", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
-SELECT_BY = ("train_loss", "val_loss", "val_pixel_error", "v_rand", "v_info")
+SELECT_BY = ("train_loss", "val_loss", "val_pixel_error", "v_rand", "v_info", "last")
 HIGHER_IS_BETTER = ("v_rand", "v_info")
 TARGETS = ("mask", "binary", "contour")  # see targets.py
 
@@ -94,6 +94,9 @@ class TrainConfig:
     min_object_peak: float = 0.0
     # "contour": P(interior) above which a pixel seeds an object of the watershed
     seed_threshold: float = 0.5
+    # predict: foreground where P(foreground) > this (contour: P(background) < 1 - this),
+    # for -mask.tif and --instances; predict --threshold overrides it for one call
+    foreground_threshold: float = 0.5
     val_slices: str = "25-29"  # held-out slices ("25-29", "28,29", "" for none, "@names.txt")
     train_slices: str | None = None  # None = every slice not in val_slices
     tile: int = 256  # input tile edge; must be a valid input size of the model
@@ -124,7 +127,7 @@ class TrainConfig:
     seed: int = 0
     # best.pt minimises this: "train_loss" keeps the validation slices out of model
     # selection (they are then only watched); "val_loss" | "val_pixel_error" | "v_rand" |
-    # "v_info" select on them
+    # "v_info" select on them; "last": the last epoch's weights (the end of the schedule)
     select_by: str = "val_loss"
     isbi_every: int = 1  # validation V_rand / V_info every N epochs (0 = never)
     val_every: int = 1  # validate every N epochs (0 = never; held-out images stay unused)
@@ -162,6 +165,10 @@ class TrainConfig:
                              f"{self.min_object_peak}, {self.min_object_size}")  # fmt: skip
         if not 0 < self.seed_threshold < 1:
             raise ValueError(f"seed_threshold must be in (0, 1), got {self.seed_threshold}")
+        if not 0 <= self.foreground_threshold <= 1:
+            raise ValueError(
+                f"foreground_threshold must be in [0, 1], got {self.foreground_threshold}"
+            )
         if not (self.time_limit >= 0 and math.isfinite(self.time_limit)):
             raise ValueError(f"time_limit must be >= 0 minutes, got {self.time_limit}")
         if self.lr <= 0:
@@ -169,7 +176,11 @@ class TrainConfig:
 
     def instance_options(self) -> dict:
         """The post-processing options this model's instances are made with."""
-        options = {"min_size": self.min_object_size, "min_peak": self.min_object_peak}
+        options = {
+            "threshold": self.foreground_threshold,
+            "min_size": self.min_object_size,
+            "min_peak": self.min_object_peak,
+        }
         if self.target == "contour":
             options["seed_threshold"] = self.seed_threshold
         return options

@@ -190,7 +190,9 @@ def validate(
 
 def selection_score(row: dict, select_by: str) -> float | None:
     """The value best.pt minimises (negated where higher is better); None if the row lacks
-    it (not validated, or ISBI metrics not computed this epoch)."""
+    it (not validated, or ISBI metrics not computed this epoch). "last": the latest epoch."""
+    if select_by == "last":
+        return -float(row["epoch"])
     v = row.get(select_by)
     if v is None:
         return None
@@ -331,7 +333,7 @@ def train(
                          f"outputs, this one has {preset.model.out_channels}")  # fmt: skip
     data = load_data(cfg, num_classes, preset.model.normalization)
     validating = bool(data.val_images) and cfg.val_every > 0
-    select_by = cfg.select_by if validating else "train_loss"
+    select_by = cfg.select_by if validating or cfg.select_by == "last" else "train_loss"
     if select_by in HIGHER_IS_BETTER and cfg.isbi_every == 0:
         raise InputError(f"select_by {select_by} needs the ISBI metrics: set isbi_every >= 1")
     out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be good
