@@ -220,15 +220,30 @@ def test_best_checkpoint_by_training_loss_ignores_the_validation_slices(isbi_cro
         assert load_checkpoint(tmp_path / "r" / "best.pt")["epoch"] != by_val["epoch"]
 
 
-def test_best_checkpoint_can_be_the_last_epoch(isbi_crops, tmp_path):
+def test_best_checkpoint_can_be_the_last_epoch(isbi_crops, tmp_path, monkeypatch):
+    import importlib
+
     from biounet.train import summary
+
+    module = importlib.import_module("biounet.train")  # biounet.train is also the function
 
     losses = ((1, 0.1), (2, 0.5), (3, 0.9))
     rows = [{"epoch": e, "train_loss": loss, "seconds": 1.0} for e, loss in losses]
     assert summary(rows, "train_loss")["best_epoch"] == 1
     assert summary(rows, "last")["best_epoch"] == 3
+    # a training loss that rises every step: by training loss the first epoch would win
+    calls = []
+    loss_fn = module.segmentation_loss
+
+    def rising(*args, **kwargs):
+        calls.append(1)
+        return loss_fn(*args, **kwargs) + 100.0 * len(calls)
+
+    monkeypatch.setattr(module, "segmentation_loss", rising)
     preset = tiny_preset(*isbi_crops, epochs=2, select_by="last", val_every=0)
     result = train(preset, tmp_path / "r", progress=False)
+    history = load_checkpoint(tmp_path / "r" / "last.pt")["history"]
+    assert history[0]["train_loss"] < history[1]["train_loss"]
     assert result["best_epoch"] == 2
     best, last = (load_checkpoint(tmp_path / "r" / f"{n}.pt") for n in ("best", "last"))
     assert best["epoch"] == last["epoch"] == 2

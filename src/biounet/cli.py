@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         type=float,
         help="also write a binary mask (0/255) of probability > T as *-mask.tif; with "
-        "--instances, also their foreground threshold (default: the model's setting, 0.5 "
-        "unless stored)",
+        "--instances, also their foreground threshold (default there: the model's setting, "
+        "0.5 unless stored)",
     )
     s.add_argument(
         "--instances",
@@ -200,8 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed-threshold", type=float, metavar="P",
                    help="store this instance post-processing setting in the model")  # fmt: skip
     s.add_argument("--threshold", type=float, metavar="T",
-                   help="store this foreground threshold in the model (predict's -mask.tif "
-                   "and --instances)")  # fmt: skip
+                   help="store this foreground threshold in the model (predict "
+                   "--instances)")  # fmt: skip
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("bench", help="training and inference speed against same-run baselines")
@@ -326,7 +326,12 @@ def cmd_info(args) -> int:
     print(f"  augmentation {', '.join(on) or 'none'}")
     if t.weight_map:
         print(f"  loss weights the paper's w(x): w0 {t.w0:g}, sigma {t.sigma:g} px")
-    if t.target != "mask" or t.min_object_size or t.min_object_peak:
+    if (
+        t.target != "mask"
+        or t.min_object_size
+        or t.min_object_peak
+        or t.foreground_threshold != 0.5
+    ):
         kept = [f">= {t.min_object_size} px"] if t.min_object_size else []
         kept += [f"peak probability >= {t.min_object_peak:g}"] if t.min_object_peak else []
         seeds = f"seeds P(interior) > {t.seed_threshold:g}; " if t.target == "contour" else ""

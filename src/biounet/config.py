@@ -94,8 +94,8 @@ class TrainConfig:
     min_object_peak: float = 0.0
     # "contour": P(interior) above which a pixel seeds an object of the watershed
     seed_threshold: float = 0.5
-    # predict: foreground where P(foreground) > this (contour: P(background) < 1 - this),
-    # for -mask.tif and --instances; predict --threshold overrides it for one call
+    # predict --instances: foreground where P(foreground) > this (contour: P(background)
+    # < 1 - this); predict --threshold T overrides it for one call (and writes -mask.tif)
     foreground_threshold: float = 0.5
     val_slices: str = "25-29"  # held-out slices ("25-29", "28,29", "" for none, "@names.txt")
     train_slices: str | None = None  # None = every slice not in val_slices
