@@ -328,3 +328,28 @@ def test_weight_average_warms_up_and_then_keeps_its_decay():
     assert torch.allclose(got, expected, atol=1e-5)
     assert ema.module[1].num_batches_tracked.dtype == torch.int64
     assert _make_ema(model, 0) is None
+
+
+def test_instance_targets_made_after_the_warp_train_and_preview(dsb_crops, tmp_path):
+    from dataclasses import replace
+
+    from biounet.config import AugmentConfig
+    from biounet.train import preview_tiles
+
+    aug = AugmentConfig(rotate=True, shift=True, elastic=True)
+    preset = replace(
+        tiny_preset(
+            *dsb_crops,
+            target="contour",
+            targets_after_warp=True,
+            augment=aug,
+            val_slices="4",
+            epochs=1,
+        ),  # fmt: skip
+        model=replace(TINY, out_channels=3),
+    )
+    result = train(preset, tmp_path / "r", progress=False)
+    assert result["epochs"] == 1 and math.isfinite(result["train_loss"])
+    x, y = preview_tiles(preset, n=4)
+    assert x.shape == (4, 32, 32) and y.shape[0] == 4 and y.shape[1] == y.shape[2] <= 32
+    assert set(np.unique(y)) <= {0, 1, 2} and (y == 2).any()

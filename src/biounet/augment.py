@@ -62,6 +62,29 @@ def centre_crop(t: torch.Tensor, size: int) -> torch.Tensor:
     return t[..., o : o + size, o : o + size]
 
 
+def _extrapolate(g: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, 2, S, S) sampling coordinates -> (B, 2, S + 2p, S + 2p), continued linearly
+    past each edge (exact for the affine part; the elastic field is smooth)."""
+    for dim in (2, 3):
+        n = g.shape[dim]
+        first, last = g.narrow(dim, 0, 1), g.narrow(dim, n - 1, 1)
+        step0, step1 = first - g.narrow(dim, 1, 1), last - g.narrow(dim, n - 2, 1)
+        before = [first + k * step0 for k in range(p, 0, -1)]
+        after = [last + k * step1 for k in range(1, p + 1)]
+        g = torch.cat([*before, g, *after], dim=dim)
+    return g
+
+
+def label_grid_of(grid: torch.Tensor, size: int) -> torch.Tensor:
+    """The (B, size, size, 2) centred part of a (B, S, S, 2) sampling grid; past S (label
+    context beyond the input tile) the grid is continued linearly."""
+    g = grid.permute(0, 3, 1, 2)
+    S = g.shape[-1]
+    if size > S:
+        g = _extrapolate(g, (size - S + 1) // 2)
+    return centre_crop(g, size).permute(0, 2, 3, 1)
+
+
 # ---------------------------------------------------------------------------------------
 # Resampling transforms
 
@@ -155,6 +178,7 @@ def augment(
     *,
     tile: int | None = None,
     label_size: int | None = None,
+    label_context: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Augment a batch of regions and cut the network's input and label tiles.
 
@@ -165,8 +189,11 @@ def augment(
         generator: the run's CPU generator.
         tile: the network's input edge S (default R: no margin).
         label_size: the network's output edge s <= S (default S).
+        label_context: y keeps this many pixels of context per side, (B, s + 2c, s + 2c)
+            (instance labels whose target is made after the warp need their neighbours;
+            R must hold them: R >= s + 2c).
 
-    Returns x (B, C, S, S), y (B, s, s), w (B, s, s) or None, on x's device.
+    Returns x (B, C, S, S), y (B, s + 2c, s + 2c), w (B, s, s) or None, on x's device.
     """
     B, C, R, _ = x.shape
     tile = tile or R
@@ -178,19 +205,20 @@ def augment(
         for b, d in enumerate(params["dihedral"].tolist()):
             k, flip = choices[d]
             xs.append(dihedral(centre_crop(x[b], tile), k, flip))
-            ys.append(dihedral(centre_crop(y[b], label_size), k, flip).long())
+            ys.append(dihedral(centre_crop(y[b], label_size + 2 * label_context), k, flip).long())
             if w is not None:
                 ws.append(dihedral(centre_crop(w[b], label_size), k, flip))
         x, y = torch.stack(xs), torch.stack(ys)
         w = torch.stack(ws) if w is not None else None
     else:
         grid = sampling_grid(params, cfg, tile, R, x.device)  # (B, S, S, 2)
-        label_grid = centre_crop(grid.permute(0, 3, 1, 2), label_size).permute(0, 2, 3, 1)
+        label_grid = label_grid_of(grid, label_size)
         # the region already holds mirrored context; beyond it (a displacement past
         # cfg.margin, rare) the edge value is repeated
         kw = {"padding_mode": "border", "align_corners": False}
         x = F.grid_sample(x.float(), grid, mode=cfg.interpolation, **kw)
-        y = F.grid_sample(y[:, None].float(), label_grid, mode="nearest", **kw)[:, 0].long()
+        y_grid = label_grid_of(grid, label_size + 2 * label_context)
+        y = F.grid_sample(y[:, None].float(), y_grid, mode="nearest", **kw)[:, 0].long()
         if w is not None:
             w = F.grid_sample(w[:, None].float(), label_grid, mode="bilinear", **kw)[:, 0]
     if cfg.gray:

@@ -88,6 +88,11 @@ class TrainConfig:
     # paper) or "contour" (instance labels -> background / interior / boundary)
     target: str = "mask"
     boundary_width: int = 1  # "contour": boundary class width per object (pixels)
+    # "binary" / "contour": warp the instance labels and make the class map after the warp
+    # (exact one-pixel boundaries) instead of warping the class map by nearest neighbour.
+    # Off: on the nuclei preset (15 min, 2 seeds) AP@0.5 0.811 / 0.817 and DSB 0.601 / 0.611
+    # against 0.829 / 0.611 warping the class map, with more merges (93 / 98 against 82)
+    targets_after_warp: bool = False
     min_object_size: int = 0  # predict --instances drops smaller objects (pixels)
     # ... and objects whose highest P(interior) (contour) or P(foreground) (binary) stays
     # below this: faint debris (benchmarks/tune_instances.py chooses it on training images)

@@ -255,19 +255,50 @@ def _write_log(path: Path, history: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
+def label_context(cfg: TrainConfig) -> int:
+    """Pixels of label context per side a training tile keeps: instance targets are made
+    after the warp (``targets_after_warp``, see :func:`tile_targets`) and need the tile's
+    neighbours; 0 where the class map itself is warped."""
+    if cfg.target == "mask" or not cfg.targets_after_warp:
+        return 0
+    return cfg.boundary_width if cfg.target == "contour" else 1
+
+
+def tile_targets(y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Class maps (B, s, s) of augmented instance-label tiles (B, s + 2c, s + 2c), c =
+    :func:`label_context`. The target is made after the warp, from the warped instances:
+    resampling a class map by nearest neighbour breaks and doubles its one-pixel boundary
+    class (rotated 30-45 degrees, a quarter to a third of a nucleus image's boundary pixels
+    differ from the boundary of the rotated instances), and can leave two touching
+    interiors with no boundary between them. The context gives the tile's edge pixels the
+    class they have in the whole image."""
+    c = label_context(cfg)
+    maps = [make_target(t, cfg.target, cfg.boundary_width) for t in y.cpu().numpy()]
+    out = torch.from_numpy(np.stack(maps)).long()
+    if c:
+        out = out[:, c:-c, c:-c]
+    return out.to(y.device)
+
+
 def make_sampler(
     cfg: TrainConfig, data: Data, out_tile: int, rng: np.random.Generator, cache=None
 ) -> TileSampler:
     """The training tile sampler: weight maps if configured (cached in memory and, given a
-    ``cache`` folder, on disk) and the context margin the augmentation needs."""
+    ``cache`` folder, on disk) and the context margin the augmentation needs. Instance
+    targets sample the instance labels themselves (:func:`tile_targets`)."""
     weights = None
     if cfg.weight_map:
         t = time.perf_counter()
         labels = data.train_instances or data.train_masks  # instances where there are some
         weights = cached_weight_maps(labels, cfg.w0, cfg.sigma, cache)
         log.info("weight maps (w0 %g, sigma %g): %.2fs", cfg.w0, cfg.sigma, time.perf_counter() - t)
-    return TileSampler(data.train_images, data.train_masks, cfg.tile, out_tile, rng, weights,
-                       cfg.augment.margin(cfg.tile))  # fmt: skip
+    margin = cfg.augment.margin(cfg.tile)
+    labels = data.train_masks
+    if data.train_instances is not None and label_context(cfg):
+        labels = data.train_instances
+        # the label context, past a rotated tile's corner (sqrt 2 per pixel)
+        margin += math.ceil(label_context(cfg) * math.sqrt(2))
+    return TileSampler(data.train_images, labels, cfg.tile, out_tile, rng, weights, margin)
 
 
 def check_tile(preset: Preset) -> int:
@@ -339,6 +370,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be good
     write_text(out / "config.json", json.dumps(preset.to_dict(), indent=2) + "\n")
     sampler = make_sampler(cfg, data, out_tile, np_rng, cache=out)
+    context = label_context(cfg) if data.train_instances is not None else 0
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(data.train_images) / cfg.batch_size)
 
     # 4. Model and optimiser (restored when resuming).
@@ -408,7 +440,10 @@ def train(
             x, y, w = (
                 None if a is None else a.to(device) for a in sampler.sample(cfg.batch_size)
             )  # regions with margin
-            x, y, w = augment(x, y, w, cfg.augment, gen, tile=cfg.tile, label_size=out_tile)
+            x, y, w = augment(x, y, w, cfg.augment, gen, tile=cfg.tile, label_size=out_tile,
+                              label_context=context)  # fmt: skip
+            if context:
+                y = tile_targets(y, cfg)
             x = x.contiguous(memory_format=layout)
             with autocast(device, precision):
                 logits = model(x)
@@ -503,6 +538,9 @@ def preview_tiles(preset: Preset, n: int = 12, seed: int = 0) -> tuple[np.ndarra
     data = load_data(cfg, max(2, preset.model.out_channels), preset.model.normalization)
     sampler = make_sampler(cfg, data, out_tile, np.random.default_rng(seed))
     x, y, w = sampler.sample(n)
+    context = label_context(cfg) if data.train_instances is not None else 0
     x, y, _ = augment(x, y, w, cfg.augment, torch.Generator().manual_seed(seed),
-                      tile=cfg.tile, label_size=out_tile)  # fmt: skip
+                      tile=cfg.tile, label_size=out_tile, label_context=context)  # fmt: skip
+    if context:
+        y = tile_targets(y, cfg)
     return x[:, 0].numpy(), y.numpy()
