@@ -284,8 +284,8 @@ def make_sampler(
     cfg: TrainConfig, data: Data, out_tile: int, rng: np.random.Generator, cache=None
 ) -> TileSampler:
     """The training tile sampler: weight maps if configured (cached in memory and, given a
-    ``cache`` folder, on disk) and the context margin the augmentation needs. Instance
-    targets sample the instance labels themselves (:func:`tile_targets`)."""
+    ``cache`` folder, on disk) and the context margin the augmentation needs. With
+    ``targets_after_warp`` it samples the instance labels themselves (:func:`tile_targets`)."""
     weights = None
     if cfg.weight_map:
         t = time.perf_counter()
@@ -294,7 +294,7 @@ def make_sampler(
         log.info("weight maps (w0 %g, sigma %g): %.2fs", cfg.w0, cfg.sigma, time.perf_counter() - t)
     margin = cfg.augment.margin(cfg.tile)
     labels = data.train_masks
-    if data.train_instances is not None and label_context(cfg):
+    if label_context(cfg):  # instance targets made after the warp
         labels = data.train_instances
         # the label context, past a rotated tile's corner (sqrt 2 per pixel)
         margin += math.ceil(label_context(cfg) * math.sqrt(2))
@@ -370,7 +370,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be good
     write_text(out / "config.json", json.dumps(preset.to_dict(), indent=2) + "\n")
     sampler = make_sampler(cfg, data, out_tile, np_rng, cache=out)
-    context = label_context(cfg) if data.train_instances is not None else 0
+    context = label_context(cfg)
     steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(data.train_images) / cfg.batch_size)
 
     # 4. Model and optimiser (restored when resuming).
@@ -538,7 +538,7 @@ def preview_tiles(preset: Preset, n: int = 12, seed: int = 0) -> tuple[np.ndarra
     data = load_data(cfg, max(2, preset.model.out_channels), preset.model.normalization)
     sampler = make_sampler(cfg, data, out_tile, np.random.default_rng(seed))
     x, y, w = sampler.sample(n)
-    context = label_context(cfg) if data.train_instances is not None else 0
+    context = label_context(cfg)
     x, y, _ = augment(x, y, w, cfg.augment, torch.Generator().manual_seed(seed),
                       tile=cfg.tile, label_size=out_tile, label_context=context)  # fmt: skip
     if context:
