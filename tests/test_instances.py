@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import biounet
-from biounet.instances import binary_instances, contour_instances
+from biounet.instances import binary_instances, contour_instances, split_seeds
 from biounet.targets import binary_target, contour_target
 
 
@@ -63,6 +63,47 @@ def test_a_higher_seed_threshold_splits_objects_joined_by_an_unsure_neck():
     assert out.max() == 2 and out[4, 5] != out[4, 18] and (out > 0).sum() == 2 * 48 + 8
 
 
+def _confident(interior: np.ndarray) -> np.ndarray:
+    """Contour probabilities: interior 0.95 on ``interior``, background elsewhere."""
+    probs = np.zeros((3, *interior.shape), np.float32)
+    probs[1] = 0.95 * interior
+    probs[2] = 0.05 * interior
+    probs[0] = 1 - probs[1] - probs[2]
+    return probs
+
+
+def test_a_seed_split_separates_two_nuclei_whose_interiors_meet_at_a_neck():
+    yy, xx = np.mgrid[:40, :60]
+    a = (yy - 20) ** 2 + (xx - 20) ** 2 <= 81  # two discs of radius 9 overlapping by 2 px
+    b = (yy - 20) ** 2 + (xx - 36) ** 2 <= 81
+    probs = _confident(a | b)
+    assert contour_instances(probs).max() == 1  # one seed: merged
+    out = contour_instances(probs, split_solidity=0.9)
+    assert out.max() == 2 and (out > 0).sum() == (a | b).sum()
+    # each piece is one disc, up to the pixels of the overlap lens
+    for disc, other in ((a, b), (b, a)):
+        ids, counts = np.unique(out[disc & ~other], return_counts=True)
+        assert len(ids) == 1 and counts[0] == (disc & ~other).sum()
+    assert out[20, 20] != out[20, 36]
+    # a solidity under the pair's (0.86) leaves it whole; so does a depth above its peaks
+    assert contour_instances(probs, split_solidity=0.8).max() == 1
+    assert contour_instances(probs, split_solidity=0.99, split_depth=20).max() == 1
+
+
+def test_a_seed_split_leaves_convex_and_elongated_nuclei_whole():
+    yy, xx = np.mgrid[:40, :80]
+    disc = (yy - 20) ** 2 + (xx - 15) ** 2 <= 100
+    ellipse = ((yy - 20) / 6.0) ** 2 + ((xx - 55) / 18.0) ** 2 <= 1  # 3:1, convex
+    out = contour_instances(_confident(disc | ellipse), split_solidity=0.9)
+    assert out.max() == 2
+    # split_seeds itself: labels kept, nothing new, input untouched
+    seeds = (disc * 1 + ellipse * 2).astype(np.int32)
+    before = seeds.copy()
+    split, n = split_seeds(seeds, 2, solidity=0.95, depth=1.0)
+    assert n == 2 and np.array_equal(split, seeds) and np.array_equal(seeds, before)
+    assert split_seeds(seeds, 2, solidity=0.0)[1] == 2
+
+
 def test_small_objects_are_dropped_and_ids_stay_consecutive():
     prob = np.zeros((20, 20), np.float32)
     prob[2:8, 2:8] = 1
@@ -98,3 +139,19 @@ def test_the_api_dispatches_on_shape_and_rejects_others():
     assert biounet.instances(np.zeros((3, 8, 8))).shape == (8, 8)
     with pytest.raises(ValueError, match=r"got \(2, 8, 8\)"):
         biounet.instances(np.zeros((2, 8, 8)))
+
+
+def test_a_model_carries_its_seed_split_setting():
+    from biounet.config import TrainConfig
+
+    off = TrainConfig(target="contour").instance_options()
+    assert "split_solidity" not in off  # older models and the default: no split
+    on = TrainConfig(target="contour", split_solidity=0.85, split_depth=2.0).instance_options()
+    assert (on["split_solidity"], on["split_depth"]) == (0.85, 2.0)
+    assert (
+        "split_solidity" not in TrainConfig(target="binary", split_solidity=0.85).instance_options()
+    )
+    with pytest.raises(ValueError, match="split_solidity must be in"):
+        TrainConfig(split_solidity=1.5)
+    with pytest.raises(ValueError, match="split_depth > 0, got 0.0, 0"):
+        TrainConfig(split_depth=0)

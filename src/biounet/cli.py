@@ -185,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="--instances, contour models: P(interior) above which a pixel seeds an object "
         "(default: the model's setting)",
     )
+    s.add_argument(
+        "--split-solidity",
+        type=float,
+        metavar="S",
+        help="--instances, contour models: split a seed whose solidity (area / convex hull "
+        "area) is under S at its distance-transform peaks; 0: never (default: the model's "
+        "setting)",
+    )
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     s.add_argument("--no-progress", action="store_true")
@@ -198,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-peak", type=float, metavar="P",
                    help="store this instance post-processing setting in the model")  # fmt: skip
     s.add_argument("--seed-threshold", type=float, metavar="P",
+                   help="store this instance post-processing setting in the model")  # fmt: skip
+    s.add_argument("--split-solidity", type=float, metavar="S",
                    help="store this instance post-processing setting in the model")  # fmt: skip
     s.add_argument("--threshold", type=float, metavar="T",
                    help="store this foreground threshold in the model (predict "
@@ -335,6 +345,9 @@ def cmd_info(args) -> int:
         kept = [f">= {t.min_object_size} px"] if t.min_object_size else []
         kept += [f"peak probability >= {t.min_object_peak:g}"] if t.min_object_peak else []
         seeds = f"seeds P(interior) > {t.seed_threshold:g}; " if t.target == "contour" else ""
+        if t.target == "contour" and t.split_solidity:
+            seeds += (f"seeds under solidity {t.split_solidity:g} split at distance peaks "
+                      f"{t.split_depth:g} px deep; ")  # fmt: skip
         print(f"  instances    {t.target} target; foreground P > {t.foreground_threshold:g}; "
               f"{seeds}objects kept: {', '.join(kept) or 'all'}")  # fmt: skip
     return 0
@@ -422,20 +435,23 @@ def cmd_predict(args) -> int:
 
     _check_instance_options(args)
     if not args.instances and any(
-        v is not None for v in (args.min_size, args.min_peak, args.seed_threshold)
+        v is not None
+        for v in (args.min_size, args.min_peak, args.seed_threshold, args.split_solidity)
     ):
-        raise InputError("--min-size, --min-peak and --seed-threshold shape instances: "
-                         "add --instances")  # fmt: skip
+        raise InputError("--min-size, --min-peak, --seed-threshold and --split-solidity shape "
+                         "instances: add --instances")  # fmt: skip
     src = Path(args.input)
     images = read_images(src)  # input errors first: cheaper than loading the model
     device = select_device(args.device)
     model, preset = model_from_checkpoint(args.checkpoint, device)
     target = preset.train.target
-    if args.seed_threshold is not None and target != "contour":
-        raise InputError(f"{args.checkpoint}: --seed-threshold applies to contour models; "
-                         f"this is a {target} model")  # fmt: skip
+    for flag, value in (("--seed-threshold", args.seed_threshold),
+                        ("--split-solidity", args.split_solidity)):  # fmt: skip
+        if value is not None and target != "contour":
+            raise InputError(f"{args.checkpoint}: {flag} applies to contour models; "
+                             f"this is a {target} model")  # fmt: skip
     overrides = {"min_object_size": args.min_size, "min_object_peak": args.min_peak,
-                 "seed_threshold": args.seed_threshold,
+                 "seed_threshold": args.seed_threshold, "split_solidity": args.split_solidity,
                  "foreground_threshold": args.threshold}  # fmt: skip
     options = preset.with_train(**overrides).train.instance_options()
     threshold = options.pop("threshold")
@@ -490,6 +506,8 @@ def _check_instance_options(args) -> None:
         raise InputError(f"--min-peak must be in [0, 1], got {args.min_peak}")
     if args.seed_threshold is not None and not 0 < args.seed_threshold < 1:
         raise InputError(f"--seed-threshold must be in (0, 1), got {args.seed_threshold}")
+    if args.split_solidity is not None and not 0 <= args.split_solidity <= 1:
+        raise InputError(f"--split-solidity must be in [0, 1], got {args.split_solidity}")
 
 
 def cmd_export(args) -> int:
@@ -499,6 +517,7 @@ def cmd_export(args) -> int:
     shipped = export_model(args.checkpoint, args.out, min_object_size=args.min_size,
                            min_object_peak=args.min_peak,
                            seed_threshold=args.seed_threshold,
+                           split_solidity=args.split_solidity,
                            foreground_threshold=args.threshold)  # fmt: skip
     size = Path(args.out).stat().st_size / 2**20
     print(f"wrote {args.out}: {shipped['preset']['name']} model, epoch {shipped['epoch']}, "

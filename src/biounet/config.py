@@ -99,6 +99,11 @@ class TrainConfig:
     min_object_peak: float = 0.0
     # "contour": P(interior) above which a pixel seeds an object of the watershed
     seed_threshold: float = 0.5
+    # "contour": a seed less solid than this (area / convex hull area; 0 = never) is split
+    # at the peaks of its distance transform that stand split_depth pixels above their
+    # saddle (instances.split_seeds): two nuclei whose interiors meet at a neck
+    split_solidity: float = 0.0
+    split_depth: float = 3.0
     # predict --instances: foreground where P(foreground) > this (contour: P(background)
     # < 1 - this); predict --threshold T overrides it for one call (and writes -mask.tif)
     foreground_threshold: float = 0.5
@@ -170,6 +175,9 @@ class TrainConfig:
                              f"{self.min_object_peak}, {self.min_object_size}")  # fmt: skip
         if not 0 < self.seed_threshold < 1:
             raise ValueError(f"seed_threshold must be in (0, 1), got {self.seed_threshold}")
+        if not 0 <= self.split_solidity <= 1 or self.split_depth <= 0:
+            raise ValueError(f"split_solidity must be in [0, 1] and split_depth > 0, got "
+                             f"{self.split_solidity}, {self.split_depth}")  # fmt: skip
         if not 0 <= self.foreground_threshold <= 1:
             raise ValueError(
                 f"foreground_threshold must be in [0, 1], got {self.foreground_threshold}"
@@ -188,6 +196,9 @@ class TrainConfig:
         }
         if self.target == "contour":
             options["seed_threshold"] = self.seed_threshold
+            if self.split_solidity > 0:
+                options["split_solidity"] = self.split_solidity
+                options["split_depth"] = self.split_depth
         return options
 
 

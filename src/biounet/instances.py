@@ -4,7 +4,8 @@
 - :func:`binary_instances`: for the ``binary`` target (the paper's carved borders): the
   components, each grown back over the carved gap between touching objects, so the
   separation that training needed does not shrink the objects.
-- :func:`contour_instances`: for the ``contour`` target: seeds from the interior class, a
+- :func:`contour_instances`: for the ``contour`` target: seeds from the interior class
+  (a seed that is not convex enough split at its distance-transform peaks, optionally), a
   seeded watershed over the foreground.
 - :func:`instances`: picks one of the last two from the array's shape.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from skimage.measure import regionprops
+from skimage.morphology import h_maxima
 from skimage.segmentation import expand_labels, watershed
 
 from .weights import nearest_two_distances
@@ -75,6 +78,37 @@ def binary_instances(
     return _compact(labels, n)
 
 
+def split_seeds(
+    seeds: np.ndarray, n: int, solidity: float, depth: float = 3.0, min_area: int = 30
+) -> tuple[np.ndarray, int]:
+    """Split seeds that look like two touching blobs: a seed (label 1..n in ``seeds``) of at
+    least ``min_area`` pixels whose solidity (area / convex hull area) is below
+    ``solidity`` is cut at its distance-transform peaks, the regional maxima of its
+    Euclidean distance to the outside that stand at least ``depth`` pixels above the
+    saddle to the next one (h-maxima), by a watershed of the negated distance. A seed with
+    one such peak stays whole. New pieces get ids n+1, n+2, ...; returns (seeds, count).
+    ``solidity`` 0 splits nothing."""
+    if solidity <= 0 or n == 0:
+        return seeds, n
+    seeds = seeds.copy()
+    eight = np.ones((3, 3), bool)
+    for region in regionprops(seeds):
+        if region.area < min_area or region.solidity >= solidity:
+            continue
+        window = seeds[region.slice]
+        inside = window == region.label
+        # the distance to the outside of this seed alone (the window edge counts as outside)
+        dist = ndimage.distance_transform_edt(np.pad(inside, 1))[1:-1, 1:-1]
+        peaks, k = ndimage.label(h_maxima(dist, depth).astype(bool) & inside, structure=eight)
+        if k < 2:
+            continue
+        pieces = watershed(-dist, peaks, mask=inside)
+        for piece in range(2, k + 1):
+            n += 1
+            window[pieces == piece] = n
+    return seeds, n
+
+
 def contour_instances(
     probs: np.ndarray,
     *,
@@ -82,12 +116,17 @@ def contour_instances(
     seed_threshold: float = 0.5,
     min_size: int = 0,
     min_peak: float = 0.0,
+    split_solidity: float = 0.0,
+    split_depth: float = 3.0,
 ) -> np.ndarray:
     """Instances from ``contour``-target class probabilities (3, H, W): background,
     interior, boundary.
 
     Foreground: P(background) < 1 - ``foreground_threshold``. Seeds: the 4-connected
-    components of P(interior) > ``seed_threshold`` inside it. A watershed of 1 - P(interior)
+    components of P(interior) > ``seed_threshold`` inside it; with ``split_solidity`` > 0,
+    a seed less solid than that is split at its distance-transform peaks (``split_depth``:
+    see :func:`split_seeds`), which separates two nuclei whose interiors meet at a neck.
+    A watershed of 1 - P(interior)
     from the seeds fills the foreground; foreground regions no seed reaches become objects
     of their own. Objects under ``min_size`` pixels, and objects whose highest P(interior)
     is below ``min_peak`` (faint debris; with ``min_peak >= seed_threshold`` the unseeded
@@ -97,6 +136,7 @@ def contour_instances(
         raise ValueError(f"expected (3, H, W) class probabilities, got shape {probs.shape}")
     foreground = probs[0] < 1.0 - foreground_threshold
     seeds, n = ndimage.label((probs[1] > seed_threshold) & foreground, structure=FOUR_CONNECTED)
+    seeds, n = split_seeds(seeds, n, split_solidity, split_depth)
     labels = watershed(1.0 - probs[1], seeds, mask=foreground) if n else seeds
     orphans, m = ndimage.label(foreground & (labels == 0), structure=FOUR_CONNECTED)
     labels = np.where(orphans > 0, orphans + n, labels)
@@ -114,7 +154,8 @@ def instances(probs: np.ndarray, threshold: float = 0.5, **options) -> np.ndarra
     the plain connected components, right for a ``mask`` model such as the ISBI one).
     (3, H, W) are a ``contour`` model's class probabilities: :func:`contour_instances`
     (``threshold`` is its foreground threshold; options ``seed_threshold``, ``min_size``,
-    ``min_peak``). A model's own settings: ``preset.train.instance_options()``.
+    ``min_peak``, ``split_solidity``, ``split_depth``). A model's own settings:
+    ``preset.train.instance_options()``.
     """
     probs = np.asarray(probs)
     if probs.ndim == 2:
