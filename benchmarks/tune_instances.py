@@ -8,11 +8,14 @@ the best setting found: the held-out images never choose the setting.
 Sweeps `contour_instances`' seed threshold (P(interior) above which a pixel seeds an
 object), foreground threshold (P(background) below 1 - t), smallest object (pixels) and
 smallest peak (objects whose highest P(interior) stays below it are dropped), ranks the
-settings by the DSB score on the first N training images (sorted by name), and prints
+settings by the DSB score on the first N training images (sorted by name); then, at the
+best one's foreground threshold and filters, sweeps the seed threshold with the seed split
+(`split_solidity` x `split_depth`: seeds less solid than that cut at their
+distance-transform peaks; solidity 0 = no split), and prints
 one JSON row per setting and the held-out rows: the model's own setting and the best.
 `--export` writes the model with the best setting stored (seed and foreground thresholds,
-smallest object, peak), so that `biounet predict --instances` uses it. Predicting runs on
-the GPU when there is one.
+smallest object, peak, seed split), so that `biounet predict --instances` uses it.
+Predicting runs on the GPU when there is one.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ SEEDS = (0.4, 0.5, 0.6, 0.7, 0.8)
 FOREGROUNDS = (0.5, 0.6, 0.7)
 MIN_SIZES = (15, 25, 40, 60)
 MIN_PEAKS = (0.0, 0.8, 0.9, 0.95, 0.98)
+SPLITS = tuple((s, d) for s in (0.8, 0.85, 0.9) for d in (2.0, 3.0, 4.0))  # (solidity, depth)
 
 
 def main() -> None:
@@ -59,23 +63,32 @@ def main() -> None:
     def probs_of(idx):
         return [predict(model, images.arrays[i], tta=args.tta) for i in idx]
 
-    def scores(probs, idx, seed, fg, min_size, min_peak):
+    def scores(probs, idx, seed, fg, min_size, min_peak, split=0.0, depth=3.0):
         options = dict(foreground_threshold=fg, seed_threshold=seed, min_size=min_size,
-                       min_peak=min_peak)  # fmt: skip
+                       min_peak=min_peak, split_solidity=split, split_depth=depth)  # fmt: skip
         preds = [contour_instances(p, **options) for p in probs]
         r = instance_scores_many([by_name[images.names[i]] for i in idx], preds)
         return {k: r[k] for k in KEYS}
 
     rows = []
     train_probs = probs_of(train_idx)
-    for setting in itertools.product(SEEDS, FOREGROUNDS, MIN_SIZES, MIN_PEAKS):
-        rows.append({"set": f"train[{len(train_idx)}]", **dict(zip(NAMES, setting, strict=True)),
-                     **scores(train_probs, train_idx, *setting)})  # fmt: skip
-        print(json.dumps(rows[-1]), flush=True)
+
+    def sweep(settings):
+        for setting in settings:
+            named = dict(zip(NAMES, setting, strict=True))
+            rows.append({"set": f"train[{len(train_idx)}]", **named,
+                         **scores(train_probs, train_idx, *setting)})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+
+    sweep((*s, 0.0, 3.0) for s in itertools.product(SEEDS, FOREGROUNDS, MIN_SIZES, MIN_PEAKS))
+    best = max(rows, key=lambda r: r["dsb_score"])
+    fixed = (best["foreground_threshold"], best["min_size"], best["min_peak"])
+    sweep((seed, *fixed, *split) for seed in SEEDS for split in SPLITS)
     best = max(rows, key=lambda r: r["dsb_score"])
     held_idx = sorted(held)
     held_probs = probs_of(held_idx)
-    own = (cfg.seed_threshold, cfg.foreground_threshold, cfg.min_object_size, cfg.min_object_peak)
+    own = (cfg.seed_threshold, cfg.foreground_threshold, cfg.min_object_size, cfg.min_object_peak,
+           cfg.split_solidity, cfg.split_depth)  # fmt: skip
     for setting in dict.fromkeys((own, tuple(best[k] for k in NAMES))):
         rows.append({"set": "held-out", **dict(zip(NAMES, setting, strict=True)), "tta": args.tta,
                      **scores(held_probs, held_idx, *setting)})  # fmt: skip
@@ -85,11 +98,20 @@ def main() -> None:
     if args.export:
         export_model(args.checkpoint, args.export, min_object_size=best["min_size"],
                      min_object_peak=best["min_peak"], seed_threshold=best["seed_threshold"],
-                     foreground_threshold=best["foreground_threshold"])  # fmt: skip
+                     foreground_threshold=best["foreground_threshold"],
+                     split_solidity=best["split_solidity"],
+                     split_depth=best["split_depth"])  # fmt: skip
         print(f"wrote {args.export}: " + ", ".join(f"{k} {best[k]}" for k in NAMES))
 
 
-NAMES = ("seed_threshold", "foreground_threshold", "min_size", "min_peak")
+NAMES = (
+    "seed_threshold",
+    "foreground_threshold",
+    "min_size",
+    "min_peak",
+    "split_solidity",
+    "split_depth",
+)
 
 
 if __name__ == "__main__":

@@ -167,10 +167,14 @@ NUCLEI = Preset(
         # (the smallest training nucleus has 21 px, but most small objects are debris)
         min_object_size=40,
         min_object_peak=0.95,
-        # seeds at P(interior) > 0.6: tune_instances.py's choice for the 4-tile preset's
-        # own model on its training images (held-out AP@0.5 0.827 -> 0.831, merges 94 -> 84)
-        seed_threshold=0.6,
-        # foreground where P(background) < 0.4: the same tuning's best (seed 0.6, foreground
+        # seeds at P(interior) > 0.5, a seed less solid than 0.9 split at distance peaks 4 px
+        # deep: tune_instances.py's second stage on the 4-tile preset's own model (training
+        # images: DSB 0.578 against 0.572 at seed 0.6 without a split; held-out AP@0.5
+        # 0.830 / DSB 0.614 against 0.829 / 0.611, merges 82 -> 72, splits 11 -> 26)
+        seed_threshold=0.5,
+        split_solidity=0.9,
+        split_depth=4.0,
+        # foreground where P(background) < 0.4: the first stage's best (seed 0.6, foreground
         # 0.6: training-image DSB 0.572 against 0.550 at 0.5; held-out 0.611 against 0.592)
         foreground_threshold=0.6,
         val_slices="@data/splits/dsb2018-fluo-holdout.txt",
