@@ -43,7 +43,7 @@ def test_info_json_has_the_paper_numbers(capsys):
     assert (
         "time limit   15 min" in out and "objects kept: >= 40 px, peak probability >= 0.95" in out
     )
-    assert "foreground P > 0.6; seeds P(interior) > 0.6" in out
+    assert "foreground P > 0.6; seeds P(interior) > 0.5; seeds under solidity 0.9 split" in out
     assert "best.pt      the last epoch" in out
 
 
