@@ -92,6 +92,9 @@ def test_train_then_predict_end_to_end(isbi_crops, tmp_path, capsys):
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--split-solidity", "0.9"], capsys)  # fmt: skip
     _one_line_error(code, err, "best.pt", "--split-solidity applies to contour models", "mask")
+    code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
+                        "--split-depth", "2"], capsys)  # fmt: skip
+    _one_line_error(code, err, "best.pt", "--split-depth applies to contour models", "mask")
 
     folder = tmp_path / "pngs"
     folder.mkdir()
@@ -370,16 +373,21 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--split-solidity", "-0.5"], capsys)  # fmt: skip
     _one_line_error(code, err, "--split-solidity must be in [0, 1], got -0.5")
+    code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
+                        "--split-depth", "0"], capsys)  # fmt: skip
+    _one_line_error(code, err, "--split-depth must be > 0 pixels, got 0.0")
+    code, _, err = run(["predict", str(out / "best.pt"), str(img), "--split-depth", "2"], capsys)
+    _one_line_error(code, err, "add --instances")
     code, _, err = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"),
                         "--threshold", "1.5"], capsys)  # fmt: skip
     _one_line_error(code, err, "--threshold must be in [0, 1], got 1.5")
     stored = ["--min-peak", "0.9", "--min-size", "7", "--seed-threshold", "0.3",
-              "--split-solidity", "0.85", "--threshold", "0.8"]  # fmt: skip
+              "--split-solidity", "0.85", "--split-depth", "2.5", "--threshold", "0.8"]  # fmt: skip
     code, _, _ = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"), *stored], capsys)
     shipped = load_checkpoint(tmp_path / "m.pt")["preset"]["train"]
     assert code == 0 and (shipped["min_object_peak"], shipped["min_object_size"]) == (0.9, 7)
     assert (shipped["seed_threshold"], shipped["foreground_threshold"]) == (0.3, 0.8)
-    assert shipped["split_solidity"] == 0.85
+    assert (shipped["split_solidity"], shipped["split_depth"]) == (0.85, 2.5)
     # what export stores is what the flags give for one call
     for model, flags, dest in (
         (out / "best.pt", stored, "flags"),

@@ -193,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
         "area) is under S at its distance-transform peaks; 0: never (default: the model's "
         "setting)",
     )
+    s.add_argument(
+        "--split-depth",
+        type=float,
+        metavar="PX",
+        help="--instances, contour models: with --split-solidity, the peaks that split a seed "
+        "stand at least PX pixels above the saddle between them (default: the model's setting)",
+    )
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     s.add_argument("--no-progress", action="store_true")
@@ -208,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed-threshold", type=float, metavar="P",
                    help="store this instance post-processing setting in the model")  # fmt: skip
     s.add_argument("--split-solidity", type=float, metavar="S",
+                   help="store this instance post-processing setting in the model")  # fmt: skip
+    s.add_argument("--split-depth", type=float, metavar="PX",
                    help="store this instance post-processing setting in the model")  # fmt: skip
     s.add_argument("--threshold", type=float, metavar="T",
                    help="store this foreground threshold in the model (predict "
@@ -436,22 +445,30 @@ def cmd_predict(args) -> int:
     _check_instance_options(args)
     if not args.instances and any(
         v is not None
-        for v in (args.min_size, args.min_peak, args.seed_threshold, args.split_solidity)
+        for v in (
+            args.min_size,
+            args.min_peak,
+            args.seed_threshold,
+            args.split_solidity,
+            args.split_depth,
+        )  # fmt: skip
     ):
-        raise InputError("--min-size, --min-peak, --seed-threshold and --split-solidity shape "
-                         "instances: add --instances")  # fmt: skip
+        raise InputError("--min-size, --min-peak, --seed-threshold, --split-solidity and "
+                         "--split-depth shape instances: add --instances")  # fmt: skip
     src = Path(args.input)
     images = read_images(src)  # input errors first: cheaper than loading the model
     device = select_device(args.device)
     model, preset = model_from_checkpoint(args.checkpoint, device)
     target = preset.train.target
     for flag, value in (("--seed-threshold", args.seed_threshold),
-                        ("--split-solidity", args.split_solidity)):  # fmt: skip
+                        ("--split-solidity", args.split_solidity),
+                        ("--split-depth", args.split_depth)):  # fmt: skip
         if value is not None and target != "contour":
             raise InputError(f"{args.checkpoint}: {flag} applies to contour models; "
                              f"this is a {target} model")  # fmt: skip
     overrides = {"min_object_size": args.min_size, "min_object_peak": args.min_peak,
                  "seed_threshold": args.seed_threshold, "split_solidity": args.split_solidity,
+                 "split_depth": args.split_depth,
                  "foreground_threshold": args.threshold}  # fmt: skip
     options = preset.with_train(**overrides).train.instance_options()
     threshold = options.pop("threshold")
@@ -508,6 +525,8 @@ def _check_instance_options(args) -> None:
         raise InputError(f"--seed-threshold must be in (0, 1), got {args.seed_threshold}")
     if args.split_solidity is not None and not 0 <= args.split_solidity <= 1:
         raise InputError(f"--split-solidity must be in [0, 1], got {args.split_solidity}")
+    if args.split_depth is not None and not args.split_depth > 0:
+        raise InputError(f"--split-depth must be > 0 pixels, got {args.split_depth}")
 
 
 def cmd_export(args) -> int:
@@ -518,6 +537,7 @@ def cmd_export(args) -> int:
                            min_object_peak=args.min_peak,
                            seed_threshold=args.seed_threshold,
                            split_solidity=args.split_solidity,
+                           split_depth=args.split_depth,
                            foreground_threshold=args.threshold)  # fmt: skip
     size = Path(args.out).stat().st_size / 2**20
     print(f"wrote {args.out}: {shipped['preset']['name']} model, epoch {shipped['epoch']}, "
