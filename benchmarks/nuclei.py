@@ -15,6 +15,7 @@ Variants (everything else as in the preset):
     contour-plain  contour target, unweighted cross entropy
     contour-w2     contour target with a 2-pixel boundary class per object
     contour-w0-25  contour target, border term w0 25 instead of 10
+    contour-touch3 contour target, boundary class 3 pixels deep where objects touch
     binary-w10     the paper: binary target with carved borders, weight map w0 10
     binary-w0      binary target, class balance only (w0 0): what the border term is worth
 
@@ -39,6 +40,7 @@ VARIANTS = {
     "nuclei": {},
     "contour-plain": {"weight_map": False},
     "contour-w2": {"boundary_width": 2},
+    "contour-touch3": {"touch_width": 3},
     "contour-w0-25": {"w0": 25.0},
     # the preset's foreground threshold (0.6) was tuned on a contour model: binary rows keep 0.5
     "binary-w10": {"target": "binary", "foreground_threshold": 0.5},

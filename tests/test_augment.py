@@ -238,3 +238,26 @@ def test_instance_targets_are_made_after_the_warp():
                                 tile=tile, label_size=tile)  # fmt: skip
     met = sum(_interiors_touching(warped_maps[b].numpy(), w[b, 1:-1, 1:-1]) for b in range(6))
     assert met > 0
+
+
+def test_a_wider_touching_boundary_keeps_enough_label_context():
+    from dataclasses import replace
+
+    from biounet.config import TrainConfig
+    from biounet.targets import contour_target
+    from biounet.train import label_context, tile_targets
+
+    cfg = TrainConfig(target="contour", augment=PAPER_AUG, targets_after_warp=True)
+    cfg = replace(cfg, touch_width=3)
+    tile, c = 40, label_context(cfg)
+    assert c == 3
+    R = tile + 2 * (cfg.augment.margin(tile) + c)
+    inst = torch.from_numpy(np.stack([_touching_cells(R, s) for s in range(3)]))
+    _, warped, _ = augment(torch.zeros(3, 1, R, R), inst, None, cfg.augment,
+                           torch.Generator().manual_seed(2), tile=tile, label_size=tile,
+                           label_context=c)  # fmt: skip
+    classes = tile_targets(warped, cfg).numpy()
+    for b in range(3):  # each tile pixel has the class it has in the whole warped image
+        whole = contour_target(warped[b].numpy(), 1, touch_width=3)
+        np.testing.assert_array_equal(classes[b], whole[c:-c, c:-c])
+        assert (classes[b] == 2).sum() > (contour_target(warped[b].numpy())[c:-c, c:-c] == 2).sum()

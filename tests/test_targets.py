@@ -5,7 +5,7 @@ import pytest
 
 from biounet.dataset import parse_slices
 from biounet.io import InputError, labels_to_instances, read_instances, write_tiff
-from biounet.targets import contour_target, inner_boundary, make_target
+from biounet.targets import contour_target, inner_boundary, make_target, near_another_instance
 
 # two touching 3 x 2 objects and a lone pixel
 TOUCHING = np.array(
@@ -43,6 +43,29 @@ def test_contour_target_marks_every_pixel_next_to_another_label():
     t = contour_target(TOUCHING)
     assert (t[1:4, 1:5] == 2).all()  # 2-wide objects: all boundary
     assert t[5, 5] == 2 and (t[TOUCHING == 0] == 0).all()
+
+
+def test_touch_width_widens_the_boundary_only_where_objects_touch():
+    rng = np.random.default_rng(5)
+    lab = rng.integers(0, 4, (14, 17))
+    lab = np.repeat(np.repeat(lab, 2, 0), 2, 1)  # 2 x 2 blocks: touching, gaps, edges
+    for reach in (1, 2, 3):
+        slow = np.zeros(lab.shape, bool)  # the definition, pixel by pixel
+        for y, x in np.argwhere(lab != 0):
+            for v, u in np.argwhere((lab != 0) & (lab != lab[y, x])):
+                slow[y, x] |= abs(v - y) + abs(u - x) <= reach
+        np.testing.assert_array_equal(near_another_instance(lab, reach), slow)
+    t = contour_target(lab, 1, touch_width=3)
+    expected = contour_target(lab)
+    expected[near_another_instance(lab, 3)] = 2
+    np.testing.assert_array_equal(t, expected)
+    # two touching squares: three boundary columns each side of the shared edge, one
+    # against the background
+    sq = np.zeros((9, 16), int)
+    sq[1:8, 1:8], sq[1:8, 8:15] = 1, 2
+    row = contour_target(sq, 1, touch_width=3)[4]
+    np.testing.assert_array_equal(row, [0, 2, 1, 1, 1, 2, 2, 2, 2, 2, 2, 1, 1, 1, 2, 0])
+    np.testing.assert_array_equal(contour_target(sq, 1, touch_width=1), contour_target(sq))
 
 
 def test_the_image_edge_is_not_a_boundary():

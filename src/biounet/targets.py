@@ -44,23 +44,46 @@ def binary_target(instances: np.ndarray) -> np.ndarray:
     return (separate_touching(instances) != 0).astype(np.uint8)
 
 
-def contour_target(instances: np.ndarray, width: int = 1) -> np.ndarray:
+def near_another_instance(instances: np.ndarray, reach: int) -> np.ndarray:
+    """(H, W) bool: instance pixels within ``reach`` 4-steps (city-block distance) of a
+    pixel of another instance (background does not count)."""
+    lab = np.asarray(instances)
+    H, W = lab.shape
+    out = np.zeros(lab.shape, bool)
+    for dy in range(-reach, reach + 1):
+        for dx in range(-reach + abs(dy), reach - abs(dy) + 1):
+            if (dy, dx) == (0, 0):
+                continue
+            # other[y, x] = lab[y + dy, x + dx] where that is inside the image
+            here = lab[max(0, -dy) : H - max(0, dy), max(0, -dx) : W - max(0, dx)]
+            other = lab[max(0, dy) : H + min(0, dy), max(0, dx) : W + min(0, dx)]
+            hit = (other != 0) & (other != here)
+            out[max(0, -dy) : H - max(0, dy), max(0, -dx) : W - max(0, dx)] |= hit
+    return out & (lab != 0)
+
+
+def contour_target(instances: np.ndarray, width: int = 1, touch_width: int = 0) -> np.ndarray:
     """(H, W) uint8 classes 0 background, 1 interior, 2 boundary: the instance pixels
-    within ``width`` 4-steps of another label (``width`` 1: the inner boundary)."""
+    within ``width`` 4-steps of another label (``width`` 1: the inner boundary), and
+    within ``touch_width`` 4-steps of another instance (0: no wider there)."""
     if width < 1:
         raise ValueError(f"boundary width must be >= 1, got {width}")
     boundary = inner_boundary(instances)
     for _ in range(width - 1):
         boundary |= ndimage.binary_dilation(boundary, FOUR_CONNECTED) & (instances != 0)
+    if touch_width > width:
+        boundary |= near_another_instance(instances, touch_width)
     out = (instances != 0).astype(np.uint8)  # interior unless on a boundary
     out[boundary] = BOUNDARY
     return out
 
 
-def make_target(instances: np.ndarray, target: str, boundary_width: int = 1) -> np.ndarray:
+def make_target(
+    instances: np.ndarray, target: str, boundary_width: int = 1, touch_width: int = 0
+) -> np.ndarray:
     """The class map the network learns for ``target`` ("binary" or "contour")."""
     if target == "binary":
         return binary_target(instances)
     if target == "contour":
-        return contour_target(instances, boundary_width)
+        return contour_target(instances, boundary_width, touch_width)
     raise ValueError(f"target must be 'binary' or 'contour' for instance labels, got {target!r}")

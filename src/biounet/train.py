@@ -147,7 +147,9 @@ def load_data(cfg: TrainConfig, num_classes: int, normalization: str = "zscore")
         images, masks = read_images(images_path), read_instances(labels_path)
         check_pairs(images, masks)
         instances = masks.arrays
-        masks.arrays = [make_target(inst, cfg.target, cfg.boundary_width) for inst in instances]
+        masks.arrays = [
+            make_target(inst, cfg.target, cfg.boundary_width, cfg.touch_width) for inst in instances
+        ]
     train_idx, val_idx = split(len(images), cfg.val_slices, cfg.train_slices, images.names)
     present = np.unique(np.concatenate([np.unique(masks.arrays[i]) for i in train_idx]))
     if len(present) < 2:
@@ -261,7 +263,7 @@ def label_context(cfg: TrainConfig) -> int:
     neighbours; 0 where the class map itself is warped."""
     if cfg.target == "mask" or not cfg.targets_after_warp:
         return 0
-    return cfg.boundary_width if cfg.target == "contour" else 1
+    return max(cfg.boundary_width, cfg.touch_width) if cfg.target == "contour" else 1
 
 
 def tile_targets(y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -273,7 +275,9 @@ def tile_targets(y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     interiors with no boundary between them. The context gives the tile's edge pixels the
     class they have in the whole image."""
     c = label_context(cfg)
-    maps = [make_target(t, cfg.target, cfg.boundary_width) for t in y.cpu().numpy()]
+    maps = [
+        make_target(t, cfg.target, cfg.boundary_width, cfg.touch_width) for t in y.cpu().numpy()
+    ]
     out = torch.from_numpy(np.stack(maps)).long()
     if c:
         out = out[:, c:-c, c:-c]
