@@ -15,7 +15,7 @@ Variants (everything else as in the preset):
     contour-plain  contour target, unweighted cross entropy
     contour-w2     contour target with a 2-pixel boundary class per object
     contour-w0-25  contour target, border term w0 25 instead of 10
-    contour-touch3 contour target, boundary class 3 pixels deep where objects touch
+    contour-touch3 contour target, boundary class 3 pixels deep within 3 px of another object
     binary-w10     the paper: binary target with carved borders, weight map w0 10
     binary-w0      binary target, class balance only (w0 0): what the border term is worth
 

@@ -249,15 +249,17 @@ def test_a_wider_touching_boundary_keeps_enough_label_context():
 
     cfg = TrainConfig(target="contour", augment=PAPER_AUG, targets_after_warp=True)
     cfg = replace(cfg, touch_width=3)
-    tile, c = 40, label_context(cfg)
-    assert c == 3
-    R = tile + 2 * (cfg.augment.margin(tile) + c)
+    tile, c, extra = 40, label_context(cfg), 4
+    R = tile + 2 * (cfg.augment.margin(tile) + c + extra)
     inst = torch.from_numpy(np.stack([_touching_cells(R, s) for s in range(3)]))
-    _, warped, _ = augment(torch.zeros(3, 1, R, R), inst, None, cfg.augment,
-                           torch.Generator().manual_seed(2), tile=tile, label_size=tile,
-                           label_context=c)  # fmt: skip
-    classes = tile_targets(warped, cfg).numpy()
-    for b in range(3):  # each tile pixel has the class it has in the whole warped image
-        whole = contour_target(warped[b].numpy(), 1, touch_width=3)
-        np.testing.assert_array_equal(classes[b], whole[c:-c, c:-c])
-        assert (classes[b] == 2).sum() > (contour_target(warped[b].numpy())[c:-c, c:-c] == 2).sum()
+    # warp with more label context than the target needs: cropping it gives the warp with
+    # the context label_context asks for (the label grid continues affinely)
+    _, big, _ = augment(torch.zeros(3, 1, R, R), inst, None, cfg.augment,
+                        torch.Generator().manual_seed(2), tile=tile, label_size=tile,
+                        label_context=c + extra)  # fmt: skip
+    classes = tile_targets(big[:, extra:-extra, extra:-extra], cfg).numpy()
+    k = c + extra
+    for b in range(3):  # every tile pixel has the class it has in the whole warped image
+        whole = contour_target(big[b].numpy(), 1, touch_width=3)
+        np.testing.assert_array_equal(classes[b], whole[k:-k, k:-k])
+        assert (classes[b] == 2).sum() > (contour_target(big[b].numpy())[k:-k, k:-k] == 2).sum()

@@ -197,8 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--split-depth",
         type=float,
         metavar="PX",
-        help="--instances, contour models: with --split-solidity, the peaks that split a seed "
-        "stand at least PX pixels above the saddle between them (default: the model's setting)",
+        help="--instances, contour models: where seeds are split (--split-solidity or the "
+        "model's setting above 0), the peaks that split a seed stand at least PX pixels above "
+        "the saddle between them (default: the model's setting)",
     )
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
