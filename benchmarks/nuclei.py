@@ -16,6 +16,9 @@ Variants (everything else as in the preset):
     contour-w2     contour target with a 2-pixel boundary class per object
     contour-w0-25  contour target, border term w0 25 instead of 10
     contour-touch3 contour target, boundary class 3 pixels deep within 3 px of another object
+    contour-bal-dataset  contour target, w_c from the training set's class frequencies
+                   instead of each image's (background weighs the same in every image)
+    contour-bal-none     contour target, no class balance (w_c = 1, the border term alone)
     binary-w10     the paper: binary target with carved borders, weight map w0 10
     binary-w0      binary target, class balance only (w0 0): what the border term is worth
 
@@ -42,6 +45,8 @@ VARIANTS = {
     "contour-w2": {"boundary_width": 2},
     "contour-touch3": {"touch_width": 3},
     "contour-w0-25": {"w0": 25.0},
+    "contour-bal-dataset": {"class_balance": "dataset"},
+    "contour-bal-none": {"class_balance": "none"},
     # the preset's foreground threshold (0.6) was tuned on a contour model: binary rows keep 0.5
     "binary-w10": {"target": "binary", "foreground_threshold": 0.5},
     "binary-w0": {"target": "binary", "w0": 0.0, "foreground_threshold": 0.5},

@@ -6,6 +6,8 @@ from scipy import ndimage
 
 from biounet.io import InputError
 from biounet.weights import (
+    background_weights,
+    cached_weight_maps,
     class_balance,
     instances_from_mask,
     separate_touching,
@@ -13,7 +15,7 @@ from biounet.weights import (
 )
 
 
-def slow_weight_map(mask, w0=10.0, sigma=5.0):
+def slow_weight_map(mask, w0=10.0, sigma=5.0, background=None):
     """Obviously correct reference: one full-image distance transform per instance, sort,
     take the two smallest; instances and class balance computed independently here."""
     mask = np.asarray(mask)
@@ -40,6 +42,8 @@ def slow_weight_map(mask, w0=10.0, sigma=5.0):
     fg = inst != 0
     f_fg, f_bg = fg.mean(), 1 - fg.mean()
     wc = np.ones(mask.shape) if f_fg in (0, 1) else np.where(fg, 1.0, f_fg / f_bg)
+    if background is not None:
+        wc = np.where(fg, 1.0, background)
     if len(ids) < 2:
         return wc
     dists = np.sort(np.stack([ndimage.distance_transform_edt(inst != i) for i in ids]), axis=0)
@@ -120,6 +124,35 @@ def test_one_instance_has_no_border_term():
     w = weight_map(mask)
     assert np.isfinite(w).all()
     np.testing.assert_allclose(w, class_balance(mask != 0))
+
+
+def test_class_balance_per_image_per_dataset_or_none():
+    crowded = touching_cells()
+    sparse = np.zeros((40, 50), np.uint16)
+    sparse[10:14, 10:14] = 1
+    # carved foreground counted by hand: 9 + 9 columns of the squares, the disc, the pixel
+    fg_crowded = 10 * 9 * 2 + int(((np.mgrid[:40, :50][0] - 28) ** 2
+                                   + (np.mgrid[:40, :50][1] - 30) ** 2 < 36).sum()) + 1  # fmt: skip
+    assert fg_crowded == int((slow_weight_map(crowded) == 1.0).sum())
+    dataset = (fg_crowded + 16) / (2 * 2000 - fg_crowded - 16)
+    assert background_weights([crowded, sparse], "image") == [None, None]
+    assert background_weights([crowded, sparse], "none") == [1.0, 1.0]
+    assert background_weights([crowded, sparse], "dataset") == pytest.approx([dataset] * 2)
+    with pytest.raises(ValueError, match="class_balance must be image, dataset or none"):
+        background_weights([sparse], "global")
+    from biounet.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"class_balance must be one of \('image', 'dataset'"):
+        TrainConfig(class_balance="global")
+    for balance, b in (("none", 1.0), ("dataset", dataset)):
+        maps = cached_weight_maps([crowded, sparse], 10.0, 5.0, balance=balance)
+        for m, lab in zip(maps, (crowded, sparse), strict=True):
+            np.testing.assert_allclose(m, slow_weight_map(lab, background=b), atol=1e-4)
+        np.testing.assert_allclose(maps[1][0, 0], b, rtol=1e-6)  # one cell: no border term
+    # the per-image balance (the paper) weighs the sparse image's background far less
+    image = cached_weight_maps([crowded, sparse], 10.0, 5.0)
+    assert image[1][0, 0] == pytest.approx(16 / (2000 - 16))
+    assert image[0][0, 0] == pytest.approx(fg_crowded / (2000 - fg_crowded), abs=1e-3)
 
 
 def test_binary_masks_use_4_connected_components():

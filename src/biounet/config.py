@@ -17,6 +17,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 SELECT_BY = ("train_loss", "val_loss", "val_pixel_error", "v_rand", "v_info", "last")
 HIGHER_IS_BETTER = ("v_rand", "v_info")
 TARGETS = ("mask", "binary", "contour")  # see targets.py
+CLASS_BALANCES = ("image", "dataset", "none")  # see weights.background_weights
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,10 @@ class TrainConfig:
     weight_map: bool = False  # weight the loss by the paper's w(x) (weights.weight_map)
     w0: float = 10.0  # its border weight (paper: 10)
     sigma: float = 5.0  # its border width in pixels (paper: 5)
+    # its w_c, the weight of background pixels (foreground pixels weigh 1): "image" (the
+    # paper) f_fg / f_bg of each image; "dataset" one f_fg / f_bg over the training set;
+    # "none" 1 (weights.background_weights)
+    class_balance: str = "image"
     # validate and ship an exponential moving average of the weights with this decay per
     # step (0 = off; 0.999 averages over about the last 1000 steps)
     ema: float = 0.0
@@ -165,6 +170,9 @@ class TrainConfig:
         if self.boundary_width < 1 or self.touch_width < 0:
             raise ValueError(f"boundary_width must be >= 1 and touch_width >= 0, got "
                              f"{self.boundary_width}, {self.touch_width}")  # fmt: skip
+        if self.class_balance not in CLASS_BALANCES:
+            raise ValueError(f"class_balance must be one of {CLASS_BALANCES}, got "
+                             f"{self.class_balance!r}")  # fmt: skip
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         for name in ("batch_size", "epochs", "tile"):

@@ -294,8 +294,9 @@ def make_sampler(
     if cfg.weight_map:
         t = time.perf_counter()
         labels = data.train_instances or data.train_masks  # instances where there are some
-        weights = cached_weight_maps(labels, cfg.w0, cfg.sigma, cache)
-        log.info("weight maps (w0 %g, sigma %g): %.2fs", cfg.w0, cfg.sigma, time.perf_counter() - t)
+        weights = cached_weight_maps(labels, cfg.w0, cfg.sigma, cache, cfg.class_balance)
+        log.info("weight maps (w0 %g, sigma %g, class balance %s): %.2fs", cfg.w0, cfg.sigma,
+                 cfg.class_balance, time.perf_counter() - t)  # fmt: skip
     margin = cfg.augment.margin(cfg.tile)
     labels = data.train_masks
     if label_context(cfg):  # instance targets made after the warp

@@ -11,6 +11,8 @@ up the cell's own edge, which is not a border to learn).
 w_c balances the class frequencies of the mask: w_c = f_fg / f_k for a pixel of class k,
 f_k the fraction of pixels of class k, so that foreground pixels weigh exactly 1 and
 background pixels f_fg / f_bg (3.6 on average on ISBI 2012, where membranes are 22 %).
+That is each image's own balance, as in the paper; ``background`` (and
+``TrainConfig.class_balance``) fixes it instead: one ratio for the whole training set, or 1.
 
 Limiting cases (never NaN): fewer than two cells -> the border term is 0 (d2 is infinite);
 no foreground or no background -> w_c = 1 everywhere.
@@ -72,8 +74,11 @@ def separate_touching(instances: np.ndarray) -> np.ndarray:
     return np.where(touching, 0, lab).astype(np.int32)
 
 
-def class_balance(foreground: np.ndarray) -> np.ndarray:
-    """w_c: (H, W) float32; foreground pixels 1, background f_fg / f_bg (1 if a class is absent)."""
+def class_balance(foreground: np.ndarray, background: float | None = None) -> np.ndarray:
+    """w_c: (H, W) float32; foreground pixels 1, background f_fg / f_bg of this image (1 if a
+    class is absent), or ``background`` where given (a weight fixed for every image)."""
+    if background is not None:
+        return np.where(foreground, 1.0, background).astype(np.float32)
     n_fg = int(np.count_nonzero(foreground))
     n_bg = foreground.size - n_fg
     if n_fg == 0 or n_bg == 0:
@@ -116,7 +121,12 @@ def nearest_two_distances(
 
 
 def weight_map(
-    mask: np.ndarray, w0: float = 10.0, sigma: float = 5.0, *, separate: bool = True
+    mask: np.ndarray,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    *,
+    separate: bool = True,
+    background: float | None = None,
 ) -> np.ndarray:
     """The paper's w(x) for a binary mask or an instance-label image.
 
@@ -125,6 +135,7 @@ def weight_map(
         w0: weight of the border term (paper: 10).
         sigma: its width in pixels (paper: 5).
         separate: carve a background border between touching instances first.
+        background: w_c of background pixels; None (the paper): this image's f_fg / f_bg.
 
     Returns (H, W) float32, w >= w_c > 0 everywhere; w == w_c on cells.
     """
@@ -136,7 +147,7 @@ def weight_map(
     inst = instances_from_mask(mask)
     if separate:
         inst = separate_touching(inst)
-    wc = class_balance(inst != 0)
+    wc = class_balance(inst != 0, background)
     if w0 == 0:
         return wc
     d1, d2 = nearest_two_distances(inst, _cutoff(w0, sigma))
@@ -147,15 +158,37 @@ def weight_map(
 _MEMORY: dict[str, list[np.ndarray]] = {}
 
 
+def background_weights(masks: list[np.ndarray], balance: str) -> list[float | None]:
+    """w_c of background pixels for each mask under a ``class_balance`` setting: "image"
+    (the paper) None, i.e. each image's own f_fg / f_bg; "dataset" one f_fg / f_bg over all
+    the masks (a tile's weights then no longer depend on how crowded its image is); "none"
+    1 (the border term alone). Frequencies are those of the carved foreground."""
+    if balance == "image":
+        return [None] * len(masks)
+    if balance == "none":
+        return [1.0] * len(masks)
+    if balance != "dataset":
+        raise ValueError(f"class_balance must be image, dataset or none, got {balance!r}")
+    fg = sum(int(np.count_nonzero(separate_touching(instances_from_mask(m)))) for m in masks)
+    total = sum(m.size for m in masks)
+    return [fg / (total - fg) if 0 < fg < total else 1.0] * len(masks)
+
+
 def cached_weight_maps(
-    masks: list[np.ndarray], w0: float, sigma: float, folder: str | Path | None = None
+    masks: list[np.ndarray],
+    w0: float,
+    sigma: float,
+    folder: str | Path | None = None,
+    balance: str = "image",
 ) -> list[np.ndarray]:
-    """:func:`weight_map` of each mask, computed once per training set.
+    """:func:`weight_map` of each mask, computed once per training set, with the
+    ``balance`` of :func:`background_weights`.
 
     Cached in memory (per process) and, if ``folder`` is given, on disk as
-    ``weight-maps-<digest>.npz``, the digest covering the masks and (w0, sigma).
+    ``weight-maps-<digest>.npz``, the digest covering the masks, (w0, sigma) and the balance.
     """
-    h = hashlib.sha256(f"{w0!r},{sigma!r}".encode())
+    key = f"{w0!r},{sigma!r}" + ("" if balance == "image" else f",{balance}")
+    h = hashlib.sha256(key.encode())
     for m in masks:
         h.update(f"{m.shape}{m.dtype}".encode())
         h.update(np.ascontiguousarray(m).tobytes())
@@ -167,7 +200,10 @@ def cached_weight_maps(
         with np.load(path) as f:
             maps = [f[f"w{i}"] for i in range(len(masks))]
     else:
-        maps = [weight_map(m, w0, sigma) for m in masks]
+        backgrounds = background_weights(masks, balance)
+        maps = [
+            weight_map(m, w0, sigma, background=b) for m, b in zip(masks, backgrounds, strict=True)
+        ]
     if path is not None and not path.is_file():  # every run folder gets its copy
         from .io import atomic_path
 
