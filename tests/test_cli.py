@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import tifffile
+import torch
 from PIL import Image
 
 from biounet.checkpoint import load_checkpoint
@@ -338,6 +339,12 @@ def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops
     code, _, err = run(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")], capsys)
     _one_line_error(code, err, "missing.pt", "no such checkpoint")
     assert not (tmp_path / "x.pt").exists()
+    # a stored configuration this version rejects names the checkpoint that holds it
+    bad = torch.load(tmp_path / "m.pt", weights_only=True)
+    bad["preset"]["train"]["class_balance"] = "global"
+    torch.save(bad, tmp_path / "bad.pt")
+    code, _, err = run(["predict", str(tmp_path / "bad.pt"), str(img)], capsys)
+    _one_line_error(code, err, "bad.pt", "invalid stored configuration", "class_balance must be")
 
 
 def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_path, capsys):

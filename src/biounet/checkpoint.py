@@ -46,6 +46,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: checkpoint format {ckpt['format_version']} is newer than this biounet "
             f"understands ({FORMAT_VERSION}); upgrade biounet"
         )
+    try:  # a stored configuration this biounet rejects: say which file holds it
+        Preset.from_dict(ckpt["preset"])
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise InputError(f"{path}: invalid stored configuration: {e}") from None
     return ckpt
 
 
