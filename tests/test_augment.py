@@ -263,3 +263,33 @@ def test_a_wider_touching_boundary_keeps_enough_label_context():
         whole = contour_target(big[b].numpy(), 1, touch_width=3)
         np.testing.assert_array_equal(classes[b], whole[k:-k, k:-k])
         assert (classes[b] == 2).sum() > (contour_target(big[b].numpy())[k:-k, k:-k] == 2).sum()
+
+
+def test_zoom_scales_the_tile_and_stays_inside_the_margin():
+    cfg = AugmentConfig(flip=False, rot90=False, scale=True, scale_range=0.5,
+                        interpolation="bilinear")  # fmt: skip
+    S = 32
+    R = S + 2 * cfg.margin(S)
+    assert cfg.margin(S) >= (S - 1) / 2 * 0.5  # a zoomed-out tile reads 1.5 x its extent
+    ramp = torch.arange(R, dtype=torch.float32).expand(R, R)  # x coordinate of each pixel
+    x = ramp.expand(64, 1, R, R).contiguous()
+    y = torch.zeros(64, R, R, dtype=torch.long)
+    params = draw_transforms(64, cfg, torch.Generator().manual_seed(3))
+    s = params["scale"]
+    assert s.min() >= 1 / 1.5 - 1e-6 and s.max() <= 1.5 + 1e-6
+    assert s.min() < 0.8 and s.max() > 1.25  # log-uniform: both ways
+    xa, _, _ = augment(x, y, None, cfg, torch.Generator().manual_seed(3), tile=S)
+    # bilinear sampling of a linear ramp is exact: a step of one output pixel reads s
+    # source pixels further on, centred on the region (no border clamping)
+    torch.testing.assert_close(xa[:, 0].diff(dim=-1), s.view(-1, 1, 1).expand(64, S, S - 1),
+                               atol=1e-3, rtol=0)  # fmt: skip
+    torch.testing.assert_close(xa[:, 0].mean(dim=(1, 2)), torch.full((64,), (R - 1) / 2),
+                               atol=1e-3, rtol=0)  # fmt: skip
+
+
+def test_no_zoom_keeps_the_random_stream():
+    on = draw_transforms(4, AugmentConfig(scale=True), torch.Generator().manual_seed(0))
+    off = draw_transforms(4, AugmentConfig(), torch.Generator().manual_seed(0))
+    assert torch.equal(off["scale"], torch.ones(4))
+    for k in ("dihedral", "angle", "coarse", "gamma"):  # drawn before the zoom factor
+        assert torch.equal(on[k], off[k])

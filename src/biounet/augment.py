@@ -2,7 +2,7 @@
 
 Two paths:
 - exact: flips and quarter turns only; the tile is permuted, never resampled.
-- resampled: rotation by any angle, shift, flips and the paper's elastic deformation
+- resampled: rotation by any angle, zoom, shift, flips and the paper's elastic deformation
   (random displacement vectors on a coarse 3 x 3 grid, 10 px standard deviation, upsampled
   bicubically to a dense field) are composed into ONE sampling grid per tile. The image is
   resampled bicubically (or bilinearly), the label by nearest neighbour (its values are kept
@@ -120,6 +120,11 @@ def draw_transforms(B: int, cfg: AugmentConfig, generator: torch.Generator) -> d
         "contrast": 1 + (torch.rand(B, generator=generator) * 2 - 1) * cfg.contrast,
         "gamma": torch.exp((torch.rand(B, generator=generator) * 2 - 1) * math.log1p(cfg.gamma)),
     }
+    # drawn last and only when on, so runs without zoom keep their random streams
+    p["scale"] = torch.ones(B)
+    if cfg.scale:
+        u = torch.rand(B, generator=generator) * 2 - 1
+        p["scale"] = torch.exp(u * math.log1p(cfg.scale_range))
     if not cfg.rotate:
         p["angle"].zero_()
     if not cfg.shift:
@@ -135,7 +140,8 @@ def sampling_grid(
     """(B, tile, tile, 2) grid_sample coordinates into a (region x region) source.
 
     Output pixel p (offset from the tile centre, in pixels) reads the source at
-    c + A p + t + e(p): A the rotation (any angle plus quarter turns) times the flip,
+    c + A p + t + e(p): A the rotation (any angle plus quarter turns) times the flip times
+    the zoom factor (above 1 it reads a larger source area: objects are drawn smaller),
     t the shift, e the dense elastic displacement, c the region centre. In grid_sample's
     normalised coordinates (align_corners=False) with u = 2p / S this is
     v = (S / R) A u + 2 t / R + 2 e / R: an affine grid plus the scaled elastic field.
@@ -148,6 +154,7 @@ def sampling_grid(
     cos, sin = torch.cos(angle), torch.sin(angle)
     # A = rotation @ diag(flip, 1), acting on (x, y) column vectors
     A = torch.stack([torch.stack([cos * flip, -sin], -1), torch.stack([sin * flip, cos], -1)], -2)
+    A = A * params["scale"].view(B, 1, 1)
     theta = torch.cat([A * (tile / region), (2 / region) * params["shift"][:, :, None]], dim=2)
     grid = F.affine_grid(theta.to(device), [B, 1, tile, tile], align_corners=False)
     if cfg.elastic:

@@ -339,6 +339,8 @@ def cmd_info(args) -> int:
         on.append(f"rotation +-{a.rotate_degrees:g} deg")
     if a.shift:
         on.append(f"shift +-{a.shift_px:g} px")
+    if a.scale:
+        on.append(f"zoom x{1 / (1 + a.scale_range):.2f}-{1 + a.scale_range:g}")
     if a.elastic:
         on.append(f"elastic {a.elastic_grid}x{a.elastic_grid} grid, {a.elastic_sigma:g} px")
     if a.gray:

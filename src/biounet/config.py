@@ -35,6 +35,8 @@ class AugmentConfig:
     rotate_degrees: float = 180.0  # angle uniform in [-rotate_degrees, rotate_degrees]
     shift: bool = False  # random translation
     shift_px: float = 16.0  # per axis, uniform in [-shift_px, shift_px]
+    scale: bool = False  # random zoom (objects drawn larger or smaller)
+    scale_range: float = 0.25  # zoom factor log-uniform in [1 / (1 + r), 1 + r]
     elastic: bool = False  # the paper's elastic deformation
     elastic_grid: int = 3  # coarse grid of random displacement vectors (paper: 3 x 3)
     elastic_sigma: float = 10.0  # their standard deviation in pixels (paper: 10)
@@ -51,7 +53,8 @@ class AugmentConfig:
             )
         if self.elastic_grid < 2:
             raise ValueError(f"elastic_grid must be >= 2, got {self.elastic_grid}")
-        for name in ("rotate_degrees", "shift_px", "elastic_sigma", "brightness", "gamma"):
+        for name in ("rotate_degrees", "shift_px", "scale_range", "elastic_sigma", "brightness",
+                     "gamma"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.contrast < 1:
@@ -59,18 +62,23 @@ class AugmentConfig:
 
     @property
     def resamples(self) -> bool:
-        """True if tiles are resampled (rotation, shift or elastic deformation is on)."""
-        return self.rotate or self.shift or self.elastic
+        """True if tiles are resampled (rotation, shift, zoom or elastic deformation is on)."""
+        return self.rotate or self.shift or self.scale or self.elastic
 
     def margin(self, tile: int) -> int:
         """Extra context (pixels per side) a ``tile`` x ``tile`` crop needs so that the
-        transformed tile stays inside the cut region (rotation, shift, 4 sigma of elastic
-        displacement)."""
+        transformed tile stays inside the cut region (rotation, zoom out, shift, 4 sigma of
+        elastic displacement)."""
         if not self.resamples:
             return 0
         m = 2.0  # interpolation support
-        if self.rotate:
-            m += (tile - 1) / 2 * (math.sqrt(2) - 1)
+        half = (tile - 1) / 2  # the tile's corner reads the source this far from the centre
+        reach = (
+            half
+            * (math.sqrt(2) if self.rotate else 1.0)
+            * (1 + self.scale_range if self.scale else 1.0)
+        )
+        m += reach - half
         if self.shift:
             m += self.shift_px
         if self.elastic:
