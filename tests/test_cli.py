@@ -326,11 +326,15 @@ def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops
     img, lab = isbi_crops
     out = tmp_path / "run"
     code, _, _ = run(["train", "--images", str(img), "--labels", str(lab), "--out", str(out),
-                      "--select-by", "train_loss", "--weight-map", "--isbi-every", "0", *SMALL],
-                     capsys)  # fmt: skip
+                      "--select-by", "train_loss", "--weight-map", "--isbi-every", "0",
+                      "--dice", "0.5", *SMALL], capsys)  # fmt: skip
     assert code == 0
     cfg = json.loads((out / "config.json").read_text())["train"]
-    assert (cfg["select_by"], cfg["weight_map"], cfg["isbi_every"]) == ("train_loss", True, 0)
+    assert (cfg["select_by"], cfg["weight_map"], cfg["isbi_every"], cfg["dice"]) == (
+        "train_loss", True, 0, 0.5)  # fmt: skip
+    code, _, err = run(["train", "--images", str(img), "--labels", str(lab), "--dice", "-1",
+                        "--out", str(tmp_path / "neg"), *SMALL], capsys)  # fmt: skip
+    _one_line_error(code, err, "dice must be >= 0, got -1")
     code, text, _ = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt")], capsys)
     assert code == 0 and "weights and configuration only" in text
     code, _, _ = run(["predict", str(tmp_path / "m.pt"), str(img), "--out",

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from biounet import metrics
-from biounet.losses import segmentation_loss, weighted_bce, weighted_cross_entropy
+from biounet.losses import segmentation_loss, soft_dice_loss, weighted_bce, weighted_cross_entropy
 
 
 def test_weighted_cross_entropy_matches_the_formula():
@@ -47,3 +47,50 @@ def test_pixel_error_iou_dice_on_a_hand_computed_case():
     assert metrics.iou(empty, empty) == metrics.dice(empty, empty) == 1.0
     with pytest.raises(ValueError, match="shapes differ"):
         metrics.iou(empty, label)
+
+
+def _slow_dice(fg: np.ndarray, t: np.ndarray, smooth: float = 1.0) -> float:
+    """1 - soft Dice, tile by tile, written out with loops."""
+    out = []
+    for b in range(fg.shape[0]):
+        inter = total = 0.0
+        for i in range(fg.shape[1]):
+            for j in range(fg.shape[2]):
+                inter += fg[b, i, j] * t[b, i, j]
+                total += fg[b, i, j] + t[b, i, j]
+        out.append(1 - (2 * inter + smooth) / (total + smooth))
+    return sum(out) / len(out)
+
+
+def test_soft_dice_matches_a_slow_reference_for_softmax_and_sigmoid():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (3, 6, 5), generator=g)
+    y[2] = 0  # an empty tile
+    logits = torch.randn(3, 3, 6, 5, generator=g)
+    fg = (1 - torch.softmax(logits, 1)[:, 0]).numpy().astype(np.float64)
+    ref = _slow_dice(fg, (y > 0).numpy().astype(np.float64))
+    assert soft_dice_loss(logits, y).item() == pytest.approx(ref, abs=1e-6)
+    one = torch.randn(3, 1, 6, 5, generator=g)
+    ref1 = _slow_dice(torch.sigmoid(one[:, 0]).numpy().astype(np.float64),
+                      (y > 0).numpy().astype(np.float64))  # fmt: skip
+    assert soft_dice_loss(one, y).item() == pytest.approx(ref1, abs=1e-6)
+    # added to the cross entropy with its weight; 0 leaves the cross entropy alone
+    ce = segmentation_loss(logits, y)
+    assert segmentation_loss(logits, y, dice=0.5).item() == pytest.approx(
+        ce.item() + 0.5 * ref, abs=1e-6
+    )
+    assert torch.equal(segmentation_loss(logits, y, dice=0.0), ce)
+
+
+def test_soft_dice_is_zero_for_a_perfect_prediction_and_near_one_for_the_inverse():
+    y = torch.zeros(1, 8, 8, dtype=torch.long)
+    y[0, 2:6, 2:6] = 2
+    sure = torch.full((1, 3, 8, 8), -30.0)
+    sure[:, 0][y == 0] = 30.0  # background where it is
+    sure[:, 2][y == 2] = 30.0
+    assert soft_dice_loss(sure, y).item() == pytest.approx(0.0, abs=1e-6)
+    wrong = torch.full((1, 3, 8, 8), -30.0)
+    wrong[:, 0][y > 0] = 30.0  # background on the object, an object everywhere else
+    wrong[:, 1][y == 0] = 30.0
+    # no overlap: 1 - smooth / (48 + 16 + smooth)
+    assert soft_dice_loss(wrong, y).item() == pytest.approx(1 - 1 / 65, abs=1e-6)

@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="weight the loss by the paper's border weight map w(x)",
     )
     s.add_argument(
+        "--dice",
+        type=float,
+        metavar="W",
+        help="add W x a soft Dice loss of the foreground (per tile) to the cross entropy",
+    )
+    s.add_argument(
         "--resume",
         metavar="DIR",
         help="continue the run in DIR from its last.pt with its own settings "
@@ -348,6 +354,8 @@ def cmd_info(args) -> int:
     print(f"  augmentation {', '.join(on) or 'none'}")
     if t.weight_map:
         print(f"  loss weights the paper's w(x): w0 {t.w0:g}, sigma {t.sigma:g} px")
+    if t.dice:
+        print(f"  loss adds {t.dice:g} x soft Dice of the foreground")
     if (
         t.target != "mask"
         or t.min_object_size
@@ -372,7 +380,7 @@ def cmd_train(args) -> int:
     # flags that map onto TrainConfig fields of the same name
     settings = ("images", "labels", "val_slices", "train_slices", "steps_per_epoch",
                 "batch_size", "tile", "lr", "seed", "precision", "select_by", "isbi_every",
-                "val_every", "weight_map", "target", "ema")  # fmt: skip
+                "val_every", "weight_map", "target", "ema", "dice")  # fmt: skip
     if args.resume:  # the run's own config.json; only --epochs, --time-limit, --device change
         fixed = ("preset", "out", *settings)
         given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) is not None]

@@ -141,6 +141,9 @@ class TrainConfig:
     # paper) f_fg / f_bg of each image; "dataset" one f_fg / f_bg over the training set;
     # "none" 1 (weights.background_weights)
     class_balance: str = "image"
+    # add this weight times a soft Dice loss of the foreground, per tile (losses.soft_dice_loss;
+    # 0 = cross entropy alone)
+    dice: float = 0.0
     # validate and ship an exponential moving average of the weights with this decay per
     # step (0 = off; 0.999 averages over about the last 1000 steps)
     ema: float = 0.0
@@ -188,6 +191,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
+        if not (self.dice >= 0 and math.isfinite(self.dice)):
+            raise ValueError(f"dice must be >= 0, got {self.dice}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not 0 <= self.min_object_peak <= 1 or self.min_object_size < 0:

@@ -27,10 +27,35 @@ def weighted_bce(
     )
 
 
-def segmentation_loss(
-    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
-) -> torch.Tensor:
-    """BCE for 1 logit channel, softmax cross entropy for 2 or more."""
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """1 - soft Dice of the foreground, per tile, averaged over the batch.
+
+    Foreground: every class but 0 (target > 0); its probability is the sigmoid of a single
+    logit or 1 - P(class 0) under the softmax. Per tile: 1 - (2 sum(p t) + smooth) /
+    (sum p + sum t + smooth), so a tile with few objects counts as much as a crowded one
+    (and an empty tile predicted empty costs 0). Returns a scalar float32.
+    """
+    logits = logits.float()
     if logits.shape[1] == 1:
-        return weighted_bce(logits, target, weight)
-    return weighted_cross_entropy(logits, target, weight)
+        fg = torch.sigmoid(logits[:, 0])
+    else:
+        fg = 1 - torch.softmax(logits, dim=1)[:, 0]
+    t = (target > 0).float()
+    inter = (fg * t).sum(dim=(1, 2))
+    total = fg.sum(dim=(1, 2)) + t.sum(dim=(1, 2))
+    return (1 - (2 * inter + smooth) / (total + smooth)).mean()
+
+
+def segmentation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    dice: float = 0.0,
+) -> torch.Tensor:
+    """BCE for 1 logit channel, softmax cross entropy for 2 or more; plus ``dice`` times
+    :func:`soft_dice_loss` if ``dice`` > 0."""
+    if logits.shape[1] == 1:
+        loss = weighted_bce(logits, target, weight)
+    else:
+        loss = weighted_cross_entropy(logits, target, weight)
+    return loss + dice * soft_dice_loss(logits, target) if dice > 0 else loss

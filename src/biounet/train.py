@@ -452,7 +452,7 @@ def train(
             x = x.contiguous(memory_format=layout)
             with autocast(device, precision):
                 logits = model(x)
-            loss = segmentation_loss(logits, y, w)
+            loss = segmentation_loss(logits, y, w, dice=cfg.dice)
             value = loss.item()
             if not math.isfinite(value):  # stop before a NaN reaches the weights
                 kept = f"; last.pt keeps epoch {epoch}" if epoch else ""
