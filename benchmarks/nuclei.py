@@ -19,6 +19,12 @@ Variants (everything else as in the preset):
     contour-bal-dataset  contour target, w_c from the training set's class frequencies
                    instead of each image's (background weighs the same in every image)
     contour-bal-none     contour target, no class balance (w_c = 1, the border term alone)
+    contour-sigma3 contour target, border term width sigma 3 px instead of 5
+    contour-zoom   contour target, random zoom x0.8-1.25 added to the augmentation
+    contour-dice   contour target, soft Dice loss of the foreground (weight 1) added
+    contour-dice-touch3  the two above together: Dice, and touch_width 3
+    contour-dice-w0-25   Dice, and border term w0 25
+    contour-lr4-touch3   learning rate 0.004 (preset 0.002) and touch_width 3
     binary-w10     the paper: binary target with carved borders, weight map w0 10
     binary-w0      binary target, class balance only (w0 0): what the border term is worth
 
@@ -47,6 +53,12 @@ VARIANTS = {
     "contour-w0-25": {"w0": 25.0},
     "contour-bal-dataset": {"class_balance": "dataset"},
     "contour-bal-none": {"class_balance": "none"},
+    "contour-sigma3": {"sigma": 3.0},
+    "contour-zoom": {"augment": {"scale": True, "scale_range": 0.25}},
+    "contour-dice": {"dice": 1.0},
+    "contour-dice-touch3": {"dice": 1.0, "touch_width": 3},
+    "contour-dice-w0-25": {"dice": 1.0, "w0": 25.0},
+    "contour-lr4-touch3": {"lr": 4e-3, "touch_width": 3},
     # the preset's foreground threshold (0.6) was tuned on a contour model: binary rows keep 0.5
     "binary-w10": {"target": "binary", "foreground_threshold": 0.5},
     "binary-w0": {"target": "binary", "w0": 0.0, "foreground_threshold": 0.5},
@@ -59,6 +71,8 @@ def variant(name: str):
     changes = VARIANTS[name]
     model = replace(p.model, out_channels=2) if changes.get("target") == "binary" else p.model
     changes = {"time_limit": 0.0, **changes}  # equal steps for every row: no time limit
+    if "augment" in changes:
+        changes["augment"] = replace(p.train.augment, **changes["augment"])
     return replace(p, name=f"nuclei-{name}", model=model, train=replace(p.train, **changes))
 
 
