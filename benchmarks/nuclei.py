@@ -22,7 +22,7 @@ Variants (everything else as in the preset):
     contour-sigma3 contour target, border term width sigma 3 px instead of 5
     contour-zoom   contour target, random zoom x0.8-1.25 added to the augmentation
     contour-dice   contour target, soft Dice loss of the foreground (weight 1) added
-    contour-dice-touch3  the two above together: Dice, and touch_width 3
+    contour-dice-touch3  Dice (as contour-dice) and touch_width 3 (as contour-touch3)
     contour-dice-w0-25   Dice, and border term w0 25
     contour-lr4-touch3   learning rate 0.004 (preset 0.002) and touch_width 3
     binary-w10     the paper: binary target with carved borders, weight map w0 10
