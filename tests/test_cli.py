@@ -327,14 +327,26 @@ def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops
     out = tmp_path / "run"
     code, _, _ = run(["train", "--images", str(img), "--labels", str(lab), "--out", str(out),
                       "--select-by", "train_loss", "--weight-map", "--isbi-every", "0",
-                      "--dice", "0.5", *SMALL], capsys)  # fmt: skip
+                      "--dice", "0.5", "--w0", "5", "--class-balance", "dataset",
+                      "--touch-width", "2", "--zoom", "0.2", *SMALL], capsys)  # fmt: skip
     assert code == 0
     cfg = json.loads((out / "config.json").read_text())["train"]
     assert (cfg["select_by"], cfg["weight_map"], cfg["isbi_every"], cfg["dice"]) == (
         "train_loss", True, 0, 0.5)  # fmt: skip
+    assert (cfg["w0"], cfg["class_balance"], cfg["touch_width"]) == (5, "dataset", 2)
+    assert (cfg["augment"]["scale"], cfg["augment"]["scale_range"]) == (True, 0.2)
+    assert cfg["augment"]["elastic"]  # the preset's other transforms stay
     code, _, err = run(["train", "--images", str(img), "--labels", str(lab), "--dice", "-1",
                         "--out", str(tmp_path / "neg"), *SMALL], capsys)  # fmt: skip
     _one_line_error(code, err, "dice must be >= 0, got -1")
+    for flag, value, message in (
+        ("--w0", "-1", "w0 must be >= 0 and sigma > 0, got -1.0, 5.0"),
+        ("--touch-width", "-2", "touch_width >= 0, got 1, -2"),
+        ("--zoom", "-0.5", "scale_range must be >= 0, got -0.5"),
+    ):
+        code, _, err = run(["train", "--images", str(img), "--labels", str(lab), flag, value,
+                            "--out", str(tmp_path / "bad"), *SMALL], capsys)  # fmt: skip
+        _one_line_error(code, err, message)
     code, text, _ = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt")], capsys)
     assert code == 0 and "weights and configuration only" in text
     code, _, _ = run(["predict", str(tmp_path / "m.pt"), str(img), "--out",

@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from contextlib import ExitStack
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from .config import HIGHER_IS_BETTER, SELECT_BY, TARGETS
@@ -114,6 +114,26 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="W",
         help="add W x a soft Dice loss of the foreground (per tile) to the cross entropy",
+    )
+    s.add_argument("--w0", type=float, help="the weight map's border term w0 (paper: 10)")
+    s.add_argument(
+        "--class-balance",
+        choices=("image", "dataset", "none"),
+        help="the weight map's w_c: each image's own class frequencies (the paper), the "
+        "training set's, or none",
+    )
+    s.add_argument(
+        "--touch-width",
+        type=int,
+        metavar="PX",
+        help="contour target: boundary class this many pixels deep where objects touch or "
+        "come within PX pixels (0: off)",
+    )
+    s.add_argument(
+        "--zoom",
+        type=float,
+        metavar="R",
+        help="random zoom by a factor log-uniform in [1/(1+R), 1+R] (0: off)",
     )
     s.add_argument(
         "--resume",
@@ -380,9 +400,10 @@ def cmd_train(args) -> int:
     # flags that map onto TrainConfig fields of the same name
     settings = ("images", "labels", "val_slices", "train_slices", "steps_per_epoch",
                 "batch_size", "tile", "lr", "seed", "precision", "select_by", "isbi_every",
-                "val_every", "weight_map", "target", "ema", "dice")  # fmt: skip
+                "val_every", "weight_map", "target", "ema", "dice", "w0", "class_balance",
+                "touch_width")  # fmt: skip
     if args.resume:  # the run's own config.json; only --epochs, --time-limit, --device change
-        fixed = ("preset", "out", *settings)
+        fixed = ("preset", "out", "zoom", *settings)
         given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) is not None]
         if given:
             raise InputError(f"--resume keeps the run's settings; drop {', '.join(given)}")
@@ -395,6 +416,11 @@ def cmd_train(args) -> int:
         )
         if args.target == "binary" and args.weight_map is None:  # the paper's weighted loss
             preset = preset.with_train(weight_map=True)
+        if args.zoom is not None:
+            a = preset.train.augment
+            on = args.zoom != 0
+            zoom = replace(a, scale=on, scale_range=args.zoom if on else a.scale_range)
+            preset = preset.with_train(augment=zoom)
         preset = with_target_outputs(preset)
         out = Path(args.out or "runs/latest")
         result = train(preset, out, epochs=args.epochs, device=args.device,

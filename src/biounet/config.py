@@ -181,6 +181,8 @@ class TrainConfig:
         if self.boundary_width < 1 or self.touch_width < 0:
             raise ValueError(f"boundary_width must be >= 1 and touch_width >= 0, got "
                              f"{self.boundary_width}, {self.touch_width}")  # fmt: skip
+        if self.w0 < 0 or self.sigma <= 0:
+            raise ValueError(f"w0 must be >= 0 and sigma > 0, got {self.w0}, {self.sigma}")
         if self.class_balance not in CLASS_BALANCES:
             raise ValueError(f"class_balance must be one of {CLASS_BALANCES}, got "
                              f"{self.class_balance!r}")  # fmt: skip
