@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .config import HIGHER_IS_BETTER, SELECT_BY, TARGETS
+from .config import CLASS_BALANCES, HIGHER_IS_BETTER, SELECT_BY, TARGETS
 from .io import InputError
 
 log = logging.getLogger("biounet")
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--w0", type=float, help="the weight map's border term w0 (paper: 10)")
     s.add_argument(
         "--class-balance",
-        choices=("image", "dataset", "none"),
+        choices=CLASS_BALANCES,
         help="the weight map's w_c: each image's own class frequencies (the paper), the "
         "training set's, or none",
     )
