@@ -343,6 +343,8 @@ def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops
         ("--w0", "-1", "w0 must be >= 0 and sigma > 0, got -1.0, 5.0"),
         ("--touch-width", "-2", "touch_width >= 0, got 1, -2"),
         ("--zoom", "-0.5", "scale_range must be >= 0, got -0.5"),
+        ("--w0", "nan", "w0 must be >= 0 and sigma > 0, got nan, 5.0"),
+        ("--zoom", "nan", "scale_range must be >= 0, got nan"),
     ):
         code, _, err = run(["train", "--images", str(img), "--labels", str(lab), flag, value,
                             "--out", str(tmp_path / "bad"), *SMALL], capsys)  # fmt: skip

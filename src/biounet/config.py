@@ -55,7 +55,7 @@ class AugmentConfig:
             raise ValueError(f"elastic_grid must be >= 2, got {self.elastic_grid}")
         for name in ("rotate_degrees", "shift_px", "scale_range", "elastic_sigma", "brightness",
                      "gamma"):  # fmt: skip
-            if getattr(self, name) < 0:
+            if not 0 <= getattr(self, name) < math.inf:  # NaN fails too
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.contrast < 1:
             raise ValueError(f"contrast must be in [0, 1), got {self.contrast}")
@@ -181,7 +181,7 @@ class TrainConfig:
         if self.boundary_width < 1 or self.touch_width < 0:
             raise ValueError(f"boundary_width must be >= 1 and touch_width >= 0, got "
                              f"{self.boundary_width}, {self.touch_width}")  # fmt: skip
-        if self.w0 < 0 or self.sigma <= 0:
+        if not (0 <= self.w0 < math.inf and 0 < self.sigma < math.inf):  # NaN fails too
             raise ValueError(f"w0 must be >= 0 and sigma > 0, got {self.w0}, {self.sigma}")
         if self.class_balance not in CLASS_BALANCES:
             raise ValueError(f"class_balance must be one of {CLASS_BALANCES}, got "
