@@ -11,10 +11,13 @@ smallest peak (objects whose highest P(interior) stays below it are dropped), ra
 settings by the DSB score on the first N training images (sorted by name); then, at the
 best one's foreground threshold and filters, sweeps the seed threshold with the seed split
 (`split_solidity` x `split_depth`: seeds less solid than that cut at their
-distance-transform peaks; solidity 0 = no split), and prints
-one JSON row per setting and the held-out rows: the model's own setting and the best.
-`--export` writes the model with the best setting stored (seed and foreground thresholds,
-smallest object, peak, seed split), so that `biounet predict --instances` uses it.
+distance-transform peaks; solidity 0 = no split); then, at the best setting so far, sweeps
+the smallest object again with the image-relative limit (`min_fraction`: objects under
+that fraction of the image's median object are dropped where that is below the smallest
+object; 0 = the absolute limit alone), and prints one JSON row per setting and the
+held-out rows: the model's own setting and the best. `--export` writes the model with the
+best setting stored (seed and foreground thresholds, smallest object, peak, seed split,
+fraction), so that `biounet predict --instances` uses it.
 Predicting runs on the GPU when there is one.
 """
 
@@ -40,6 +43,7 @@ FOREGROUNDS = (0.5, 0.6, 0.7)
 MIN_SIZES = (15, 25, 40, 60)
 MIN_PEAKS = (0.0, 0.8, 0.9, 0.95, 0.98)
 SPLITS = tuple((s, d) for s in (0.8, 0.85, 0.9) for d in (2.0, 3.0, 4.0))  # (solidity, depth)
+MIN_FRACTIONS = (0.2, 0.3, 0.4, 0.5)
 
 
 def main() -> None:
@@ -63,9 +67,10 @@ def main() -> None:
     def probs_of(idx):
         return [predict(model, images.arrays[i], tta=args.tta) for i in idx]
 
-    def scores(probs, idx, seed, fg, min_size, min_peak, split=0.0, depth=3.0):
+    def scores(probs, idx, seed, fg, min_size, min_peak, split=0.0, depth=3.0, fraction=0.0):
         options = dict(foreground_threshold=fg, seed_threshold=seed, min_size=min_size,
-                       min_peak=min_peak, split_solidity=split, split_depth=depth)  # fmt: skip
+                       min_peak=min_peak, split_solidity=split, split_depth=depth,
+                       min_fraction=fraction)  # fmt: skip
         preds = [contour_instances(p, **options) for p in probs]
         r = instance_scores_many([by_name[images.names[i]] for i in idx], preds)
         return {k: r[k] for k in KEYS}
@@ -80,15 +85,21 @@ def main() -> None:
                          **scores(train_probs, train_idx, *setting)})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
 
-    sweep((*s, 0.0, 3.0) for s in itertools.product(SEEDS, FOREGROUNDS, MIN_SIZES, MIN_PEAKS))
+    grid = itertools.product(SEEDS, FOREGROUNDS, MIN_SIZES, MIN_PEAKS)
+    sweep((*s, 0.0, 3.0, 0.0) for s in grid)
     best = max(rows, key=lambda r: r["dsb_score"])
     fixed = (best["foreground_threshold"], best["min_size"], best["min_peak"])
-    sweep((seed, *fixed, *split) for seed in SEEDS for split in SPLITS)
+    sweep((seed, *fixed, *split, 0.0) for seed in SEEDS for split in SPLITS)
+    best = max(rows, key=lambda r: r["dsb_score"])
+    seed, fg, peak = best["seed_threshold"], best["foreground_threshold"], best["min_peak"]
+    split = (best["split_solidity"], best["split_depth"])
+    sweep((seed, fg, size, peak, *split, fraction) for size in MIN_SIZES
+          for fraction in MIN_FRACTIONS)  # fmt: skip
     best = max(rows, key=lambda r: r["dsb_score"])
     held_idx = sorted(held)
     held_probs = probs_of(held_idx)
     own = (cfg.seed_threshold, cfg.foreground_threshold, cfg.min_object_size, cfg.min_object_peak,
-           cfg.split_solidity, cfg.split_depth)  # fmt: skip
+           cfg.split_solidity, cfg.split_depth, cfg.min_object_fraction)  # fmt: skip
     for setting in dict.fromkeys((own, tuple(best[k] for k in NAMES))):
         rows.append({"set": "held-out", **dict(zip(NAMES, setting, strict=True)), "tta": args.tta,
                      **scores(held_probs, held_idx, *setting)})  # fmt: skip
@@ -100,7 +111,8 @@ def main() -> None:
                      min_object_peak=best["min_peak"], seed_threshold=best["seed_threshold"],
                      foreground_threshold=best["foreground_threshold"],
                      split_solidity=best["split_solidity"],
-                     split_depth=best["split_depth"])  # fmt: skip
+                     split_depth=best["split_depth"],
+                     min_object_fraction=best["min_fraction"])  # fmt: skip
         print(f"wrote {args.export}: " + ", ".join(f"{k} {best[k]}" for k in NAMES))
 
 
@@ -111,6 +123,7 @@ NAMES = (
     "min_peak",
     "split_solidity",
     "split_depth",
+    "min_fraction",
 )
 
 

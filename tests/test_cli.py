@@ -393,6 +393,9 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--min-size", "9"], capsys)
     _one_line_error(code, err, "add --instances")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
+                        "--min-fraction", "nan"], capsys)  # fmt: skip
+    _one_line_error(code, err, "--min-fraction must be in [0, 1], got nan")
+    code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--seed-threshold", "1"], capsys)  # fmt: skip
     _one_line_error(code, err, "--seed-threshold must be in (0, 1), got 1")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
@@ -406,11 +409,13 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     code, _, err = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"),
                         "--threshold", "1.5"], capsys)  # fmt: skip
     _one_line_error(code, err, "--threshold must be in [0, 1], got 1.5")
-    stored = ["--min-peak", "0.9", "--min-size", "7", "--seed-threshold", "0.3",
+    stored = ["--min-peak", "0.9", "--min-size", "7", "--min-fraction", "0.25",
+              "--seed-threshold", "0.3",
               "--split-solidity", "0.85", "--split-depth", "2.5", "--threshold", "0.8"]  # fmt: skip
     code, _, _ = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"), *stored], capsys)
     shipped = load_checkpoint(tmp_path / "m.pt")["preset"]["train"]
     assert code == 0 and (shipped["min_object_peak"], shipped["min_object_size"]) == (0.9, 7)
+    assert shipped["min_object_fraction"] == 0.25
     assert (shipped["seed_threshold"], shipped["foreground_threshold"]) == (0.3, 0.8)
     assert (shipped["split_solidity"], shipped["split_depth"]) == (0.85, 2.5)
     # what export stores is what the flags give for one call

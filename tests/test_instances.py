@@ -134,6 +134,52 @@ def test_faint_objects_are_dropped_by_their_peak_probability():
     assert sorted(np.unique(out)) == [0, 1] and (out == 1).sum() == 100 and out[20, 20] == 1
 
 
+def _squares(sizes, shape=(24, 128)):
+    """A label image of squares with these pixel counts (perfect squares), ids 1..n."""
+    lab = np.zeros(shape, np.int32)
+    x = 1
+    for i, area in enumerate(sizes, start=1):
+        side = int(round(area**0.5))
+        assert side * side == area
+        lab[1 : 1 + side, x : x + side] = i
+        x += side + 2
+    return lab
+
+
+@pytest.mark.parametrize(
+    ("sizes", "fraction", "kept"),
+    [
+        # an image of small nuclei: median of the objects >= 40 px is 64, 0.3 x 64 = 19.2
+        ((64, 64, 64, 25, 16), 0.3, (64, 64, 64, 25)),
+        ((64, 64, 64, 25, 16), 0.0, (64, 64, 64)),  # off: the absolute 40 px alone
+        ((64, 64, 64, 25, 16), 0.5, (64, 64, 64)),  # 0.5 x 64 = 32 > 25
+        # large nuclei: 0.3 x 400 = 120, but no image demands more than min_size (40)
+        ((400, 400, 400, 49, 36), 0.3, (400, 400, 400, 49)),
+        # no object reaches min_size: the median of all of them sets the scale (0.3 x 25)
+        ((25, 25, 16, 4), 0.3, (25, 25, 16)),
+    ],
+)
+def test_the_size_limit_can_follow_each_images_own_scale(sizes, fraction, kept):
+    lab = _squares(sizes)
+    prob = (lab > 0).astype(np.float32)
+    for out in (
+        binary_instances(prob, gap=0, min_size=40, min_fraction=fraction),
+        contour_instances(np.stack([1 - prob, prob, 0 * prob]), min_size=40, min_fraction=fraction),
+    ):
+        assert sorted(np.bincount(out.ravel())[1:].tolist(), reverse=True) == list(kept)
+        assert out.max() == len(kept)  # ids renumbered 1..N
+
+
+def test_the_image_scale_counts_only_objects_that_pass_the_peak_filter():
+    # three faint 400-px blobs would lift the median to 400 (limit 40 px) if they counted;
+    # the bright objects' median, 64, gives 0.3 x 64 = 19.2 px and keeps the 25-px nucleus
+    lab = _squares((64, 64, 25, 400, 400, 400))
+    prob = np.where(lab > 0, 0.99, 0.0).astype(np.float32)
+    prob[lab >= 4] = 0.6
+    out = binary_instances(prob, gap=0, min_size=40, min_peak=0.9, min_fraction=0.3)
+    assert sorted(np.bincount(out.ravel())[1:].tolist()) == [25, 64, 64]
+
+
 def test_the_api_dispatches_on_shape_and_rejects_others():
     assert biounet.instances(np.zeros((8, 8))).max() == 0
     assert biounet.instances(np.zeros((3, 8, 8))).shape == (8, 8)
@@ -155,3 +201,8 @@ def test_a_model_carries_its_seed_split_setting():
         TrainConfig(split_solidity=1.5)
     with pytest.raises(ValueError, match="split_depth > 0, got 0.0, 0"):
         TrainConfig(split_depth=0)
+    assert "min_fraction" not in off
+    assert TrainConfig(min_object_fraction=0.3).instance_options()["min_fraction"] == 0.3
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="min_object_fraction must be in"):
+            TrainConfig(min_object_fraction=bad)

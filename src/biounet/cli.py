@@ -205,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
         "stays under P (default: the model's setting)",
     )
     s.add_argument(
+        "--min-fraction",
+        type=float,
+        metavar="F",
+        help="--instances: in each image, drop objects under F x the median size of its "
+        "objects of at least --min-size pixels where that is less than --min-size (an image "
+        "of small nuclei keeps them); 0: --min-size alone (default: the model's setting)",
+    )
+    s.add_argument(
         "--seed-threshold",
         type=float,
         metavar="P",
@@ -238,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-size", type=int, metavar="PX",
                    help="store this instance post-processing setting in the model")  # fmt: skip
     s.add_argument("--min-peak", type=float, metavar="P",
+                   help="store this instance post-processing setting in the model")  # fmt: skip
+    s.add_argument("--min-fraction", type=float, metavar="F",
                    help="store this instance post-processing setting in the model")  # fmt: skip
     s.add_argument("--seed-threshold", type=float, metavar="P",
                    help="store this instance post-processing setting in the model")  # fmt: skip
@@ -383,6 +393,9 @@ def cmd_info(args) -> int:
         or t.foreground_threshold != 0.5
     ):
         kept = [f">= {t.min_object_size} px"] if t.min_object_size else []
+        if t.min_object_fraction and t.min_object_size:
+            kept[0] += (f" (or {t.min_object_fraction:g} x the image's median object if "
+                        "smaller)")  # fmt: skip
         kept += [f"peak probability >= {t.min_object_peak:g}"] if t.min_object_peak else []
         seeds = f"seeds P(interior) > {t.seed_threshold:g}; " if t.target == "contour" else ""
         if t.target == "contour" and t.split_solidity:
@@ -485,13 +498,15 @@ def cmd_predict(args) -> int:
         for v in (
             args.min_size,
             args.min_peak,
+            args.min_fraction,
             args.seed_threshold,
             args.split_solidity,
             args.split_depth,
         )  # fmt: skip
     ):
-        raise InputError("--min-size, --min-peak, --seed-threshold, --split-solidity and "
-                         "--split-depth shape instances: add --instances")  # fmt: skip
+        raise InputError("--min-size, --min-peak, --min-fraction, --seed-threshold, "
+                         "--split-solidity and --split-depth shape instances: add "
+                         "--instances")  # fmt: skip
     src = Path(args.input)
     images = read_images(src)  # input errors first: cheaper than loading the model
     device = select_device(args.device)
@@ -504,6 +519,7 @@ def cmd_predict(args) -> int:
             raise InputError(f"{args.checkpoint}: {flag} applies to contour models; "
                              f"this is a {target} model")  # fmt: skip
     overrides = {"min_object_size": args.min_size, "min_object_peak": args.min_peak,
+                 "min_object_fraction": args.min_fraction,
                  "seed_threshold": args.seed_threshold, "split_solidity": args.split_solidity,
                  "split_depth": args.split_depth,
                  "foreground_threshold": args.threshold}  # fmt: skip
@@ -558,6 +574,8 @@ def _check_instance_options(args) -> None:
         raise InputError(f"--min-size must be >= 0 pixels, got {args.min_size}")
     if args.min_peak is not None and not 0 <= args.min_peak <= 1:
         raise InputError(f"--min-peak must be in [0, 1], got {args.min_peak}")
+    if args.min_fraction is not None and not 0 <= args.min_fraction <= 1:
+        raise InputError(f"--min-fraction must be in [0, 1], got {args.min_fraction}")
     if args.seed_threshold is not None and not 0 < args.seed_threshold < 1:
         raise InputError(f"--seed-threshold must be in (0, 1), got {args.seed_threshold}")
     if args.split_solidity is not None and not 0 <= args.split_solidity <= 1:
@@ -572,6 +590,7 @@ def cmd_export(args) -> int:
     _check_instance_options(args)
     shipped = export_model(args.checkpoint, args.out, min_object_size=args.min_size,
                            min_object_peak=args.min_peak,
+                           min_object_fraction=args.min_fraction,
                            seed_threshold=args.seed_threshold,
                            split_solidity=args.split_solidity,
                            split_depth=args.split_depth,

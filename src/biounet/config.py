@@ -109,6 +109,10 @@ class TrainConfig:
     # ... and objects whose highest P(interior) (contour) or P(foreground) (binary) stays
     # below this: faint debris (benchmarks/tune_instances.py chooses it on training images)
     min_object_peak: float = 0.0
+    # ... and, with this > 0, the size limit follows each image's scale: objects under
+    # min(min_object_size, this x the median size of the image's objects of at least
+    # min_object_size px) are dropped, so an image of small nuclei keeps its small nuclei
+    min_object_fraction: float = 0.0
     # "contour": P(interior) above which a pixel seeds an object of the watershed
     seed_threshold: float = 0.5
     # "contour": a seed less solid than this (area / convex hull area; 0 = never) is split
@@ -200,6 +204,9 @@ class TrainConfig:
         if not 0 <= self.min_object_peak <= 1 or self.min_object_size < 0:
             raise ValueError(f"min_object_peak must be in [0, 1] and min_object_size >= 0, got "
                              f"{self.min_object_peak}, {self.min_object_size}")  # fmt: skip
+        if not 0 <= self.min_object_fraction <= 1:
+            raise ValueError(f"min_object_fraction must be in [0, 1], got "
+                             f"{self.min_object_fraction}")  # fmt: skip
         if not 0 < self.seed_threshold < 1:
             raise ValueError(f"seed_threshold must be in (0, 1), got {self.seed_threshold}")
         if not 0 <= self.split_solidity <= 1 or self.split_depth <= 0:
@@ -221,6 +228,8 @@ class TrainConfig:
             "min_size": self.min_object_size,
             "min_peak": self.min_object_peak,
         }
+        if self.min_object_fraction > 0:
+            options["min_fraction"] = self.min_object_fraction
         if self.target == "contour":
             options["seed_threshold"] = self.seed_threshold
             if self.split_solidity > 0:

@@ -28,16 +28,34 @@ def _compact(labels: np.ndarray, n: int) -> np.ndarray:
 
 
 def _drop_small(
-    labels: np.ndarray, min_size: int, peak: np.ndarray | None = None, min_peak: float = 0.0
+    labels: np.ndarray,
+    min_size: int,
+    peak: np.ndarray | None = None,
+    min_peak: float = 0.0,
+    min_fraction: float = 0.0,
 ) -> tuple[np.ndarray, int]:
     """Objects of fewer than ``min_size`` pixels, and objects where ``peak`` (a probability
-    map) never reaches ``min_peak``, removed; ids renumbered 1..N."""
+    map) never reaches ``min_peak``, removed; ids renumbered 1..N.
+
+    With ``min_fraction`` > 0 the size limit follows the image's own scale: an object is
+    kept from min(``min_size``, ``min_fraction`` x the median size of the image's objects
+    that pass the peak filter and have at least ``min_size`` pixels, or of all of them if
+    none is that large) pixels up. An image of small nuclei keeps its small nuclei; no
+    image demands more than ``min_size``.
+    """
     sizes = np.bincount(labels.ravel())
-    keep = sizes >= max(1, min_size)
+    keep = sizes >= 1
     if peak is not None and min_peak > 0 and sizes.size > 1:
         highest = ndimage.maximum(peak, labels, index=np.arange(sizes.size))
         keep &= np.asarray(highest) >= min_peak
     keep[0] = False
+    limit = float(min_size)
+    if min_fraction > 0 and keep.any():
+        candidates = sizes[keep]
+        large = candidates[candidates >= min_size]
+        reference = float(np.median(large if large.size else candidates))
+        limit = min(limit, min_fraction * reference)
+    keep &= sizes >= max(1.0, limit)
     new_id = np.zeros(len(sizes), np.int64)
     new_id[keep] = np.arange(1, int(keep.sum()) + 1)
     return new_id[labels], int(keep.sum())
@@ -57,6 +75,7 @@ def binary_instances(
     gap: float = 2.0,
     min_size: int = 0,
     min_peak: float = 0.0,
+    min_fraction: float = 0.0,
 ) -> np.ndarray:
     """Instances from a ``binary``-target foreground probability (H, W).
 
@@ -64,12 +83,14 @@ def binary_instances(
     lying in a gap of at most ``gap`` pixels between two objects (distances to the nearest
     and second-nearest object d1 + d2 <= gap + 1) joins the nearest object: this undoes the
     one-pixel border carved on each side of a touching edge for training (gap 2). Objects
-    under ``min_size`` pixels, and objects whose highest probability is below ``min_peak``
-    (faint debris), are dropped. Returns uint16 (uint32 past 65535 objects).
+    under ``min_size`` pixels (with ``min_fraction`` > 0, under that fraction of the image's
+    median object if that is smaller: see :func:`_drop_small`), and objects whose highest
+    probability is below ``min_peak`` (faint debris), are dropped. Returns uint16 (uint32
+    past 65535 objects).
     """
     labels, n = ndimage.label(prob > threshold, structure=FOUR_CONNECTED)
     if min_size > 1 or min_peak > 0:
-        labels, n = _drop_small(labels, min_size, prob, min_peak)
+        labels, n = _drop_small(labels, min_size, prob, min_peak, min_fraction)
     if gap > 0 and n > 1:
         d1, d2 = nearest_two_distances(labels, max_distance=gap + 1)
         in_gap = (labels == 0) & (d1 + d2 <= gap + 1)
@@ -116,6 +137,7 @@ def contour_instances(
     seed_threshold: float = 0.5,
     min_size: int = 0,
     min_peak: float = 0.0,
+    min_fraction: float = 0.0,
     split_solidity: float = 0.0,
     split_depth: float = 3.0,
 ) -> np.ndarray:
@@ -128,9 +150,10 @@ def contour_instances(
     see :func:`split_seeds`), which separates two nuclei whose interiors meet at a neck.
     A watershed of 1 - P(interior)
     from the seeds fills the foreground; foreground regions no seed reaches become objects
-    of their own. Objects under ``min_size`` pixels, and objects whose highest P(interior)
-    is below ``min_peak`` (faint debris; with ``min_peak >= seed_threshold`` the unseeded
-    regions too), are dropped. uint16 (uint32 past 65535).
+    of their own. Objects under ``min_size`` pixels (with ``min_fraction`` > 0, under that
+    fraction of the image's median object if that is smaller: see :func:`_drop_small`), and
+    objects whose highest P(interior) is below ``min_peak`` (faint debris; with ``min_peak
+    >= seed_threshold`` the unseeded regions too), are dropped. uint16 (uint32 past 65535).
     """
     if probs.ndim != 3 or probs.shape[0] != 3:
         raise ValueError(f"expected (3, H, W) class probabilities, got shape {probs.shape}")
@@ -142,7 +165,7 @@ def contour_instances(
     labels = np.where(orphans > 0, orphans + n, labels)
     n += m
     if min_size > 1 or min_peak > 0:
-        labels, n = _drop_small(labels, min_size, probs[1], min_peak)
+        labels, n = _drop_small(labels, min_size, probs[1], min_peak, min_fraction)
     return _compact(labels, n)
 
 
@@ -150,11 +173,12 @@ def instances(probs: np.ndarray, threshold: float = 0.5, **options) -> np.ndarra
     """Instance labels (H, W) from a network's probabilities.
 
     ``probs`` (H, W) is a ``binary`` model's foreground probability:
-    :func:`binary_instances` (options ``gap``, ``min_size``, ``min_peak``; ``gap=0`` gives
+    :func:`binary_instances` (options ``gap``, ``min_size``, ``min_peak``,
+    ``min_fraction``; ``gap=0`` gives
     the plain connected components, right for a ``mask`` model such as the ISBI one).
     (3, H, W) are a ``contour`` model's class probabilities: :func:`contour_instances`
     (``threshold`` is its foreground threshold; options ``seed_threshold``, ``min_size``,
-    ``min_peak``, ``split_solidity``, ``split_depth``). A model's own settings:
+    ``min_peak``, ``min_fraction``, ``split_solidity``, ``split_depth``). A model's own settings:
     ``preset.train.instance_options()``.
     """
     probs = np.asarray(probs)
