@@ -267,6 +267,10 @@ def test_export_keeps_configuration_and_weights_only(isbi_crops, tmp_path):
     with torch.no_grad():
         assert torch.equal(a(x), b(x))
     assert (tmp_path / "m.pt").stat().st_size < (tmp_path / "r" / "best.pt").stat().st_size
+    # exported again with a new post-processing setting: the training record stays
+    again = export_model(tmp_path / "m.pt", tmp_path / "m2.pt", min_object_size=7)
+    assert (again["trained_seconds"], again["log"]) == (loaded["trained_seconds"], loaded["log"])
+    assert loaded["trained_seconds"] > 0 and again["preset"]["train"]["min_object_size"] == 7
 
 
 def test_weight_averaging_is_saved_resumed_and_used_for_prediction(isbi_crops, tmp_path):

@@ -69,8 +69,8 @@ def export_model(source: str | Path, dest: str | Path, **train_settings) -> dict
     record a user needs to trust it (epoch, step, seconds trained, the chosen epoch's log
     row). ``train_settings`` (e.g. ``min_object_peak=0.9``; None values ignored) replace
     the stored training configuration's, such as the instance post-processing that
-    ``predict`` reads from it. Returns the dict written. Loads with ``load_checkpoint``
-    like any checkpoint."""
+    ``predict`` reads from it; a ``source`` that was itself exported keeps its training
+    record. Returns the dict written. Loads with ``load_checkpoint`` like any checkpoint."""
     ckpt = load_checkpoint(source)
     if any(v is not None for v in train_settings.values()):
         ckpt["preset"] = Preset.from_dict(ckpt["preset"]).with_train(**train_settings).to_dict()
@@ -84,6 +84,10 @@ def export_model(source: str | Path, dest: str | Path, **train_settings) -> dict
         "trained_seconds": round(sum(h.get("seconds", 0.0) for h in history), 1),
         "log": {k: v for k, v in chosen.items() if v is not None},
     }
+    if not history:  # an exported model exported again (new settings): keep its record
+        for key in ("trained_seconds", "log"):
+            if key in ckpt:
+                shipped[key] = ckpt[key]
     save_checkpoint(dest, shipped)
     return shipped
 
