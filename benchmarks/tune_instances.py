@@ -17,7 +17,8 @@ that fraction of the image's median object are dropped where that is below the s
 object; 0 = the absolute limit alone), and prints one JSON row per setting and the
 held-out rows: the model's own setting and the best. `--export` writes the model with the
 best setting stored (seed and foreground thresholds, smallest object, peak, seed split,
-fraction), so that `biounet predict --instances` uses it.
+fraction; with `--tta`, that predict averages the 8 views by default, as the setting was
+tuned on averaged probabilities), so that `biounet predict --instances` uses it.
 Predicting runs on the GPU when there is one.
 """
 
@@ -112,7 +113,7 @@ def main() -> None:
                      foreground_threshold=best["foreground_threshold"],
                      split_solidity=best["split_solidity"],
                      split_depth=best["split_depth"],
-                     min_object_fraction=best["min_fraction"])  # fmt: skip
+                     min_object_fraction=best["min_fraction"], tta=args.tta)  # fmt: skip
         print(f"wrote {args.export}: " + ", ".join(f"{k} {best[k]}" for k in NAMES))
 
 

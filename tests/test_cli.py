@@ -410,12 +410,13 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
                         "--threshold", "1.5"], capsys)  # fmt: skip
     _one_line_error(code, err, "--threshold must be in [0, 1], got 1.5")
     stored = ["--min-peak", "0.9", "--min-size", "7", "--min-fraction", "0.25",
-              "--seed-threshold", "0.3",
-              "--split-solidity", "0.85", "--split-depth", "2.5", "--threshold", "0.8"]  # fmt: skip
+              "--seed-threshold", "0.3", "--split-solidity", "0.85", "--split-depth", "2.5",
+              "--threshold", "0.8"]  # fmt: skip
     code, _, _ = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"), *stored], capsys)
     shipped = load_checkpoint(tmp_path / "m.pt")["preset"]["train"]
     assert code == 0 and (shipped["min_object_peak"], shipped["min_object_size"]) == (0.9, 7)
     assert shipped["min_object_fraction"] == 0.25
+    assert shipped["tta"] is False  # not asked for: predict's default stays plain
     assert (shipped["seed_threshold"], shipped["foreground_threshold"]) == (0.3, 0.8)
     assert (shipped["split_solidity"], shipped["split_depth"]) == (0.85, 2.5)
     # what export stores is what the flags give for one call
@@ -436,6 +437,25 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
         default = tifffile.imread(tmp_path / "fg-default" / f"{name}-instances.tif")
         changed += (a > 0).sum() < (default > 0).sum()
     assert changed  # the foreground threshold took effect
+    # a stored TTA default: predict averages the 8 views unless --no-tta
+    code, _, _ = run(["export", str(out / "best.pt"), str(tmp_path / "t.pt"), "--tta"], capsys)
+    assert code == 0 and load_checkpoint(tmp_path / "t.pt")["preset"]["train"]["tta"] is True
+    for model, flags, dest in (
+        (tmp_path / "t.pt", [], "t-default"),
+        (out / "best.pt", ["--tta"], "t-flag"),
+        (tmp_path / "t.pt", ["--no-tta"], "t-off"),
+        (out / "best.pt", [], "t-plain"),
+    ):
+        code, _, _ = run(["predict", str(model), str(img), "--out", str(tmp_path / dest),
+                          "--no-progress", *flags], capsys)  # fmt: skip
+        assert code == 0
+    for name in names:
+        tta, plain = (
+            tifffile.imread(tmp_path / d / f"{name}.tif") for d in ("t-default", "t-plain")
+        )
+        np.testing.assert_array_equal(tta, tifffile.imread(tmp_path / "t-flag" / f"{name}.tif"))
+        np.testing.assert_array_equal(plain, tifffile.imread(tmp_path / "t-off" / f"{name}.tif"))
+        assert not np.array_equal(tta, plain)
 
     # evaluate: the reference against itself is perfect; our predictions pair by name
     code, text, _ = run(["evaluate", str(lab), str(lab), "--instances", "--json"], capsys)

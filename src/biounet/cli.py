@@ -173,8 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--tta",
-        action="store_true",
-        help="average the 8 flips / quarter turns (test-time augmentation)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the 8 flips / quarter turns (test-time augmentation); default: the "
+        "model's setting (off unless exported with --tta)",
     )
     s.add_argument(
         "--threshold",
@@ -258,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, metavar="T",
                    help="store this foreground threshold in the model (predict "
                    "--instances)")  # fmt: skip
+    s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="store whether predict averages the 8 flips / quarter turns by "
+                   "default (for post-processing tuned on averaged probabilities)")  # fmt: skip
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("bench", help="training and inference speed against same-run baselines")
@@ -403,6 +408,8 @@ def cmd_info(args) -> int:
                       f"{t.split_depth:g} px deep; ")  # fmt: skip
         print(f"  instances    {t.target} target; foreground P > {t.foreground_threshold:g}; "
               f"{seeds}objects kept: {', '.join(kept) or 'all'}")  # fmt: skip
+    if t.tta:
+        print("  predict      8x test-time averaging unless --no-tta")
     return 0
 
 
@@ -524,6 +531,7 @@ def cmd_predict(args) -> int:
                  "split_depth": args.split_depth,
                  "foreground_threshold": args.threshold}  # fmt: skip
     options = preset.with_train(**overrides).train.instance_options()
+    tta = preset.train.tta if args.tta is None else args.tta
     threshold = options.pop("threshold")
     if model.config.out_channels > 2 and target != "contour":
         raise InputError(f"{args.checkpoint}: a {model.config.out_channels}-class model; "
@@ -549,7 +557,7 @@ def cmd_predict(args) -> int:
             writers = {p: stack.enter_context(StackWriter(p, bigtiff=big)) for p in outputs}
             for i in members:
                 probs = predict(model, images.arrays[i], tile=args.tile, precision=args.precision,
-                                tta=args.tta, memory_mb=args.memory_mb, overlap=args.overlap,
+                                tta=tta, memory_mb=args.memory_mb, overlap=args.overlap,
                                 progress=not args.no_progress)  # fmt: skip
                 prob = 1.0 - probs[0] if probs.ndim == 3 else probs  # foreground probability
                 for p, kind in outputs.items():
@@ -594,7 +602,8 @@ def cmd_export(args) -> int:
                            seed_threshold=args.seed_threshold,
                            split_solidity=args.split_solidity,
                            split_depth=args.split_depth,
-                           foreground_threshold=args.threshold)  # fmt: skip
+                           foreground_threshold=args.threshold,
+                           tta=args.tta)  # fmt: skip
     size = Path(args.out).stat().st_size / 2**20
     print(f"wrote {args.out}: {shipped['preset']['name']} model, epoch {shipped['epoch']}, "
           f"{size:.1f} MB (weights and configuration only)")  # fmt: skip

@@ -120,6 +120,9 @@ class TrainConfig:
     # saddle (instances.split_seeds): two nuclei whose interiors meet at a neck
     split_solidity: float = 0.0
     split_depth: float = 3.0
+    # predict averages the 8 flips / quarter turns unless --no-tta (export --tta stores it
+    # in a model whose post-processing was tuned on averaged probabilities)
+    tta: bool = False
     # predict --instances: foreground where P(foreground) > this (contour: P(background)
     # < 1 - this); predict --threshold T overrides it for one call (and writes -mask.tif)
     foreground_threshold: float = 0.5
