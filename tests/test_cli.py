@@ -42,7 +42,10 @@ def test_info_json_has_the_paper_numbers(capsys):
     assert "time limit" not in out and "instances" not in out
     code, out, _ = run(["info", "--preset", "nuclei"], capsys)
     assert (
-        "time limit   15 min" in out and "objects kept: >= 40 px, peak probability >= 0.95" in out
+        "time limit   15 min" in out
+        and "objects kept: >= 40 px (or 0.3 x the image's median object if smaller), peak "
+        "probability >= 0.95"
+        in out
     )
     assert "foreground P > 0.6; seeds P(interior) > 0.5; seeds under solidity 0.9 split" in out
     assert "best.pt      the last epoch" in out
