@@ -331,12 +331,12 @@ def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops
     code, _, _ = run(["train", "--images", str(img), "--labels", str(lab), "--out", str(out),
                       "--select-by", "train_loss", "--weight-map", "--isbi-every", "0",
                       "--dice", "0.5", "--w0", "5", "--class-balance", "dataset",
-                      "--touch-width", "2", "--zoom", "0.2", *SMALL], capsys)  # fmt: skip
+                      "--zoom", "0.2", *SMALL], capsys)  # fmt: skip
     assert code == 0
     cfg = json.loads((out / "config.json").read_text())["train"]
     assert (cfg["select_by"], cfg["weight_map"], cfg["isbi_every"], cfg["dice"]) == (
         "train_loss", True, 0, 0.5)  # fmt: skip
-    assert (cfg["w0"], cfg["class_balance"], cfg["touch_width"]) == (5, "dataset", 2)
+    assert (cfg["w0"], cfg["class_balance"]) == (5, "dataset")
     assert (cfg["augment"]["scale"], cfg["augment"]["scale_range"]) == (True, 0.2)
     assert cfg["augment"]["elastic"]  # the preset's other transforms stay
     code, _, err = run(["train", "--images", str(img), "--labels", str(lab), "--dice", "-1",
@@ -345,6 +345,8 @@ def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops
     for flag, value, message in (
         ("--w0", "-1", "w0 must be >= 0 and sigma > 0, got -1.0, 5.0"),
         ("--touch-width", "-2", "touch_width >= 0, got 1, -2"),
+        # a mask target has no boundary class: the flag would do nothing
+        ("--touch-width", "2", "target 'mask' has none (got 1, 2)"),
         ("--zoom", "-0.5", "scale_range must be >= 0, got -0.5"),
         ("--w0", "nan", "w0 must be >= 0 and sigma > 0, got nan, 5.0"),
         ("--zoom", "nan", "scale_range must be >= 0, got nan"),
@@ -373,10 +375,11 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     out = tmp_path / "nuc"
     code, text, _ = run(["train", "--images", str(img), "--labels", str(lab), "--target",
                          "contour", "--out", str(out), "--val-slices", "4", "--epochs", "2",
-                         *TAIL], capsys)  # fmt: skip
+                         "--touch-width", "2", *TAIL], capsys)  # fmt: skip
     assert code == 0, text
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["target"] == "contour" and cfg["model"]["out_channels"] == 3
+    assert cfg["train"]["touch_width"] == 2
     code, _, _ = run(["predict", str(out / "best.pt"), str(img), "--out", str(tmp_path / "p"),
                       "--instances", "--no-progress"], capsys)  # fmt: skip
     assert code == 0

@@ -195,6 +195,10 @@ class TrainConfig:
                              f"{self.class_balance!r}")  # fmt: skip
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.target != "contour" and (self.boundary_width != 1 or self.touch_width):
+            raise ValueError(f"boundary_width and touch_width shape the contour target's boundary "
+                             f"class; target {self.target!r} has none (got "
+                             f"{self.boundary_width}, {self.touch_width})")  # fmt: skip
         for name in ("batch_size", "epochs", "tile"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
