@@ -47,8 +47,9 @@ def test_info_json_has_the_paper_numbers(capsys):
         "probability >= 0.95"
         in out
     )
-    assert "foreground P > 0.6; seeds P(interior) > 0.5; seeds under solidity 0.9 split" in out
+    assert "foreground P > 0.6; seeds P(interior) > 0.6; seeds under solidity 0.9 split" in out
     assert "best.pt      the last epoch" in out
+    assert "loss adds 0.5 x soft Dice of the foreground" in out
 
 
 def test_train_then_predict_end_to_end(isbi_crops, tmp_path, capsys):
