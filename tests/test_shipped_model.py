@@ -85,3 +85,23 @@ def test_the_shipped_nuclei_model_separates_held_out_touching_nuclei():
     # merges; on all 40 held-out images AP@0.5 0.858, DSB 0.649
     assert r["ap50"] > 0.72, r
     assert r["merges"] <= 20, r
+
+
+def _listed(path):
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return [n for n in lines if n and not n.startswith("#")]
+
+
+def test_the_nuclei_splits_partition_the_bundled_images():
+    # held-out 40 (reported, never trained on), validation 32 (chooses training settings in
+    # benchmarks/nuclei.py --validation), the other 128 (trained on in that mode): disjoint,
+    # together every bundled image once, and the validation list drawn as its header says
+    splits = HOLDOUT.parent
+    held = _listed(HOLDOUT)
+    val = _listed(splits / "dsb2018-fluo-validation.txt")
+    rest = _listed(splits / "dsb2018-fluo-train128.txt")
+    ids = sorted(p.stem for p in (DSB / "images").glob("*.png"))
+    assert (len(held), len(val), len(rest)) == (40, 32, 128)
+    assert sorted(held + val + rest) == ids
+    train = sorted(set(ids) - set(held))
+    assert val == sorted(np.random.default_rng(2019).permutation(train)[:32])
