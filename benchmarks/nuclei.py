@@ -135,7 +135,8 @@ def score(checkpoint: Path, images, labels, tta: bool, screen: bool = False) -> 
         for seed, fg, split in SCREEN:
             o = {**options, "seed_threshold": seed, "threshold": fg}
             if not split:
-                o.pop("split_solidity", None), o.pop("split_depth", None)
+                o.pop("split_solidity", None)
+                o.pop("split_depth", None)
             r = instance_scores_many(labels, [instances(p, **o) for p in probs])
             row["screen"].append({"seed": seed, "foreground": fg, "split": split,
                                   **{k: r[k] for k in KEYS}})  # fmt: skip
