@@ -69,8 +69,7 @@ def test_the_shipped_nuclei_model_separates_held_out_touching_nuclei():
     from biounet.io import read_images
     from biounet.metrics import instance_scores_many
 
-    lines = [line.strip() for line in HOLDOUT.read_text().splitlines()]
-    names = [n for n in lines if n and not n.startswith("#")][:4]
+    names = _listed(HOLDOUT)[:4]
     model, preset = model_from_checkpoint(NUCLEI)
     gts, preds = [], []
     for name in names:
