@@ -110,11 +110,13 @@ def variant(name: str, seed: int = 0, validation: bool = False):
     return replace(p, name=f"nuclei-{name}", model=model, train=replace(p.train, **changes))
 
 
-def held_out(preset):
+def scored_images(preset):
+    """(images, instance labels) the variant is scored on: its val_slices, the held-out 40
+    or, with --validation, the 32 validation images."""
     cfg = preset.train
     images = read_images(resolve_data_path(cfg.images))
     labels = read_instances(resolve_data_path(cfg.labels))
-    idx = parse_slices(cfg.val_slices, len(images), "held-out", images.names)
+    idx = parse_slices(cfg.val_slices, len(images), "scored images", images.names)
     order = {n: i for i, n in enumerate(labels.names)}
     return [images.arrays[i] for i in idx], [labels.arrays[order[images.names[i]]] for i in idx]
 
@@ -171,7 +173,7 @@ def main() -> None:
         else:
             result = train(preset, run, epochs=args.epochs, progress=False)
         if images is None:
-            images, labels = held_out(preset)
+            images, labels = scored_images(preset)
         for tta in (False, True):
             row = {"variant": name, "tta": tta, "seed": args.seed, "validation": args.validation,
                    "train_min": round(result["total_seconds"] / 60, 1),

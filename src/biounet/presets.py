@@ -151,9 +151,8 @@ NUCLEI = Preset(
         "Touching fluorescence nuclei (bundled DSB 2018 images, instance labels): the fast "
         "network with 3 outputs learning background / interior / boundary, the paper's "
         "border weight map computed from the instances plus half a soft Dice loss, the paper's "
-        "augmentation, AdamW "
-        "cosine, 90 x 30 steps of 4 x 256 x 256 tiles or as many as fit in 15 minutes (2 Zen 4 "
-        "cores with bf16: about 90; 2 Zen 3 cores in fp32: 27); "
+        "augmentation, AdamW cosine, 90 x 30 steps of 4 x 256 x 256 tiles or as many as fit "
+        "in 15 minutes (2 Zen 4 cores with bf16: about 90; 2 Zen 3 cores in fp32: 27); "
         "instances by seeded watershed; the fixed held-out 20% is never trained on"
     ),
     # 3 of the 200 images show dark nuclei on a bright background: negate those
