@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
+from scipy import ndimage
 
 import biounet
-from biounet.instances import binary_instances, contour_instances, split_seeds
+from biounet.instances import binary_instances, contour_instances, filter_objects, split_seeds
 from biounet.targets import binary_target, contour_target
 
 
@@ -178,6 +179,47 @@ def test_the_image_scale_counts_only_objects_that_pass_the_peak_filter():
     prob[lab >= 4] = 0.6
     out = binary_instances(prob, gap=0, min_size=40, min_peak=0.9, min_fraction=0.3)
     assert sorted(np.bincount(out.ravel())[1:].tolist()) == [25, 64, 64]
+
+
+def _filtered_slowly(labels, peak, min_size, min_peak, fraction):
+    """The documented filters, one object at a time: drop objects whose peak stays below
+    min_peak; of the rest, drop those under min(min_size, fraction x the median area of
+    the rest that reach min_size, or of all the rest if none does); renumber in id order."""
+    ids = [i for i in np.unique(labels) if i]
+    area = {i: int((labels == i).sum()) for i in ids}
+    alive = [i for i in ids if min_peak <= 0 or peak[labels == i].max() >= min_peak]
+    limit = float(min_size)
+    if fraction > 0 and alive:
+        large = [area[i] for i in alive if area[i] >= min_size]
+        limit = min(limit, fraction * float(np.median(large or [area[i] for i in alive])))
+    out = np.zeros_like(labels)
+    for new, i in enumerate([i for i in alive if area[i] >= max(1.0, limit)], start=1):
+        out[labels == i] = new
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_filtering_the_unfiltered_objects_gives_the_filtered_call(seed):
+    # benchmarks/tune_validation.py sweeps the filters over one watershed per seed setting
+    rng = np.random.default_rng(seed)
+    raw = ndimage.gaussian_filter(rng.random((3, 96, 96)), (0, 3, 3))
+    e = np.exp(12 * (raw - raw.mean(0)))
+    probs = (e / e.sum(0)).astype(np.float32)  # blobs of interior, boundary, background
+    unfiltered = contour_instances(probs, seed_threshold=0.5, split_solidity=0.9)
+    assert unfiltered.max() >= 5  # enough objects for the filters to choose between
+    counts = set()
+    for size, peak, fraction in [(0, 0.0, 0.0), (200, 0.0, 0.0), (0, 0.56, 0.0), (400, 0.53, 0.3),
+                                 (2000, 0.0, 0.5)]:  # fmt: skip
+        whole = contour_instances(probs, seed_threshold=0.5, split_solidity=0.9, min_size=size,
+                                  min_peak=peak, min_fraction=fraction)  # fmt: skip
+        after = filter_objects(unfiltered, probs[1], size, peak, fraction)
+        np.testing.assert_array_equal(after, whole)
+        np.testing.assert_array_equal(after, _filtered_slowly(unfiltered, probs[1], size, peak,
+                                                              fraction))  # fmt: skip
+        assert after.dtype == whole.dtype == np.uint16
+        assert set(np.unique(after)) == set(range(int(after.max()) + 1))  # ids 1..N
+        counts.add(int(after.max()))
+    assert len(counts) >= 3  # the settings drop different objects
 
 
 def test_the_api_dispatches_on_shape_and_rejects_others():

@@ -7,6 +7,7 @@
 - :func:`contour_instances`: for the ``contour`` target: seeds from the interior class
   (a seed that is not convex enough split at its distance-transform peaks, optionally), a
   seeded watershed over the foreground.
+- :func:`filter_objects`: the contour objects' size and peak filters alone.
 - :func:`instances`: picks one of the last two from the array's shape.
 """
 
@@ -164,8 +165,27 @@ def contour_instances(
     orphans, m = ndimage.label(foreground & (labels == 0), structure=FOUR_CONNECTED)
     labels = np.where(orphans > 0, orphans + n, labels)
     n += m
+    return filter_objects(labels, probs[1], min_size, min_peak, min_fraction)
+
+
+def filter_objects(
+    labels: np.ndarray,
+    peak: np.ndarray,
+    min_size: int = 0,
+    min_peak: float = 0.0,
+    min_fraction: float = 0.0,
+) -> np.ndarray:
+    """Instance labels (H, W) without the objects that :func:`contour_instances`' filters
+    drop (``min_size``, ``min_fraction`` and, against the probability map ``peak``,
+    ``min_peak``: see :func:`_drop_small`), ids renumbered 1..N; uint16 (uint32 past
+    65535). ``contour_instances(probs, **filters)`` equals ``filter_objects(
+    contour_instances(probs), probs[1], **filters)``: a sweep of the filters needs one
+    watershed per seed setting."""
+    labels = np.asarray(labels)
+    n = int(labels.max(initial=0))
     if min_size > 1 or min_peak > 0:
-        labels, n = _drop_small(labels, min_size, probs[1], min_peak, min_fraction)
+        labels, n = _drop_small(labels.astype(np.int64, copy=False), min_size, peak, min_peak,
+                                min_fraction)  # fmt: skip
     return _compact(labels, n)
 
 

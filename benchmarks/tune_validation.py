@@ -1,0 +1,143 @@
+"""Choose the `nuclei` preset's instance post-processing on the 32 validation images, with
+models that never saw them, and never look at the held-out 20%.
+
+    .venv/bin/python benchmarks/tune_validation.py RUN/best.pt [RUN2/best.pt ...]
+        [--tta] [--json OUT]
+
+Each checkpoint must come from `benchmarks/nuclei.py --validation` (trained on
+data/splits/dsb2018-fluo-train128.txt, its validation images
+data/splits/dsb2018-fluo-validation.txt). Every setting of the grid below is scored on each
+model's validation images; settings are ranked by the DSB score averaged over the models
+(AP@0.5 breaks ties), so that one model's quirks choose less. The grid: seed threshold
+(P(interior) above it seeds an object), foreground threshold (P(background) below 1 - t),
+the seed split on (seeds less solid than 0.9 cut at distance peaks 4 px deep) or off, and
+the object filters: smallest object in pixels, the image-relative limit (`min_fraction` x
+the image's median object, where that is smaller), and the smallest peak P(interior) an
+object must reach. One watershed per model, image and seed setting; the filters are applied
+to its objects (`biounet.instances.filter_objects`), which gives what `contour_instances`
+gives with the whole setting. Prints the best settings, each model's scores at the best
+setting and at its own (the preset's when it was trained), and the best setting as
+`TrainConfig` fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from biounet import model_from_checkpoint, predict
+from biounet.dataset import parse_slices
+from biounet.device import select_device
+from biounet.instances import contour_instances, filter_objects
+from biounet.io import InputError, read_images, read_instances, resolve_data_path, write_text
+from biounet.metrics import instance_scores_many
+
+SPLITS = "@data/splits/dsb2018-fluo-"
+KEYS = ("ap50", "dsb_score", "f1", "seg", "merges", "splits")
+SEEDS = (0.5, 0.6, 0.7)
+FOREGROUNDS = (0.5, 0.6, 0.7)
+SEED_SPLITS = ((0.0, 4.0), (0.9, 4.0))  # (solidity, depth); solidity 0: no split
+MIN_SIZES = (0, 15, 25, 40, 60)
+MIN_FRACTIONS = (0.0, 0.3)
+MIN_PEAKS = (0.0, 0.8, 0.9, 0.95)
+NAMES = ("seed_threshold", "foreground_threshold", "split_solidity", "split_depth",
+         "min_size", "min_fraction", "min_peak")  # fmt: skip
+FIELDS = {"seed_threshold": "seed_threshold", "foreground_threshold": "foreground_threshold",
+          "split_solidity": "split_solidity", "split_depth": "split_depth",
+          "min_size": "min_object_size", "min_fraction": "min_object_fraction",
+          "min_peak": "min_object_peak"}  # fmt: skip
+
+
+def validation_model(path: Path, tta: bool):
+    """(name, validation probabilities, validation labels, own setting) of one checkpoint;
+    InputError unless it was trained with benchmarks/nuclei.py --validation."""
+    model, preset = model_from_checkpoint(path, select_device("auto"))
+    cfg = preset.train
+    want = (SPLITS + "train128.txt", SPLITS + "validation.txt")
+    if cfg.target != "contour" or (cfg.train_slices, cfg.val_slices) != want:
+        raise InputError(
+            f"{path}: not a contour model trained with benchmarks/nuclei.py --validation "
+            f"(trained on {cfg.train_slices!r}, scored on {cfg.val_slices!r})"
+        )
+    images = read_images(resolve_data_path(cfg.images))
+    labels = read_instances(resolve_data_path(cfg.labels))
+    by_name = dict(zip(labels.names, labels.arrays, strict=True))
+    idx = parse_slices(cfg.val_slices, len(images), "validation", images.names)
+    probs = [predict(model, images.arrays[i], tta=tta) for i in idx]
+    own = (cfg.seed_threshold, cfg.foreground_threshold, cfg.split_solidity, cfg.split_depth,
+           cfg.min_object_size, cfg.min_object_fraction, cfg.min_object_peak)  # fmt: skip
+    return str(path), probs, [by_name[images.names[i]] for i in idx], own
+
+
+def sweep(probs, labels) -> dict[tuple, dict]:
+    """Scores of every grid setting on one model's images: {setting: scores}."""
+    out = {}
+    for seed, fg, (solidity, depth) in itertools.product(SEEDS, FOREGROUNDS, SEED_SPLITS):
+        objects = [contour_instances(p, foreground_threshold=fg, seed_threshold=seed,
+                                     split_solidity=solidity, split_depth=depth)
+                   for p in probs]  # fmt: skip
+        for size, fraction, peak in itertools.product(MIN_SIZES, MIN_FRACTIONS, MIN_PEAKS):
+            if fraction and size <= 1:
+                continue  # the image-relative limit only lowers min_size
+            preds = [
+                filter_objects(o, p[1], size, peak, fraction)
+                for o, p in zip(objects, probs, strict=True)
+            ]
+            r = instance_scores_many(labels, preds)
+            out[(seed, fg, solidity, depth, size, fraction, peak)] = {k: r[k] for k in KEYS}
+    return out
+
+
+def own_scores(probs, labels, own) -> dict:
+    seed, fg, solidity, depth, size, fraction, peak = own
+    preds = [contour_instances(p, foreground_threshold=fg, seed_threshold=seed,
+                               split_solidity=solidity, split_depth=depth, min_size=size,
+                               min_peak=peak, min_fraction=fraction) for p in probs]  # fmt: skip
+    r = instance_scores_many(labels, preds)
+    return {k: r[k] for k in KEYS}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoints", type=Path, nargs="+")
+    ap.add_argument("--tta", action="store_true", help="score 8-view averaged probabilities")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    models = [validation_model(p, args.tta) for p in args.checkpoints]
+    per_model = []
+    for name, probs, labels, _ in models:
+        per_model.append(sweep(probs, labels))
+        print(f"{name}: {len(per_model[-1])} settings on {len(probs)} images", flush=True)
+    rows = []
+    for setting in per_model[0]:
+        scores = [m[setting] for m in per_model]
+        rows.append({**dict(zip(NAMES, setting, strict=True)),
+                     "dsb_score": float(np.mean([s["dsb_score"] for s in scores])),
+                     "ap50": float(np.mean([s["ap50"] for s in scores])),
+                     "per_model": scores})  # fmt: skip
+    rows.sort(key=lambda r: (-r["dsb_score"], -r["ap50"]))
+    print("\nbest settings (mean over the models)")
+    for r in rows[:15]:
+        print(json.dumps({k: r[k] for k in (*NAMES, "dsb_score", "ap50")}))
+    best = rows[0]
+    for (name, probs, labels, own), m in zip(models, per_model, strict=True):
+        at_best = m[tuple(best[k] for k in NAMES)]
+        mine = json.dumps(own_scores(probs, labels, own))
+        print(f"{name}: own setting {dict(zip(NAMES, own, strict=True))}: {mine}; "
+              f"best: {json.dumps(at_best)}")  # fmt: skip
+    print("TrainConfig fields: " + ", ".join(f"{FIELDS[k]}={best[k]}" for k in NAMES))
+    if args.json:
+        write_text(args.json, json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except InputError as e:  # a missing or unsuitable checkpoint: one line
+        print(f"{Path(__file__).name}: error: {e}", file=sys.stderr)
+        sys.exit(2)
