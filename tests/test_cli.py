@@ -43,11 +43,11 @@ def test_info_json_has_the_paper_numbers(capsys):
     code, out, _ = run(["info", "--preset", "nuclei"], capsys)
     assert (
         "time limit   15 min" in out
-        and "objects kept: >= 40 px (or 0.3 x the image's median object if smaller), peak "
-        "probability >= 0.95"
+        and "objects kept: >= 25 px (or 0.3 x the image's median object if smaller), peak "
+        "probability >= 0.9"
         in out
     )
-    assert "foreground P > 0.6; seeds P(interior) > 0.6; seeds under solidity 0.9 split" in out
+    assert "foreground P > 0.7; seeds P(interior) > 0.5; seeds under solidity 0.9 split" in out
     assert "best.pt      the last epoch" in out
     assert "loss adds 0.5 x soft Dice of the foreground" in out
 
