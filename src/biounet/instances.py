@@ -177,10 +177,10 @@ def filter_objects(
 ) -> np.ndarray:
     """Instance labels (H, W) without the objects that :func:`contour_instances`' filters
     drop (``min_size``, ``min_fraction`` and, against the probability map ``peak``,
-    ``min_peak``: see :func:`_drop_small`), ids renumbered 1..N; uint16 (uint32 past
-    65535). ``contour_instances(probs, **filters)`` equals ``filter_objects(
-    contour_instances(probs), probs[1], **filters)``: a sweep of the filters needs one
-    watershed per seed setting."""
+    ``min_peak``: see :func:`_drop_small`), the rest renumbered 1..N (with no filter on, the
+    labels as they are); uint16 (uint32 past 65535). ``contour_instances(probs,
+    **filters)`` equals ``filter_objects(contour_instances(probs), probs[1], **filters)``:
+    a sweep of the filters needs one watershed per seed setting."""
     labels = np.asarray(labels)
     n = int(labels.max(initial=0))
     if min_size > 1 or min_peak > 0:

@@ -167,10 +167,10 @@ NUCLEI = Preset(
         # (or 0.3 x the image's median object if smaller) whose P(interior) reaches 0.9.
         # Chosen on the 32 validation images of two Dice models that never saw them
         # (benchmarks/tune_validation.py, 648 settings; session 15): DSB 0.522 / AP@0.5 0.739
-        # on average against 0.508 / 0.712 at the setting before (seeds 0.6, foreground 0.4,
-        # 40 px, peak 0.95), mostly from the peak filter (0.95 dropped true nuclei: 0.9 alone
-        # gave 0.516 / 0.732). Held-out (reported, never chosen by) it moved AP@0.5 +0.007 /
-        # +0.001 and DSB -0.002 / -0.005 on two seeds' models: see README
+        # on average against 0.508 / 0.712 at the setting before (seeds 0.6, foreground
+        # threshold 0.6, 40 px, peak 0.95), mostly from the peak filter (0.95 dropped true
+        # nuclei: 0.9 alone gave 0.516 / 0.732). Held-out (reported, never chosen by) it moved
+        # AP@0.5 +0.007 / +0.001 and DSB -0.002 / -0.005 on two seeds' models: see README
         min_object_size=25,
         min_object_peak=0.9,
         min_object_fraction=0.3,
