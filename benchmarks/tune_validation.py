@@ -125,6 +125,10 @@ def main() -> None:
     for r in rows[:15]:
         print(json.dumps({k: r[k] for k in (*NAMES, "dsb_score", "ap50")}))
     best = rows[0]
+    tied = [r for r in rows if (r["dsb_score"], r["ap50"]) == (best["dsb_score"], best["ap50"])]
+    if len(tied) > 1:  # e.g. an image-relative limit that no validation object meets
+        print(f"{len(tied)} settings tie with the best (the first is taken): "
+              + "; ".join(str(tuple(r[k] for k in NAMES)) for r in tied))  # fmt: skip
     for (name, probs, labels, own), m in zip(models, per_model, strict=True):
         at_best = m[tuple(best[k] for k in NAMES)]
         mine = json.dumps(own_scores(probs, labels, own))

@@ -170,7 +170,8 @@ NUCLEI = Preset(
         # on average against 0.508 / 0.712 at the setting before (seeds 0.6, foreground
         # threshold 0.6, 40 px, peak 0.95), mostly from the peak filter (0.95 dropped true
         # nuclei: 0.9 alone gave 0.516 / 0.732). Held-out (reported, never chosen by) it moved
-        # AP@0.5 +0.007 / +0.001 and DSB -0.002 / -0.005 on two seeds' models: see README
+        # AP@0.5 +0.007 / +0.001 and DSB -0.002 / -0.004 on two seeds' models: see README.
+        # The 0.3 x median limit ties with none on the validation images: kept
         min_object_size=25,
         min_object_peak=0.9,
         min_object_fraction=0.3,
