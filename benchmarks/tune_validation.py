@@ -29,15 +29,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from nuclei import SPLITS, scored_images  # benchmarks/nuclei.py, beside this script
 
 from biounet import model_from_checkpoint, predict
-from biounet.dataset import parse_slices
 from biounet.device import select_device
 from biounet.instances import contour_instances, filter_objects
-from biounet.io import InputError, read_images, read_instances, resolve_data_path, write_text
+from biounet.io import InputError, write_text
 from biounet.metrics import instance_scores_many
 
-SPLITS = "@data/splits/dsb2018-fluo-"
 KEYS = ("ap50", "dsb_score", "f1", "seg", "merges", "splits")
 SEEDS = (0.5, 0.6, 0.7)
 FOREGROUNDS = (0.5, 0.6, 0.7)
@@ -64,14 +63,11 @@ def validation_model(path: Path, tta: bool):
             f"{path}: not a contour model trained with benchmarks/nuclei.py --validation "
             f"(trained on {cfg.train_slices!r}, scored on {cfg.val_slices!r})"
         )
-    images = read_images(resolve_data_path(cfg.images))
-    labels = read_instances(resolve_data_path(cfg.labels))
-    by_name = dict(zip(labels.names, labels.arrays, strict=True))
-    idx = parse_slices(cfg.val_slices, len(images), "validation", images.names)
-    probs = [predict(model, images.arrays[i], tta=tta) for i in idx]
+    images, labels = scored_images(preset)  # the 32 validation images
+    probs = [predict(model, image, tta=tta) for image in images]
     own = (cfg.seed_threshold, cfg.foreground_threshold, cfg.split_solidity, cfg.split_depth,
            cfg.min_object_size, cfg.min_object_fraction, cfg.min_object_peak)  # fmt: skip
-    return str(path), probs, [by_name[images.names[i]] for i in idx], own
+    return str(path), probs, labels, own
 
 
 def sweep(probs, labels) -> dict[tuple, dict]:
