@@ -151,8 +151,8 @@ NUCLEI = Preset(
         "Touching fluorescence nuclei (bundled DSB 2018 images, instance labels): the fast "
         "network with 3 outputs learning background / interior / boundary, the paper's "
         "border weight map computed from the instances plus half a soft Dice loss, the paper's "
-        "augmentation, AdamW cosine, 90 x 30 steps of 4 x 256 x 256 tiles or as many as fit "
-        "in 15 minutes (2 Zen 4 cores with bf16: about 90; 2 Zen 3 cores in fp32: 27); "
+        "augmentation, AdamW cosine, 105 x 30 steps of 4 x 256 x 256 tiles or as many as fit "
+        "in 15 minutes (2 Zen 4 cores with bf16: about 105; 2 Zen 3 cores in fp32: 27); "
         "instances by seeded watershed; the fixed held-out 20% is never trained on"
     ),
     # 3 of the 200 images show dark nuclei on a bright background: negate those
@@ -183,10 +183,13 @@ NUCLEI = Preset(
         # 4 tiles a step: in 15 minutes on 2 Zen 3 cores 810 steps of 4 beat 300 of 8
         # (AP@0.5 0.827 vs 0.779) and 1740 of 2 (0.824, last epoch)
         batch_size=4,
-        # 90 epochs: what 15 minutes hold on 2 Zen 4 cores with bf16 (the 11520 tiles of the
-        # shipped model's first training took 13.2-14.0 minutes there; these are 10800). On
-        # slower machines the time limit plans fewer and the cosine ends with them
-        epochs=90,
+        # at most 105 epochs (12600 tiles): what 15 minutes hold on 2 Zen 4 cores with bf16.
+        # There the 11520 tiles of the shipped model's first training (steps of 8) took
+        # 13.2-14.0 minutes, 823-873 tiles a minute; steps of 4 cost 10% less a tile on Zen 3
+        # (197 against 178 tiles a minute), so 12600 tiles take about 13-14 minutes, 14.4-15.3
+        # if they cost no less. The time limit plans fewer epochs wherever they do not fit
+        # (27 on 2 Zen 3 cores in fp32) and the cosine ends with them. Sessions 13-15 used 90
+        epochs=105,
         time_limit=15.0,
         weight_map=True,
         # plus half a soft Dice loss of the foreground, chosen on the 32 validation images
