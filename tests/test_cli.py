@@ -47,7 +47,8 @@ def test_info_json_has_the_paper_numbers(capsys):
         "probability >= 0.9"
         in out
     )
-    assert "foreground P > 0.7; seeds P(interior) > 0.5; seeds under solidity 0.9 split" in out
+    assert "foreground P > 0.6; seeds P(interior) > 0.7; objects kept" in out
+    assert "predict      8x test-time averaging unless --no-tta" in out
     assert "best.pt      the last epoch" in out
     assert "loss adds 0.5 x soft Dice of the foreground" in out
 
