@@ -13,9 +13,12 @@ scored without and with 8-fold test-time averaging.
 --validation trains on 128 of the 160 training images (data/splits/dsb2018-fluo-train128.txt)
 and scores the other 32 (dsb2018-fluo-validation.txt) instead of the held-out images: the
 way to choose between variants without looking at the held-out 20%. --screen also scores
-each model at 12 post-processing settings around the preset's (seed threshold 0.5 / 0.6,
-foreground 0.5 / 0.6 / 0.7, with and without the seed split), so that a setting chosen on
-validation images can be read off the held-out rows of the same variant.
+each model at 12 post-processing settings (seed threshold 0.5 / 0.6, foreground 0.5 / 0.6 /
+0.7, with and without the seed split; the settings of session 14) and 6 more at the model's
+own seed threshold where that is neither (0.7 for the preset since session 16), so that a
+setting chosen on validation images can be read off the held-out rows of the same variant.
+"With the split" is the model's own split, or the session-15 one (below solidity 0.9 at
+4-px peaks) for a model that stores none.
 
 Variants (everything else as in the preset as it is now; all but the Dice ones without its Dice
 loss, as they were measured before session 14 added it):
@@ -95,7 +98,18 @@ KEYS = ("ap50", "dsb_score", "f1", "seg", "merges", "splits")
 
 SPLITS = "@data/splits/dsb2018-fluo-"
 # post-processing settings of --screen: (seed threshold, foreground threshold, seed split)
-SCREEN = [(s, f, split) for s in (0.5, 0.6) for f in (0.5, 0.6, 0.7) for split in (True, False)]
+SCREEN_SEEDS = (0.5, 0.6)
+SCREEN_FOREGROUND = (0.5, 0.6, 0.7)
+SPLIT = {"split_solidity": 0.9, "split_depth": 4.0}  # session 15's, for models storing none
+
+
+def screen_settings(options: dict) -> list[tuple[float, float, bool]]:
+    """(seed threshold, foreground threshold, seed split) of --screen for a model whose own
+    instance options are ``options``: session 14's 12, and its own seed threshold's 6."""
+    seeds = list(SCREEN_SEEDS)
+    if options["seed_threshold"] not in seeds:
+        seeds.append(options["seed_threshold"])
+    return [(s, f, split) for s in seeds for f in SCREEN_FOREGROUND for split in (True, False)]
 
 
 def variant(name: str, seed: int = 0, validation: bool = False):
@@ -134,8 +148,10 @@ def score(checkpoint: Path, images, labels, tta: bool, screen: bool = False) -> 
            "instances_ms_per_image": round(1000 * (t2 - t1) / len(images), 1)}  # fmt: skip
     if screen and preset.train.target == "contour":
         row["screen"] = []
-        for seed, fg, split in SCREEN:
+        for seed, fg, split in screen_settings(options):
             o = {**options, "seed_threshold": seed, "threshold": fg}
+            if split and "split_solidity" not in o:
+                o.update(SPLIT)
             if not split:
                 o.pop("split_solidity", None)
                 o.pop("split_depth", None)
@@ -158,7 +174,7 @@ def main() -> None:
     ap.add_argument(
         "--screen",
         action="store_true",
-        help="also score 12 post-processing settings around the preset's",
+        help="also score 12-18 post-processing settings (see above)",
     )
     ap.add_argument("--out", default="runs/nuclei")
     args = ap.parse_args()
