@@ -152,6 +152,31 @@ def test_bad_model_config_is_rejected(kwargs, match):
         ModelConfig(**kwargs)
 
 
+def test_per_level_channels_build_those_layers_and_keep_the_shapes():
+    cfg = ModelConfig(depth=2, channels=[3, 5, 11], padding="same", dropout=0.0)
+    assert cfg.channels == (3, 5, 11) and cfg.base_channels == 3 and cfg.widths == [3, 5, 11]
+    model = UNet(cfg).eval()
+    kinds = (torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+    convs = [m for m in model.modules() if isinstance(m, kinds)]
+    # inc 1->3, 3->3; down 3->5, 5->5; down 5->11, 11->11; up-convs 11->5 and 5->3; up convs
+    # (5+5)->5, 5->5 and (3+3)->3, 3->3; head 3->2
+    assert [(m.in_channels, m.out_channels) for m in convs] == [
+        (1, 3), (3, 3), (3, 5), (5, 5), (5, 11), (11, 11), (11, 5), (10, 5), (5, 5),
+        (5, 3), (6, 3), (3, 3), (3, 2),
+    ]  # fmt: skip
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 12, 12)).shape == (1, 2, 12, 12)
+    # the doubling rule written out is the same network
+    a, b = ModelConfig(depth=2, base_channels=4), ModelConfig(depth=2, channels=(4, 8, 16))
+    assert count_parameters(UNet(a)) == count_parameters(UNet(b))
+
+
+@pytest.mark.parametrize("channels", [(4, 8), (4, 8, 16, 0), (4, 8.5, 16)])
+def test_per_level_channels_must_match_the_depth(channels):
+    with pytest.raises(ValueError, match="channels must be 3 positive integers"):
+        ModelConfig(depth=2, channels=channels)
+
+
 def test_forward_flops_count_the_paper_network():
     from biounet.bench import forward_flops
 

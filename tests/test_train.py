@@ -151,6 +151,19 @@ def test_run_directory_holds_everything_and_checkpoints_load_safely(isbi_crops, 
     assert Preset.from_dict(__import__("json").loads((out / "config.json").read_text())) == preset
 
 
+def test_per_level_channels_survive_the_checkpoint_and_config_json(isbi_crops, tmp_path):
+    out = tmp_path / "run"
+    model = ModelConfig(**{**TINY.to_dict(), "channels": (4, 6, 12)})
+    preset = tiny_preset(*isbi_crops, epochs=1)
+    preset = Preset(preset.name, "", model, preset.train)
+    train(preset, out, progress=False)
+    stored = __import__("json").loads((out / "config.json").read_text())
+    assert stored["model"]["channels"] == [4, 6, 12]  # JSON has lists: read back as a tuple
+    net, loaded = model_from_checkpoint(out / "best.pt")
+    assert loaded.model == model and loaded.model.channels == (4, 6, 12)
+    assert net.downs[-1].conv[-3].out_channels == 12  # the bottleneck's last conv
+
+
 def test_refuses_to_overwrite_a_run_and_to_resume_nothing(isbi_crops, tmp_path):
     preset = tiny_preset(*isbi_crops, epochs=1)  # paths given as Path objects: stored as text
     assert isinstance(preset.train.images, str)

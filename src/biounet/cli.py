@@ -356,7 +356,7 @@ def cmd_info(args) -> int:
         f"  tile         {t.tile} -> {info['output_size']} ({m.padding} padding, depth {m.depth})"
     )
     print(
-        f"  network      base {m.base_channels} channels, batch norm {m.batch_norm}, "
+        f"  network      {'/'.join(map(str, m.widths))} channels, batch norm {m.batch_norm}, "
         f"dropout {m.dropout}, {m.upsample} up-sampling, {m.out_channels} outputs"
     )
     print(

@@ -40,9 +40,24 @@ class ModelConfig:
     # "zscore-bright" (the same, negated for images whose median exceeds their mean, i.e.
     # dark objects on a bright background, so objects are always bright)
     normalization: str = "zscore"
+    # feature channels of each level, top to bottleneck (depth + 1 values), where they should
+    # not simply double: e.g. (16, 32, 64, 256, 512) widens only the cheap low-resolution
+    # levels. None = base_channels doubled per level. base_channels follows channels[0].
+    channels: tuple[int, ...] | None = None
 
     def __post_init__(self):
+        if self.channels is not None:  # a list from config.json, or any sequence
+            object.__setattr__(self, "channels", tuple(self.channels))
+            if self.channels and isinstance(self.channels[0], int):
+                object.__setattr__(self, "base_channels", self.channels[0])
         check_model_config(self)
+
+    @property
+    def widths(self) -> list[int]:
+        """Feature channels of each level, top (0) to bottleneck (depth)."""
+        if self.channels is not None:
+            return list(self.channels)
+        return [self.base_channels * 2**level for level in range(self.depth + 1)]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -65,6 +80,13 @@ def check_model_config(cfg: ModelConfig) -> None:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.channels is not None:
+        c = cfg.channels
+        if len(c) != cfg.depth + 1 or not all(isinstance(n, int) and n >= 1 for n in c):
+            raise ValueError(
+                f"channels must be {cfg.depth + 1} positive integers (depth {cfg.depth} + 1 "
+                f"levels), got {list(c)}"
+            )
 
 
 # ---------------------------------------------------------------------------------------
@@ -250,6 +272,7 @@ class UNet(nn.Module):
         out_channels: logit channels; 2+ for softmax classes, 1 for a sigmoid (default 2).
         depth: number of poolings (default 4, the paper's).
         base_channels: channels of the first level, doubled at each level (default 64).
+        channels: or each level's channels, top to bottleneck (depth + 1 values).
         padding: "valid" (default, unpadded convs, output smaller than input) or "same".
         batch_norm: BatchNorm after every conv (default False, as in the paper).
         dropout: drop probability at the end of the contracting path (default 0.5). Applied,
@@ -267,7 +290,7 @@ class UNet(nn.Module):
         super().__init__()
         cfg = config if config is not None else ModelConfig(**kwargs)
         self.config = cfg
-        c = [cfg.base_channels * 2**level for level in range(cfg.depth + 1)]
+        c = cfg.widths
         self.inc = DoubleConv(cfg.in_channels, c[0], cfg.padding, cfg.batch_norm)
         self.downs = nn.ModuleList(
             Down(c[i], c[i + 1], cfg.padding, cfg.batch_norm) for i in range(cfg.depth)
