@@ -90,8 +90,8 @@ VARIANTS = {
     "contour-dice05-touch3": {"dice": 0.5, "touch_width": 3},
     "contour-dice05-ema": {"dice": 0.5, "ema": 0.999},
     # session 18: more channels where they cost little (the low-resolution levels), for the
-    # epochs that take the preset's time (fp32 on one Zen 3 core, beside another run: 60 and
-    # 84 s an epoch against the preset's 61.5)
+    # epochs that take the preset's time (fp32 on one Zen 3 core, beside another run: about
+    # 65 and 92 s an epoch against the preset's 61.5; 121 and 124 minutes against its 125)
     "wide-bottom": {"model": {"channels": (16, 32, 64, 128, 512)}},
     "wide-deep": {"model": {"channels": (16, 32, 64, 256, 512)}, "epochs": 77},
     # the preset's foreground threshold (0.6) was tuned on a contour model: binary rows keep 0.5
