@@ -171,7 +171,7 @@ def test_per_level_channels_build_those_layers_and_keep_the_shapes():
     assert count_parameters(UNet(a)) == count_parameters(UNet(b))
 
 
-@pytest.mark.parametrize("channels", [(4, 8), (4, 8, 16, 0), (4, 8.5, 16)])
+@pytest.mark.parametrize("channels", [(4, 8), (4, 8, 16, 0), (4, 8.5, 16), 16])
 def test_per_level_channels_must_match_the_depth(channels):
     with pytest.raises(ValueError, match="channels must be 3 positive integers"):
         ModelConfig(depth=2, channels=channels)

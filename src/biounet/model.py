@@ -47,7 +47,13 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.channels is not None:  # a list from config.json, or any sequence
-            object.__setattr__(self, "channels", tuple(self.channels))
+            try:
+                object.__setattr__(self, "channels", tuple(self.channels))
+            except TypeError:  # a single number
+                raise ValueError(
+                    f"channels must be {self.depth + 1} positive integers (depth {self.depth} "
+                    f"+ 1 levels), got {self.channels!r}"
+                ) from None
             if self.channels and isinstance(self.channels[0], int):
                 object.__setattr__(self, "base_channels", self.channels[0])
         check_model_config(self)
