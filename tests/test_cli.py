@@ -1,6 +1,7 @@
 """End-to-end tests of the ``biounet`` command on small ISBI crops."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 import tifffile
 import torch
 from PIL import Image
+from skimage.measure import label as measure_label
 
 from biounet.checkpoint import load_checkpoint
 from biounet.cli import main
@@ -489,7 +491,7 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     u16 = tmp_path / "u16.tif"
     tifffile.imwrite(u16, (tifffile.imread(preds / f"{names[0]}.tif") * 1000).astype(np.uint16))
     code, _, err = run(["evaluate", str(u16), str(lab / f"{names[0]}.tif")], capsys)
-    assert code == 2 and "instance" not in err
+    _one_line_error(code, err, f"{names[0]}.tif", "not classes", "add --instances")
 
     # bad instance input, one line each
     bad = tmp_path / "bad"
@@ -512,3 +514,58 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     tifffile.imwrite(bad / f"{names[2]}.tif", np.zeros((96, 96), np.uint16))
     code, _, err = run([*base, "--images", str(img), "--labels", str(bad)], capsys)
     _one_line_error(code, err, names[0], "50 x 50", "80 x 112")
+
+
+def test_instance_label_problems_through_the_command(dsb_crops, tmp_path, capsys, caplog):
+    """Each bad instance-label input gives one line naming the file (exit code 2), a binary
+    mask one warning line and connected components; --json carries TP / FP / FN per IoU
+    threshold."""
+    img, lab = dsb_crops
+    names = sorted(p.stem for p in lab.iterdir())
+    ref = tifffile.imread(lab / f"{names[0]}.tif")
+
+    # the reference against itself: every object a TP at every threshold
+    code, text, _ = run(["evaluate", str(lab), str(lab), "--instances", "--json"], capsys)
+    r = json.loads(text)
+    n = sum(len(np.unique(tifffile.imread(f))) - 1 for f in lab.iterdir())
+    assert code == 0 and r["n_gt"] == n
+    assert r["thresholds"][0] == 0.5 and r["thresholds"][-1] == 0.95 and len(r["thresholds"]) == 10
+    assert r["tp"] == [n] * 10 and r["fp"] == r["fn"] == [0] * 10
+    code, text, _ = run(["evaluate", str(lab), str(lab), "--instances"], capsys)
+    assert code == 0 and f"at IoU > 0.5: {n} / 0 / 0" in text
+
+    # a binary mask where instances are needed: one warning, its connected components
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    mask = (ref > 0).astype(np.uint8) * 255
+    tifffile.imwrite(binary / f"{names[0]}.tif", mask)
+    with caplog.at_level(logging.WARNING, logger="biounet"):
+        code, text, _ = run(["evaluate", str(binary), str(lab / f"{names[0]}.tif"),
+                             "--instances", "--json"], capsys)  # fmt: skip
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert code == 0 and len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert f"binary/{names[0]}: binary mask where instance labels are needed" in warnings[0]
+    components = len(np.unique(measure_label(mask > 0, connectivity=1))) - 1
+    assert json.loads(text)["n_pred"] == components < len(np.unique(ref)) - 1
+
+    # a fractional label value stops training before it starts
+    frac = tmp_path / "frac"
+    frac.mkdir()
+    for f in lab.iterdir():
+        tifffile.imwrite(frac / f.name, tifffile.imread(f).astype(np.float32))
+    tifffile.imwrite(
+        frac / f"{names[1]}.tif", tifffile.imread(lab / f"{names[1]}.tif").astype(np.float32) + 0.5
+    )
+    code, _, err = run(["train", "--images", str(img), "--labels", str(frac), "--target",
+                        "contour", "--out", str(tmp_path / "f"), "--val-slices", "4",
+                        *TAIL], capsys)  # fmt: skip
+    _one_line_error(code, err, names[1], "fractional")
+    assert not (tmp_path / "f").exists()
+
+    # a reference image no prediction pairs with is reported; a prediction with no reference
+    # is an error naming it
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    tifffile.imwrite(extra / "nobody.tif", ref)
+    code, _, err = run(["evaluate", str(extra), str(lab), "--instances"], capsys)
+    _one_line_error(code, err, "nobody")

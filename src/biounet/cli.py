@@ -292,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--instances",
         action="store_true",
         help="PRED and GT are instance labels (0 = background): DSB 2018 score, AP@0.5, F1, "
-        "SEG, merges, splits (automatic when PRED is a 16/32-bit integer image)",
+        "SEG, merges, splits, TP / FP / FN per IoU threshold (automatic for a folder "
+        "of predict --instances output, whose NAME-instances.tif files it scores)",
     )
     s.add_argument(
         "--metrics",
@@ -651,7 +652,12 @@ def cmd_evaluate(args) -> int:
     if args.instances or instance_files(Path(args.pred)):
         return evaluate_instances(args)
     preds = read_images(args.pred)
-    gts = read_masks(args.gt)
+    try:
+        gts = read_masks(args.gt)
+    except InputError as e:
+        if "distinct values" not in str(e):
+            raise
+        raise InputError(f"{e} (instance labels? add --instances)") from None
     gt_idx = list(range(len(gts)))
     if args.slices:
         gt_idx = parse_slices(args.slices, len(gts), f"{args.gt}: --slices", gts.names)
@@ -703,7 +709,7 @@ def instance_files(path: Path) -> list[Path]:
 
 def evaluate_instances(args) -> int:
     from .dataset import parse_slices
-    from .io import Images, check_pairs, labels_to_instances, read_images, read_instances, where_of
+    from .io import Images, as_instances, check_pairs, read_images, read_instances
     from .metrics import instance_scores_many
 
     src = Path(args.pred)
@@ -713,9 +719,7 @@ def evaluate_instances(args) -> int:
         preds = Images([a for p in parts for a in p.arrays], [f.stem for f in files], src)
     else:
         preds = read_images(src, mask=True)
-    preds.arrays = [
-        labels_to_instances(a, where_of(preds, i))[0] for i, a in enumerate(preds.arrays)
-    ]
+    preds = as_instances(preds)  # a binary mask: its connected components, with one warning
     gts = read_instances(args.gt)
     for images in (preds, gts):  # NAME-instances pairs with NAME
         images.names = [n[: -len(INSTANCE_SUFFIX)] if n.endswith(INSTANCE_SUFFIX) else n
@@ -727,8 +731,9 @@ def evaluate_instances(args) -> int:
         idx = parse_slices(args.slices, len(gts), f"{args.gt}: --slices", gts.names)
     r = instance_scores_many([gts.arrays[i] for i in idx], [preds.arrays[i] for i in idx])
     keys = ("ap50", "dsb_score", "f1", "seg", "precision50", "recall50", "merges", "splits",
-            "n_gt", "n_pred", "images")  # fmt: skip
+            "n_gt", "n_pred", "images", "thresholds", "tp", "fp", "fn")  # fmt: skip
     result = {k: r[k] for k in keys}
+    result["thresholds"] = [round(float(t), 4) for t in result["thresholds"]]
     if args.json:
         print(json.dumps(result))
         return 0
@@ -739,6 +744,10 @@ def evaluate_instances(args) -> int:
     print(f"  AP@0.5 {r['ap50']:.4f}  DSB score {r['dsb_score']:.4f}  F1@0.5 {r['f1']:.4f}  "
           f"SEG {r['seg']:.4f}  precision@0.5 {r['precision50']:.4f}  recall@0.5 "
           f"{r['recall50']:.4f}  merges {r['merges']}  splits {r['splits']}")  # fmt: skip
+    shown = [(t, tp, fp, fn) for t, tp, fp, fn in zip(r["thresholds"], r["tp"], r["fp"], r["fn"],
+             strict=True) if round(t, 4) in (0.5, 0.75, 0.9)]  # fmt: skip
+    print("  TP / FP / FN " + "  ".join(f"at IoU > {t:g}: {tp} / {fp} / {fn}"
+                                        for t, tp, fp, fn in shown))  # fmt: skip
     return 0
 
 

@@ -248,9 +248,13 @@ def read_instances(path: str | Path) -> Images:
     one warning line for all such files (naming the first); fractional or negative values
     are an InputError naming the file.
     """
+    return as_instances(read_images(path, mask=True))
+
+
+def as_instances(labels: Images) -> Images:
+    """:func:`read_instances` for images already read (``mask=True``): converted in place."""
     import logging
 
-    labels = read_images(path, mask=True)
     binary = []
     for i, arr in enumerate(labels.arrays):
         labels.arrays[i], was_binary = labels_to_instances(arr, where_of(labels, i))
