@@ -652,12 +652,7 @@ def cmd_evaluate(args) -> int:
     if args.instances or instance_files(Path(args.pred)):
         return evaluate_instances(args)
     preds = read_images(args.pred)
-    try:
-        gts = read_masks(args.gt)
-    except InputError as e:
-        if "distinct values" not in str(e):
-            raise
-        raise InputError(f"{e} (instance labels? add --instances)") from None
+    gts = read_masks(args.gt, hint=" (instance labels? add --instances)")
     gt_idx = list(range(len(gts)))
     if args.slices:
         gt_idx = parse_slices(args.slices, len(gts), f"{args.gt}: --slices", gts.names)

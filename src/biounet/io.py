@@ -178,7 +178,7 @@ def _to_gray(data: np.ndarray, path: Path, mask: bool) -> np.ndarray:
 # Masks
 
 
-def mask_to_classes(mask: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+def mask_to_classes(mask: np.ndarray, num_classes: int, where: str, hint: str = "") -> np.ndarray:
     """Class-index map (H, W) uint8 from a stored mask, or InputError naming ``where``.
 
     Accepted: binary 0/255 (255 -> 1) or 0/1, or integer class maps with values in
@@ -202,15 +202,17 @@ def mask_to_classes(mask: np.ndarray, num_classes: int, where: str) -> np.ndarra
     expected = "0/255 or 0/1" if num_classes == 2 else f"0/255, 0/1 or 0..{num_classes - 1}"
     raise InputError(
         f"{where}: mask values are not classes: {len(values)} distinct values ({shown}); "
-        f"expected {expected}"
+        f"expected {expected}{hint}"
     )
 
 
-def read_masks(path: str | Path, num_classes: int = 2) -> Images:
-    """Read masks like :func:`read_images` and map each to class indices (H, W) uint8."""
+def read_masks(path: str | Path, num_classes: int = 2, hint: str = "") -> Images:
+    """Read masks like :func:`read_images` and map each to class indices (H, W) uint8;
+    ``hint`` ends the message of a mask with too many distinct values."""
     masks = read_images(path, mask=True)
     masks.arrays = [
-        mask_to_classes(m, num_classes, where_of(masks, i)) for i, m in enumerate(masks.arrays)
+        mask_to_classes(m, num_classes, where_of(masks, i), hint)
+        for i, m in enumerate(masks.arrays)
     ]
     return masks
 

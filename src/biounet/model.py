@@ -46,14 +46,8 @@ class ModelConfig:
     channels: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        if self.channels is not None:  # a list from config.json, or any sequence
-            try:
-                object.__setattr__(self, "channels", tuple(self.channels))
-            except TypeError:  # a single number
-                raise ValueError(
-                    f"channels must be {self.depth + 1} positive integers (depth {self.depth} "
-                    f"+ 1 levels), got {self.channels!r}"
-                ) from None
+        if isinstance(self.channels, (list, tuple)):  # a list from config.json
+            object.__setattr__(self, "channels", tuple(self.channels))
             if self.channels and isinstance(self.channels[0], int):
                 object.__setattr__(self, "base_channels", self.channels[0])
         check_model_config(self)
@@ -87,11 +81,12 @@ def check_model_config(cfg: ModelConfig) -> None:
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.channels is not None:
-        c = cfg.channels
-        if len(c) != cfg.depth + 1 or not all(isinstance(n, int) and n >= 1 for n in c):
+        c = cfg.channels  # a tuple after __post_init__; anything else (one number) is wrong
+        ok = isinstance(c, tuple) and len(c) == cfg.depth + 1
+        if not ok or not all(isinstance(n, int) and n >= 1 for n in c):
             raise ValueError(
                 f"channels must be {cfg.depth + 1} positive integers (depth {cfg.depth} + 1 "
-                f"levels), got {list(c)}"
+                f"levels), got {list(c) if isinstance(c, tuple) else c!r}"
             )
 
 
