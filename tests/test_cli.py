@@ -49,7 +49,10 @@ def test_info_json_has_the_paper_numbers(capsys):
         "probability >= 0.9"
         in out
     )
-    assert "foreground P > 0.6; seeds P(interior) > 0.7; objects kept" in out
+    assert (
+        "foreground P > 0.6; seeds P(interior) > 0.4; one seed per peak 0.25 above its saddle; "
+        "objects kept" in out
+    )
     assert "predict      8x test-time averaging unless --no-tta" in out
     assert "best.pt      the last epoch" in out
     assert "loss adds 0.5 x soft Dice of the foreground" in out
@@ -103,6 +106,9 @@ def test_train_then_predict_end_to_end(isbi_crops, tmp_path, capsys):
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--split-depth", "2"], capsys)  # fmt: skip
     _one_line_error(code, err, "best.pt", "--split-depth applies to contour models", "mask")
+    code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
+                        "--seed-dynamics", "0.2"], capsys)  # fmt: skip
+    _one_line_error(code, err, "best.pt", "--seed-dynamics applies to contour models", "mask")
 
     folder = tmp_path / "pngs"
     folder.mkdir()
@@ -414,14 +420,20 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--split-depth", "0"], capsys)  # fmt: skip
     _one_line_error(code, err, "--split-depth must be > 0 pixels, got 0.0")
+    code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
+                        "--seed-dynamics", "1"], capsys)  # fmt: skip
+    _one_line_error(code, err, "--seed-dynamics must be in [0, 1), got 1.0")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--split-depth", "2"], capsys)
+    _one_line_error(code, err, "add --instances")
+    code, _, err = run(["predict", str(out / "best.pt"), str(img), "--seed-dynamics", "0.2"],
+                       capsys)  # fmt: skip
     _one_line_error(code, err, "add --instances")
     code, _, err = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"),
                         "--threshold", "1.5"], capsys)  # fmt: skip
     _one_line_error(code, err, "--threshold must be in [0, 1], got 1.5")
     stored = ["--min-peak", "0.9", "--min-size", "7", "--min-fraction", "0.25",
               "--seed-threshold", "0.3", "--split-solidity", "0.85", "--split-depth", "2.5",
-              "--threshold", "0.8"]  # fmt: skip
+              "--seed-dynamics", "0.15", "--threshold", "0.8"]  # fmt: skip
     code, _, _ = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"), *stored], capsys)
     shipped = load_checkpoint(tmp_path / "m.pt")["preset"]["train"]
     assert code == 0 and (shipped["min_object_peak"], shipped["min_object_size"]) == (0.9, 7)
@@ -429,6 +441,7 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     assert shipped["tta"] is False  # not asked for: predict's default stays plain
     assert (shipped["seed_threshold"], shipped["foreground_threshold"]) == (0.3, 0.8)
     assert (shipped["split_solidity"], shipped["split_depth"]) == (0.85, 2.5)
+    assert shipped["seed_dynamics"] == 0.15
     # what export stores is what the flags give for one call
     for model, flags, dest in (
         (out / "best.pt", stored, "flags"),

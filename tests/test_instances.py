@@ -1,9 +1,20 @@
+import importlib
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
 import biounet
-from biounet.instances import binary_instances, contour_instances, filter_objects, split_seeds
+from biounet.instances import (
+    binary_instances,
+    contour_instances,
+    filter_objects,
+    peak_seeds,
+    split_seeds,
+)
 from biounet.targets import binary_target, contour_target
 
 
@@ -89,6 +100,104 @@ def test_a_seed_split_separates_two_nuclei_whose_interiors_meet_at_a_neck():
     # a solidity under the pair's (0.86) leaves it whole; so does a depth above its peaks
     assert contour_instances(probs, split_solidity=0.8).max() == 1
     assert contour_instances(probs, split_solidity=0.99, split_depth=20).max() == 1
+
+
+def _ridge_pair() -> np.ndarray:
+    """Contour probabilities of two nuclei (discs of radius 10, centres 18 px apart, one
+    foreground region) whose P(interior) is 0.99 within 3 px of each centre and falls
+    0.02 a pixel: the ridge between them peaks at 0.87, well above any seed threshold."""
+    yy, xx = np.mgrid[:40, :60]
+    d1 = np.hypot(yy - 20, xx - 20)
+    d2 = np.hypot(yy - 20, xx - 38)
+    inside = (d1 <= 10) | (d2 <= 10)
+    interior = np.where(inside, 0.99 - 0.02 * np.maximum(np.minimum(d1, d2) - 3, 0), 0)
+    probs = np.zeros((3, 40, 60), np.float32)
+    probs[1] = interior
+    probs[2] = np.where(inside, 1 - interior, 0)
+    probs[0] = 1 - probs[1] - probs[2]
+    return probs
+
+
+def test_seed_dynamics_separates_nuclei_whose_interiors_meet_at_a_ridge():
+    probs = _ridge_pair()
+    foreground = probs[0] < 0.5
+    assert contour_instances(probs).max() == 1  # thresholded seeds: one, merged
+    assert contour_instances(probs, seed_threshold=0.85).max() == 1  # the ridge is 0.87
+    out = contour_instances(probs, seed_dynamics=0.05)  # the peaks stand 0.12 above it
+    assert out.max() == 2 and out[20, 20] != out[20, 38]
+    np.testing.assert_array_equal(out > 0, foreground)  # the watershed fills the foreground
+    # the cut is the ridge: every pixel nearer one centre (by 2 px or more) is that one's
+    yy, xx = np.mgrid[:40, :60]
+    near1 = np.hypot(yy - 20, xx - 20) + 2 < np.hypot(yy - 20, xx - 38)
+    near2 = np.hypot(yy - 20, xx - 38) + 2 < np.hypot(yy - 20, xx - 20)
+    assert (out[foreground & near1] == out[20, 20]).all()
+    assert (out[foreground & near2] == out[20, 38]).all()
+    # smoothed by 1 px the peaks are 0.990 and the ridge 0.883: a dip of 0.107 (0.12 unsmoothed)
+    assert contour_instances(probs, seed_dynamics=0.1).max() == 2
+    assert contour_instances(probs, seed_dynamics=0.11).max() == 1
+    # a dynamics above the dip leaves the pair whole, as does one above the peaks themselves
+    assert contour_instances(probs, seed_dynamics=0.2).max() == 1
+    assert contour_instances(probs, seed_dynamics=0.999).max() == 1
+    # off (0) is the thresholded seeds exactly
+    np.testing.assert_array_equal(contour_instances(probs, seed_dynamics=0.0),
+                                  contour_instances(probs))  # fmt: skip
+
+
+def _slow_peak_seeds(levels: np.ndarray, threshold: int, h: int) -> tuple[np.ndarray, int]:
+    """The definition by flooding, pixel by pixel, in each 8-connected component of the
+    region (levels > threshold) alone: a component whose top is under h is one seed;
+    otherwise the floor of its pixel p is the highest t <= levels[p] at which the
+    8-connected set of its pixels >= t holding p reaches t + h, the dome of p is levels[p]
+    minus that floor, and each 8-connected set of pixels with a dome that holds a dome of
+    h is a seed."""
+    eight = np.ones((3, 3), bool)
+    parts, m = ndimage.label(levels > threshold, structure=eight)
+    seeds = np.zeros(levels.shape, bool)
+    count = 0
+    for k in range(1, m + 1):
+        own = np.where(parts == k, levels, 0)
+        if own.max() < h:
+            seeds |= parts == k
+            count += 1
+            continue
+        values = np.unique(own)
+        dome = np.zeros(levels.shape, np.int64)
+        for y, x in zip(*np.nonzero(parts == k), strict=True):
+            v = own[y, x]
+            for t in sorted({*values, *(values - h)}, reverse=True):
+                if not v - h <= t <= v:
+                    continue
+                above, _ = ndimage.label(own >= t, structure=eight)
+                if own[above == above[y, x]].max() >= t + h:
+                    dome[y, x] = v - t
+                    break
+        domes, j = ndimage.label(dome > 0, structure=eight)
+        tall = [i for i in range(1, j + 1) if dome[domes == i].max() >= h]
+        seeds |= np.isin(domes, tall)
+        count += len(tall)
+    return seeds, count
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.int32, st.tuples(st.integers(3, 12), st.integers(3, 12)),
+           elements=st.integers(0, 10)),
+    st.integers(1, 4),
+    st.integers(0, 5),
+)  # fmt: skip
+def test_peak_seeds_match_their_definition(steps, h, threshold):
+    """Unsmoothed, on P(interior) in steps of 0.1: the seeds are exactly the slow
+    definition's, one label per seed."""
+    module = importlib.import_module("biounet.instances")  # biounet.instances: the function
+    old = module.PEAK_SMOOTHING
+    module.PEAK_SMOOTHING = 0.0  # the Gaussian of sigma 0 is the identity
+    try:
+        seeds, n = peak_seeds(steps / 10.0, threshold / 10.0, h / 10.0)
+    finally:
+        module.PEAK_SMOOTHING = old
+    want, count = _slow_peak_seeds(steps * 100, threshold * 100, h * 100)
+    np.testing.assert_array_equal(seeds > 0, want)
+    assert n == count and set(np.unique(seeds[seeds > 0])) == set(range(1, n + 1))
 
 
 def test_a_seed_split_leaves_convex_and_elongated_nuclei_whole():

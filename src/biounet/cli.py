@@ -222,6 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the model's setting)",
     )
     s.add_argument(
+        "--seed-dynamics",
+        type=float,
+        metavar="H",
+        help="--instances, contour models: one seed per peak of P(interior) (smoothed 1 px) "
+        "standing H above the saddle to a higher one, where it exceeds --seed-threshold: "
+        "nuclei whose interiors meet at a ridge get a seed each; 0: the thresholded region's "
+        "components (default: the model's setting)",
+    )
+    s.add_argument(
         "--split-solidity",
         type=float,
         metavar="S",
@@ -252,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-fraction", type=float, metavar="F",
                    help="store this instance post-processing setting in the model")  # fmt: skip
     s.add_argument("--seed-threshold", type=float, metavar="P",
+                   help="store this instance post-processing setting in the model")  # fmt: skip
+    s.add_argument("--seed-dynamics", type=float, metavar="H",
                    help="store this instance post-processing setting in the model")  # fmt: skip
     s.add_argument("--split-solidity", type=float, metavar="S",
                    help="store this instance post-processing setting in the model")  # fmt: skip
@@ -404,6 +415,8 @@ def cmd_info(args) -> int:
                         "smaller)")  # fmt: skip
         kept += [f"peak probability >= {t.min_object_peak:g}"] if t.min_object_peak else []
         seeds = f"seeds P(interior) > {t.seed_threshold:g}; " if t.target == "contour" else ""
+        if t.target == "contour" and t.seed_dynamics:
+            seeds += f"one seed per peak {t.seed_dynamics:g} above its saddle; "
         if t.target == "contour" and t.split_solidity:
             seeds += (f"seeds under solidity {t.split_solidity:g} split at distance peaks "
                       f"{t.split_depth:g} px deep; ")  # fmt: skip
@@ -508,19 +521,21 @@ def cmd_predict(args) -> int:
             args.min_peak,
             args.min_fraction,
             args.seed_threshold,
+            args.seed_dynamics,
             args.split_solidity,
             args.split_depth,
         )  # fmt: skip
     ):
         raise InputError("--min-size, --min-peak, --min-fraction, --seed-threshold, "
-                         "--split-solidity and --split-depth shape instances: add "
-                         "--instances")  # fmt: skip
+                         "--seed-dynamics, --split-solidity and --split-depth shape instances: "
+                         "add --instances")  # fmt: skip
     src = Path(args.input)
     images = read_images(src)  # input errors first: cheaper than loading the model
     device = select_device(args.device)
     model, preset = model_from_checkpoint(args.checkpoint, device)
     target = preset.train.target
     for flag, value in (("--seed-threshold", args.seed_threshold),
+                        ("--seed-dynamics", args.seed_dynamics),
                         ("--split-solidity", args.split_solidity),
                         ("--split-depth", args.split_depth)):  # fmt: skip
         if value is not None and target != "contour":
@@ -528,8 +543,8 @@ def cmd_predict(args) -> int:
                              f"this is a {target} model")  # fmt: skip
     overrides = {"min_object_size": args.min_size, "min_object_peak": args.min_peak,
                  "min_object_fraction": args.min_fraction,
-                 "seed_threshold": args.seed_threshold, "split_solidity": args.split_solidity,
-                 "split_depth": args.split_depth,
+                 "seed_threshold": args.seed_threshold, "seed_dynamics": args.seed_dynamics,
+                 "split_solidity": args.split_solidity, "split_depth": args.split_depth,
                  "foreground_threshold": args.threshold}  # fmt: skip
     options = preset.with_train(**overrides).train.instance_options()
     tta = preset.train.tta if args.tta is None else args.tta
@@ -587,6 +602,8 @@ def _check_instance_options(args) -> None:
         raise InputError(f"--min-fraction must be in [0, 1], got {args.min_fraction}")
     if args.seed_threshold is not None and not 0 < args.seed_threshold < 1:
         raise InputError(f"--seed-threshold must be in (0, 1), got {args.seed_threshold}")
+    if args.seed_dynamics is not None and not 0 <= args.seed_dynamics < 1:
+        raise InputError(f"--seed-dynamics must be in [0, 1), got {args.seed_dynamics}")
     if args.split_solidity is not None and not 0 <= args.split_solidity <= 1:
         raise InputError(f"--split-solidity must be in [0, 1], got {args.split_solidity}")
     if args.split_depth is not None and not args.split_depth > 0:
@@ -601,6 +618,7 @@ def cmd_export(args) -> int:
                            min_object_peak=args.min_peak,
                            min_object_fraction=args.min_fraction,
                            seed_threshold=args.seed_threshold,
+                           seed_dynamics=args.seed_dynamics,
                            split_solidity=args.split_solidity,
                            split_depth=args.split_depth,
                            foreground_threshold=args.threshold,

@@ -120,6 +120,10 @@ class TrainConfig:
     # saddle (instances.split_seeds): two nuclei whose interiors meet at a neck
     split_solidity: float = 0.0
     split_depth: float = 3.0
+    # "contour", with this > 0: one seed per peak of P(interior) (smoothed 1 px) standing
+    # this far above the saddle to a higher one, in the region above seed_threshold
+    # (instances.peak_seeds): nuclei whose interiors meet at a ridge get a seed each
+    seed_dynamics: float = 0.0
     # predict averages the 8 flips / quarter turns unless --no-tta (export --tta stores it
     # in a model whose post-processing was tuned on averaged probabilities)
     tta: bool = False
@@ -219,6 +223,8 @@ class TrainConfig:
         if not 0 <= self.split_solidity <= 1 or self.split_depth <= 0:
             raise ValueError(f"split_solidity must be in [0, 1] and split_depth > 0, got "
                              f"{self.split_solidity}, {self.split_depth}")  # fmt: skip
+        if not 0 <= self.seed_dynamics < 1:
+            raise ValueError(f"seed_dynamics must be in [0, 1), got {self.seed_dynamics}")
         if not 0 <= self.foreground_threshold <= 1:
             raise ValueError(
                 f"foreground_threshold must be in [0, 1], got {self.foreground_threshold}"
@@ -242,6 +248,8 @@ class TrainConfig:
             if self.split_solidity > 0:
                 options["split_solidity"] = self.split_solidity
                 options["split_depth"] = self.split_depth
+            if self.seed_dynamics > 0:
+                options["seed_dynamics"] = self.seed_dynamics
         return options
 
 

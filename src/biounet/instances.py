@@ -5,8 +5,9 @@
   components, each grown back over the carved gap between touching objects, so the
   separation that training needed does not shrink the objects.
 - :func:`contour_instances`: for the ``contour`` target: seeds from the interior class
-  (a seed that is not convex enough split at its distance-transform peaks, optionally), a
-  seeded watershed over the foreground.
+  (optionally one per peak of P(interior), :func:`peak_seeds`, and a seed that is not
+  convex enough split at its distance-transform peaks), a seeded watershed over the
+  foreground.
 - :func:`filter_objects`: the contour objects' size and peak filters alone.
 - :func:`instances`: picks one of the last two from the array's shape.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 from skimage.measure import regionprops
-from skimage.morphology import h_maxima
+from skimage.morphology import h_maxima, reconstruction
 from skimage.segmentation import expand_labels, watershed
 
 from .weights import nearest_two_distances
@@ -131,6 +132,60 @@ def split_seeds(
     return seeds, n
 
 
+# P(interior) is smoothed by a Gaussian of this many pixels before its peaks are found
+PEAK_SMOOTHING = 1.0
+# peaks are found on P(interior) in steps of 1 / PEAK_LEVELS (integer h-maxima are exact)
+PEAK_LEVELS = 1000
+
+
+def peak_seeds(
+    interior: np.ndarray, threshold: float, dynamics: float, within: np.ndarray | None = None
+) -> tuple[np.ndarray, int]:
+    """One seed per peak of the interior probability ``interior`` (H, W), smoothed by a
+    Gaussian of ``PEAK_SMOOTHING`` px, in the region where it exceeds ``threshold`` (and
+    ``within``, if given): a peak counts when it stands at least ``dynamics`` above the
+    saddle that joins it to a higher one in its 8-connected component of the region (its
+    dynamics, in steps of 1 / ``PEAK_LEVELS``). Two nuclei whose interiors meet at a ridge
+    that dips ``dynamics`` below both peaks get a seed each, where the thresholded region
+    gives them one; peaks as high as each other joined by a shallower ridge share one seed.
+    Each seed is its peak's dome (the h-dome transform: the part of the map above the
+    level ``dynamics`` under the peak, up to its saddles); a component whose top is under
+    ``dynamics`` is one seed. Returns (seeds labelled 1..n, n)."""
+    smooth = ndimage.gaussian_filter(np.asarray(interior, np.float32), PEAK_SMOOTHING)
+    region = smooth > threshold
+    if within is not None:
+        region &= within
+    levels = np.rint(np.where(region, smooth, 0.0) * PEAK_LEVELS).astype(np.int32)
+    h = max(1, round(dynamics * PEAK_LEVELS))
+    eight = np.ones((3, 3), bool)
+    parts, m = ndimage.label(region, structure=eight)
+    if m == 0:
+        return parts, 0
+    top = np.zeros(m + 1, np.int64)
+    np.maximum.at(top, parts[region], levels[region])
+    # components with one plateau of local maxima have one peak, and their dome is one
+    # superlevel set; only those with several need the h-dome transform
+    flat = (levels == ndimage.maximum_filter(levels, footprint=eight)) & region
+    plateaus, q = ndimage.label(flat, structure=eight)
+    owner = np.zeros(q + 1, np.int64)
+    owner[plateaus[flat]] = parts[flat]  # a plateau lies in one component
+    several = np.bincount(owner[1:], minlength=m + 1) > 1
+    low = top < h  # no peak stands dynamics high: the whole component is one seed
+    seeds = np.where(low[parts], True, levels > top[parts] - h) & region
+    for k, box in enumerate(ndimage.find_objects(parts), start=1):
+        if not several[k] or low[k]:
+            continue
+        crop = np.pad(np.where(parts[box] == k, levels[box], 0), 1)
+        dome = crop - reconstruction(crop - h, crop, method="dilation", footprint=eight)
+        domes, j = ndimage.label(dome > 0, structure=eight)
+        tall = np.zeros(j + 1, bool)
+        tall[domes[dome >= h]] = True  # a dome is at most h high: tall ones reach it
+        tall[0] = False
+        inside = parts[box] == k
+        seeds[box][inside] = tall[domes[1:-1, 1:-1]][inside]
+    return ndimage.label(seeds, structure=eight)
+
+
 def contour_instances(
     probs: np.ndarray,
     *,
@@ -141,12 +196,16 @@ def contour_instances(
     min_fraction: float = 0.0,
     split_solidity: float = 0.0,
     split_depth: float = 3.0,
+    seed_dynamics: float = 0.0,
 ) -> np.ndarray:
     """Instances from ``contour``-target class probabilities (3, H, W): background,
     interior, boundary.
 
     Foreground: P(background) < 1 - ``foreground_threshold``. Seeds: the 4-connected
-    components of P(interior) > ``seed_threshold`` inside it; with ``split_solidity`` > 0,
+    components of P(interior) > ``seed_threshold`` inside it; with ``seed_dynamics`` > 0,
+    the region P(interior) > ``seed_threshold`` (P(interior) smoothed by a Gaussian of 1 px)
+    is seeded once per peak of P(interior) standing that far above its saddle to a higher
+    one instead (:func:`peak_seeds`); with ``split_solidity`` > 0,
     a seed less solid than that is split at its distance-transform peaks (``split_depth``:
     see :func:`split_seeds`), which separates two nuclei whose interiors meet at a neck.
     A watershed of 1 - P(interior)
@@ -159,7 +218,10 @@ def contour_instances(
     if probs.ndim != 3 or probs.shape[0] != 3:
         raise ValueError(f"expected (3, H, W) class probabilities, got shape {probs.shape}")
     foreground = probs[0] < 1.0 - foreground_threshold
-    seeds, n = ndimage.label((probs[1] > seed_threshold) & foreground, structure=FOUR_CONNECTED)
+    if seed_dynamics > 0:
+        seeds, n = peak_seeds(probs[1], seed_threshold, seed_dynamics, within=foreground)
+    else:
+        seeds, n = ndimage.label((probs[1] > seed_threshold) & foreground, structure=FOUR_CONNECTED)
     seeds, n = split_seeds(seeds, n, split_solidity, split_depth)
     labels = watershed(1.0 - probs[1], seeds, mask=foreground) if n else seeds
     orphans, m = ndimage.label(foreground & (labels == 0), structure=FOUR_CONNECTED)
@@ -198,7 +260,8 @@ def instances(probs: np.ndarray, threshold: float = 0.5, **options) -> np.ndarra
     the plain connected components, right for a ``mask`` model such as the ISBI one).
     (3, H, W) are a ``contour`` model's class probabilities: :func:`contour_instances`
     (``threshold`` is its foreground threshold; options ``seed_threshold``, ``min_size``,
-    ``min_peak``, ``min_fraction``, ``split_solidity``, ``split_depth``). A model's own settings:
+    ``min_peak``, ``min_fraction``, ``split_solidity``, ``split_depth``, ``seed_dynamics``). A
+    model's own settings:
     ``preset.train.instance_options()``.
     """
     probs = np.asarray(probs)

@@ -164,20 +164,21 @@ NUCLEI = Preset(
         labels="data/dsb2018-fluo/labels",
         target="contour",
         # predict averages the 8 flips / quarter turns (the paper's test-time averaging), and
-        # instances: seeds at P(interior) > 0.7 (no seed split), foreground where
-        # P(background) < 0.4, objects of at least 25 px (or 0.3 x the image's median object if
-        # smaller) whose averaged P(interior) reaches 0.9. Chosen on the 32 validation images
-        # of two Dice models that never saw them (benchmarks/tune_validation.py --tta, 648
-        # settings; session 16): DSB 0.531 / AP@0.5 0.748 on average (0.530 and 0.532), against
-        # 0.522 / 0.739 for the best plain setting (0.528 and 0.517; session 15: seeds 0.5,
-        # split at solidity 0.9 / 4 px, foreground 0.7, the same filters), which TTA alone
-        # lifts only to 0.524 / 0.740. --no-tta with this setting: 0.517 / 0.735. The 0.3 x
-        # median limit ties with none on the validation images: kept
+        # instances: one seed per peak of P(interior) standing 0.25 above its saddle, where
+        # P(interior) > 0.4 (no seed split), foreground where P(background) < 0.4, objects of
+        # at least 25 px (or 0.3 x the image's median object if smaller) whose averaged
+        # P(interior) reaches 0.9. Chosen on the 32 validation images of two Dice models that
+        # never saw them (benchmarks/tune_validation.py --tta --quick, session 20): DSB 0.540
+        # / AP@0.5 0.761 on average (0.539 / 0.762 and 0.542 / 0.759), against 0.531 / 0.748
+        # for session 16's setting (seeds at P(interior) > 0.7, the same foreground and
+        # filters, the best of 648 then) and 0.522 / 0.739 for the best without TTA (session
+        # 15). The 0.3 x median limit ties with none on the validation images: kept
         tta=True,
         min_object_size=25,
         min_object_peak=0.9,
         min_object_fraction=0.3,
-        seed_threshold=0.7,
+        seed_threshold=0.4,
+        seed_dynamics=0.25,
         split_solidity=0.0,
         split_depth=4.0,
         foreground_threshold=0.6,
