@@ -175,13 +175,13 @@ def peak_seeds(
     for k, box in enumerate(ndimage.find_objects(parts), start=1):
         if not several[k] or low[k]:
             continue
-        crop = np.pad(np.where(parts[box] == k, levels[box], 0), 1)
+        inside = parts[box] == k
+        crop = np.pad(np.where(inside, levels[box], 0), 1)
         dome = crop - reconstruction(crop - h, crop, method="dilation", footprint=eight)
         domes, j = ndimage.label(dome > 0, structure=eight)
         tall = np.zeros(j + 1, bool)
         tall[domes[dome >= h]] = True  # a dome is at most h high: tall ones reach it
         tall[0] = False
-        inside = parts[box] == k
         seeds[box][inside] = tall[domes[1:-1, 1:-1]][inside]
     return ndimage.label(seeds, structure=eight)
 
