@@ -66,7 +66,8 @@ def validation_model(path: Path, tta: bool, cache: Path | None = None):
     """(name, validation probabilities, validation labels, own setting) of one checkpoint;
     InputError unless it was trained with benchmarks/nuclei.py --validation. With ``cache``
     (a folder), the probabilities are kept there, keyed by the checkpoint's bytes and
-    ``tta``, and read back on the next call."""
+    ``tta``, and read back on the next call if they still fit the images (one map per
+    image, of its size); a change to ``predict`` needs a new folder."""
     model, preset = model_from_checkpoint(path, select_device("auto"))
     cfg = preset.train
     want = (SPLITS + "train128.txt", SPLITS + "validation.txt")
@@ -80,10 +81,14 @@ def validation_model(path: Path, tta: bool, cache: Path | None = None):
     if cache is not None:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
         kept = cache / f"{digest}-{'tta' if tta else 'one'}.npz"
+    probs = None
     if kept is not None and kept.exists():
         with np.load(kept) as f:
-            probs = [f[str(i)] for i in range(len(images))]
-    else:
+            if sorted(f.files) == sorted(map(str, range(len(images)))):
+                probs = [f[str(i)] for i in range(len(images))]
+        if probs and any(p.shape[-2:] != im.shape for p, im in zip(probs, images, strict=True)):
+            probs = None
+    if probs is None:
         probs = [predict(model, image, tta=tta) for image in images]
         if kept is not None:
             cache.mkdir(parents=True, exist_ok=True)

@@ -145,21 +145,17 @@ def test_seed_dynamics_separates_nuclei_whose_interiors_meet_at_a_ridge():
 
 def _slow_peak_seeds(levels: np.ndarray, threshold: int, h: int) -> tuple[np.ndarray, int]:
     """The definition by flooding, pixel by pixel, in each 8-connected component of the
-    region (levels > threshold) alone: a component whose top is under h is one seed;
-    otherwise the floor of its pixel p is the highest t <= levels[p] at which the
-    8-connected set of its pixels >= t holding p reaches t + h, the dome of p is levels[p]
-    minus that floor, and each 8-connected set of pixels with a dome that holds a dome of
-    h is a seed."""
+    region (levels > threshold) alone, the rest reading 0: the floor of its pixel p is the
+    highest t <= levels[p] at which the 8-connected set of pixels >= t holding p reaches
+    t + h, the dome of p is levels[p] minus that floor, and each 8-connected set of pixels
+    with a dome that holds a dome of h is a seed (a component whose top is under h is all
+    one dome of h: one seed)."""
     eight = np.ones((3, 3), bool)
     parts, m = ndimage.label(levels > threshold, structure=eight)
     seeds = np.zeros(levels.shape, bool)
     count = 0
     for k in range(1, m + 1):
         own = np.where(parts == k, levels, 0)
-        if own.max() < h:
-            seeds |= parts == k
-            count += 1
-            continue
         values = np.unique(own)
         dome = np.zeros(levels.shape, np.int64)
         for y, x in zip(*np.nonzero(parts == k), strict=True):

@@ -154,7 +154,7 @@ def peak_seeds(
     smooth = ndimage.gaussian_filter(np.asarray(interior, np.float32), PEAK_SMOOTHING)
     region = smooth > threshold
     if within is not None:
-        region &= within
+        region &= np.asarray(within, bool)
     levels = np.rint(np.where(region, smooth, 0.0) * PEAK_LEVELS).astype(np.int32)
     h = max(1, round(dynamics * PEAK_LEVELS))
     eight = np.ones((3, 3), bool)
