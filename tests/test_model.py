@@ -195,3 +195,64 @@ def test_layout_is_channels_last_only_where_it_is_fast():
     assert memory_format(cpu, "bf16") == torch.channels_last
     assert memory_format(cpu, "fp32") == torch.contiguous_format  # 1.8x faster on Zen 3
     assert memory_format(torch.device("cuda"), "fp32") == torch.channels_last
+
+
+def _reference_crop_concat(skip, x):
+    """The plain autograd version: centre-crop by slicing, then concatenate."""
+    dy = (skip.shape[-2] - x.shape[-2]) // 2
+    dx = (skip.shape[-1] - x.shape[-1]) // 2
+    return torch.cat([skip[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]], x], dim=1)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [9, 14])  # cropped (9 < 14) and not (14)
+def test_crop_concat_matches_autograd_slicing_and_keeps_the_gradient_layout(layout, dtype, size):
+    from biounet.model import _CropConcat
+
+    g = torch.Generator().manual_seed(0)
+    skip0 = torch.randn(2, 5, 14, 14, generator=g).to(dtype).contiguous(memory_format=layout)
+    x0 = torch.randn(2, 3, size, size, generator=g).to(dtype).contiguous(memory_format=layout)
+    upstream = torch.randn(2, 8, size, size, generator=g).to(dtype)
+    upstream = upstream.contiguous(memory_format=layout)
+    grads, outs, layouts = [], [], []
+    for fn in (lambda s, x: _CropConcat.apply(s, x, (14 - size) // 2, (14 - size) // 2),
+               _reference_crop_concat):  # fmt: skip
+        skip, x = skip0.clone().requires_grad_(), x0.clone().requires_grad_()
+        inner = skip * 1  # not a leaf: its gradient arrives as the function returns it
+        inner.register_hook(lambda g: layouts.append(g.is_contiguous(memory_format=layout)))
+        out = fn(inner, x)
+        out.backward(upstream)
+        outs.append(out)
+        grads.append((skip.grad, x.grad))
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
+    if size < 14:  # cropped: the skip's gradient is stored as the skip is, where
+        assert layouts[0]  # autograd's slice backward makes it plain contiguous
+        assert layouts[1] == (layout == torch.contiguous_format)
+
+
+def test_valid_padding_network_gradients_stay_channels_last():
+    """Every gradient reaching a skip connection keeps the features' channels_last layout
+    (a mixed layout there made the paper network's backward pass slow on the CPU)."""
+    from biounet.model import Up
+
+    model = UNet(ModelConfig(depth=2, base_channels=4, dropout=0.0))
+    model = model.to(memory_format=torch.channels_last)
+    seen = []
+    original = Up.forward
+
+    def forward(self, x, skip):
+        cl = torch.channels_last
+        skip.register_hook(lambda g: seen.append(g.is_contiguous(memory_format=cl)))
+        return original(self, x, skip)
+
+    x = torch.randn(1, 1, 44, 44).contiguous(memory_format=torch.channels_last)
+    try:
+        Up.forward = forward
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().square().sum().backward()
+    finally:
+        Up.forward = original
+    assert seen == [True, True]

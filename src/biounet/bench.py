@@ -61,9 +61,23 @@ def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def conv_peak(precision: str, device: torch.device, repeat: int = 5) -> float:
-    """GFLOP/s of a large 3x3 convolution (128 -> 128 channels, 128 x 128, batch 8),
-    forward only, channels_last, in fp32 or under bf16 autocast."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _once(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of ``fn``."""
+    _sync(device)
+    t = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def conv_peak_fn(precision: str, device: torch.device) -> tuple[Callable[[], object], int]:
+    """A large 3x3 convolution (128 -> 128 channels, 128 x 128, batch 8), forward only,
+    channels_last, in fp32 or under bf16 autocast, and its FLOPs."""
     conv = nn.Conv2d(128, 128, 3, padding=1, bias=False).to(device)
     conv = conv.to(memory_format=torch.channels_last)
     x = torch.randn(8, 128, 128, 128, device=device).contiguous(memory_format=torch.channels_last)
@@ -73,15 +87,15 @@ def conv_peak(precision: str, device: torch.device, repeat: int = 5) -> float:
         with torch.inference_mode(), autocast(device, precision):
             conv(x)
 
-    return flops / _timed(run, repeat, device) / 1e9
+    return run, flops
 
 
-def train_step_time(
-    model: UNet, preset: Preset, device: torch.device, precision: str, fast: bool, repeat: int
-) -> float:
-    """Seconds per training step at the preset's tile and batch: ``fast`` = biounet's
-    set-up (the layout of :func:`memory_format`, autocast as ``precision``), else plain
-    fp32 NCHW eager."""
+def train_step_fn(
+    model: UNet, preset: Preset, device: torch.device, precision: str, fast: bool
+) -> Callable[[], None]:
+    """One training step at the preset's tile and batch: ``fast`` = biounet's set-up (the
+    layout of :func:`memory_format`, autocast as ``precision``), else plain fp32 NCHW
+    eager."""
     cfg = preset.train
     m = copy.deepcopy(model).to(device).train()
     out = output_size(cfg.tile, preset.model.depth, preset.model.padding)
@@ -104,7 +118,7 @@ def train_step_time(
         loss.backward()
         opt.step()
 
-    return _timed(step, repeat, device)
+    return step
 
 
 def run_bench(
@@ -112,14 +126,21 @@ def run_bench(
     *,
     model: UNet | None = None,
     device: str = "auto",
-    repeat: int = 3,
+    repeat: int = 5,
     image_size: int = 2048,
     tta: bool = True,
     predict_model: tuple[str, UNet] | None = None,
 ) -> dict:
     """Measure ``preset`` (or ``model``, e.g. a shipped checkpoint's) and return a dict of
     timings and ratios. Inference is timed on a random ``image_size``^2 image (0: skipped)
-    with ``predict_model`` (name, network), default the trained model."""
+    with ``predict_model`` (name, network), default the trained model.
+
+    The four training-side measurements (biounet's step, the plain baseline's step, the
+    fp32 and bf16 convolution peaks) run interleaved, one of each per round, for
+    ``repeat`` rounds after a warm-up of each. Every ratio is taken within a round and the
+    median over rounds is reported, so a machine whose speed drifts during the run (a
+    shared host) moves numerator and denominator together. Rates are medians over rounds.
+    """
     dev = select_device(device)
     precision = resolve_precision(preset.train.precision, dev)
     torch.manual_seed(0)
@@ -127,23 +148,29 @@ def run_bench(
     cfg = preset.train
     x = torch.zeros(cfg.batch_size, preset.model.in_channels, cfg.tile, cfg.tile)
     flops = 3 * forward_flops(copy.deepcopy(model).eval(), x)  # forward + backward
-    t_fast = train_step_time(model, preset, dev, precision, True, repeat)
-    t_plain = train_step_time(model, preset, dev, precision, False, repeat)
-    peak32, peak16 = conv_peak("fp32", dev), conv_peak("bf16", dev)
+    fast = train_step_fn(model, preset, dev, precision, True)
+    plain = train_step_fn(model, preset, dev, precision, False)
+    (peak32, flops32), (peak16, flops16) = conv_peak_fn("fp32", dev), conv_peak_fn("bf16", dev)
+    for fn in (fast, plain, peak32, peak16):  # warm-up
+        fn()
+    rounds = [[_once(fn, dev) for fn in (fast, plain, peak32, peak16)] for _ in range(repeat)]
+    t_fast, t_plain, t32, t16 = (np.array(column) for column in zip(*rounds, strict=True))
+    t_peak, peak_flops = (t16, flops16) if precision == "bf16" else (t32, flops32)
     result = {
         "preset": preset.name,
         "device": str(dev),
         "precision": precision,
         "tile": cfg.tile,
         "batch": cfg.batch_size,
-        "train_steps_per_s": 1 / t_fast,
-        "train_gflops": flops / t_fast / 1e9,
-        "baseline_steps_per_s": 1 / t_plain,
-        "baseline_gflops": flops / t_plain / 1e9,
-        "speedup_vs_baseline": t_plain / t_fast,
-        "conv_peak_fp32_gflops": peak32,
-        "conv_peak_bf16_gflops": peak16,
-        "share_of_peak": flops / t_fast / 1e9 / (peak16 if precision == "bf16" else peak32),
+        "rounds": repeat,
+        "train_steps_per_s": float(np.median(1 / t_fast)),
+        "train_gflops": float(np.median(flops / t_fast / 1e9)),
+        "baseline_steps_per_s": float(np.median(1 / t_plain)),
+        "baseline_gflops": float(np.median(flops / t_plain / 1e9)),
+        "speedup_vs_baseline": float(np.median(t_plain / t_fast)),
+        "conv_peak_fp32_gflops": float(np.median(flops32 / t32 / 1e9)),
+        "conv_peak_bf16_gflops": float(np.median(flops16 / t16 / 1e9)),
+        "share_of_peak": float(np.median((flops / t_fast) / (peak_flops / t_peak))),
     }
     if image_size:
         image = np.random.default_rng(0).random((image_size, image_size)).astype(np.float32)
@@ -170,7 +197,8 @@ def format_bench(r: dict) -> str:
         f"  conv peak     fp32 {r['conv_peak_fp32_gflops']:.0f} GFLOP/s, bf16 "
         f"{r['conv_peak_bf16_gflops']:.0f} GFLOP/s (3x3, 128 channels)",
         f"  ratios        {r['speedup_vs_baseline']:.2f}x the baseline; "
-        f"{100 * r['share_of_peak']:.0f} % of the {r['precision']} conv peak",
+        f"{100 * r['share_of_peak']:.0f} % of the {r['precision']} conv peak (medians of "
+        f"{r['rounds']} interleaved rounds)",
     ]
     if "predict_mpx_per_s" in r:
         tta = (f", with --tta {r['predict_tta_mpx_per_s']:.2f} Mpx/s"

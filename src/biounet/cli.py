@@ -290,7 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="edge of the image for predict speed (0: skip; default 2048)",
     )
     s.add_argument("--no-tta", action="store_true", help="skip the --tta inference timing")
-    s.add_argument("--repeat", type=int, default=3, help="timed training steps (median)")
+    s.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="interleaved rounds of the training step, baseline and conv peaks "
+        "(medians; default 5)",
+    )
     s.add_argument("--device", default="auto")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_bench)

@@ -239,6 +239,43 @@ class Down(nn.Module):
         return self.conv(self.pool(x))
 
 
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    """channels_last if ``t`` is stored so (and not also plain contiguous), else contiguous."""
+    if t.ndim == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class _CropConcat(torch.autograd.Function):
+    """``cat([skip[..., dy:dy + h, dx:dx + w], x], dim=1)`` with (h, w) = x's size.
+
+    The same values and gradients as slicing and concatenating with autograd, but the
+    skip's gradient keeps the skip's memory layout. Autograd's slice backward writes into a
+    plain contiguous zero tensor, so with channels_last features (bf16 on the CPU, GPUs)
+    the gradient flowing into the contracting path changed layout at every level and the
+    additions, ReLU backwards and convolutions behind it ran on mixed strides.
+    """
+
+    @staticmethod
+    def forward(ctx, skip, x, dy: int, dx: int):
+        ctx.skip_shape, ctx.crop = skip.shape, (dy, dx)
+        ctx.skip_layout = _layout(skip)
+        h, w = x.shape[-2:]
+        return torch.cat([skip[..., dy : dy + h, dx : dx + w], x], dim=1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        cs = ctx.skip_shape[1]
+        g_skip, g_x = grad[:, :cs], grad[:, cs:]
+        (dy, dx), (h, w) = ctx.crop, grad.shape[-2:]
+        if tuple(g_skip.shape) != tuple(ctx.skip_shape):
+            full = torch.zeros(ctx.skip_shape, dtype=grad.dtype, device=grad.device)
+            full = full.contiguous(memory_format=ctx.skip_layout)
+            full[..., dy : dy + h, dx : dx + w] = g_skip
+            g_skip = full
+        return g_skip, g_x, None, None
+
+
 class Up(nn.Module):
     """Up-sample x2 halving channels, crop the skip to match, concatenate, :class:`DoubleConv`.
 
@@ -261,8 +298,7 @@ class Up(nn.Module):
         x = self.up(x)
         dy = (skip.shape[-2] - x.shape[-2]) // 2
         dx = (skip.shape[-1] - x.shape[-1]) // 2
-        skip = skip[..., dy : dy + x.shape[-2], dx : dx + x.shape[-1]]  # centre crop
-        return self.conv(torch.cat([skip, x], dim=1))
+        return self.conv(_CropConcat.apply(skip, x, dy, dx))  # centre crop, concatenate
 
 
 class UNet(nn.Module):
