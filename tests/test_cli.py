@@ -331,6 +331,8 @@ def test_bench_reports_speeds_and_ratios(isbi_crops, tmp_path, capsys):
                 "train_gflops", "conv_peak_fp32_gflops", "conv_peak_bf16_gflops",
                 "share_of_peak", "predict_mpx_per_s", "predict_tta_mpx_per_s"):  # fmt: skip
         assert r[key] > 0, key
+    # with one round the median of the per-round ratios is that round's ratio
+    assert r["rounds"] == 1
     assert r["speedup_vs_baseline"] == pytest.approx(
         r["train_steps_per_s"] / r["baseline_steps_per_s"])  # fmt: skip
 

@@ -227,9 +227,30 @@ def test_crop_concat_matches_autograd_slicing_and_keeps_the_gradient_layout(layo
         grads.append((skip.grad, x.grad))
     assert torch.equal(outs[0], outs[1])
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
-    if size < 14:  # cropped: the skip's gradient is stored as the skip is, where
-        assert layouts[0]  # autograd's slice backward makes it plain contiguous
+    # cropped: the skip's gradient is stored as the skip is, where autograd's slice
+    # backward makes it plain contiguous
+    if size < 14:
+        assert layouts[0]
         assert layouts[1] == (layout == torch.contiguous_format)
+
+
+def test_crop_concat_of_mixed_dtypes_returns_each_gradient_in_its_input_dtype_and_layout():
+    from biounet.model import _CropConcat
+
+    cl = torch.channels_last
+    skip = torch.randn(1, 4, 12, 12).contiguous(memory_format=cl).requires_grad_()
+    x = torch.randn(1, 2, 8, 8).to(torch.bfloat16).contiguous(memory_format=cl).requires_grad_()
+    inner = skip * 1
+    seen = []
+    inner.register_hook(lambda g: seen.append((g.dtype, g.is_contiguous(memory_format=cl))))
+    out = _CropConcat.apply(inner, x, 2, 2)
+    assert out.dtype == torch.float32 and out.shape == (1, 6, 8, 8)
+    out.backward(torch.ones_like(out))
+    assert seen == [(torch.float32, True)]
+    assert x.grad.dtype == torch.bfloat16
+    expected = torch.zeros(1, 4, 12, 12)
+    expected[..., 2:10, 2:10] = 1
+    assert torch.equal(skip.grad, expected) and torch.equal(x.grad.float(), torch.ones(1, 2, 8, 8))
 
 
 def test_valid_padding_network_gradients_stay_channels_last():

@@ -253,7 +253,8 @@ class _CropConcat(torch.autograd.Function):
     skip's gradient keeps the skip's memory layout. Autograd's slice backward writes into a
     plain contiguous zero tensor, so with channels_last features (bf16 on the CPU, GPUs)
     the gradient flowing into the contracting path changed layout at every level and the
-    additions, ReLU backwards and convolutions behind it ran on mixed strides.
+    additions, ReLU backwards and convolutions behind it ran on mixed strides. Reverse mode
+    only: forward-mode autodiff (``torch.func.jvp``) is not defined for it.
     """
 
     @staticmethod
@@ -268,9 +269,11 @@ class _CropConcat(torch.autograd.Function):
         cs = ctx.skip_shape[1]
         g_skip, g_x = grad[:, :cs], grad[:, cs:]
         (dy, dx), (h, w) = ctx.crop, grad.shape[-2:]
-        if tuple(g_skip.shape) != tuple(ctx.skip_shape):
-            full = torch.zeros(ctx.skip_shape, dtype=grad.dtype, device=grad.device)
-            full = full.contiguous(memory_format=ctx.skip_layout)
+        if not ctx.needs_input_grad[0]:
+            g_skip = None
+        elif tuple(g_skip.shape) != tuple(ctx.skip_shape):
+            full = torch.empty(ctx.skip_shape, dtype=grad.dtype, device=grad.device,
+                               memory_format=ctx.skip_layout).zero_()  # fmt: skip
             full[..., dy : dy + h, dx : dx + w] = g_skip
             g_skip = full
         return g_skip, g_x, None, None
