@@ -44,7 +44,7 @@ def main() -> None:
     def timed(forward) -> float:
         unet.Up.forward = forward
         try:
-            return bench._once(step, device)
+            return bench.time_once(step, device)
         finally:
             unet.Up.forward = current
 

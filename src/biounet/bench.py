@@ -23,19 +23,21 @@ from .model import UNet, output_size
 from .tiling import predict
 
 
+def time_once(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds of one call of ``fn`` (GPU work finished before and after)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t
+
+
 def _timed(fn: Callable[[], object], repeat: int, device: torch.device) -> float:
     """Median seconds of ``repeat`` calls after one warm-up call."""
     fn()
-    times = []
-    for _ in range(repeat):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return float(np.median([time_once(fn, device) for _ in range(repeat)]))
 
 
 def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
@@ -59,20 +61,6 @@ def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
         for h in handles:
             h.remove()
     return total
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _once(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds of one call of ``fn``."""
-    _sync(device)
-    t = time.perf_counter()
-    fn()
-    _sync(device)
-    return time.perf_counter() - t
 
 
 def conv_peak_fn(precision: str, device: torch.device) -> tuple[Callable[[], object], int]:
@@ -153,7 +141,7 @@ def run_bench(
     (peak32, flops32), (peak16, flops16) = conv_peak_fn("fp32", dev), conv_peak_fn("bf16", dev)
     for fn in (fast, plain, peak32, peak16):  # warm-up
         fn()
-    rounds = [[_once(fn, dev) for fn in (fast, plain, peak32, peak16)] for _ in range(repeat)]
+    rounds = [[time_once(fn, dev) for fn in (fast, plain, peak32, peak16)] for _ in range(repeat)]
     t_fast, t_plain, t32, t16 = (np.array(column) for column in zip(*rounds, strict=True))
     t_peak, peak_flops = (t16, flops16) if precision == "bf16" else (t32, flops32)
     result = {
