@@ -5,9 +5,8 @@ and contour targets, blurred (Gaussian, sigma 1.5 px) so they look like a networ
 output. Prints milliseconds per image (median of 5 passes over all images) for
 `binary_instances` (components + carved borders grown back) and `contour_instances`
 (seeded watershed; also with the `nuclei` preset's stored setting, seeds at the peaks of
-P(interior) since session 20, with it plus the seed split of sessions 7-15, the slowest
-option, and with thresholded seeds instead of peaks), against plain connected components
-measured in the same run.
+P(interior), with it plus the seed split, the slowest option, and with thresholded seeds
+instead of peaks), against plain connected components measured in the same run.
 
     .venv/bin/python benchmarks/bench_instances.py
 """

@@ -1,10 +1,10 @@
 """Choose the `nuclei` preset's instance post-processing on the 32 validation images, with
 models that never saw them, and never look at the held-out 20%.
 
-    .venv/bin/python benchmarks/tune_validation.py RUN/best.pt [RUN2/best.pt ...]
+    .venv/bin/python experiments/tune_validation.py RUN/best.pt [RUN2/best.pt ...]
         [--tta] [--json OUT] [--cache DIR] [--jobs N] [--quick]
 
-Each checkpoint must come from `benchmarks/nuclei.py --validation` (trained on
+Each checkpoint must come from `experiments/nuclei.py --validation` (trained on
 data/splits/dsb2018-fluo-train128.txt, its validation images
 data/splits/dsb2018-fluo-validation.txt). Every setting of the grid below is scored on each
 model's validation images; settings are ranked by the DSB score averaged over the models
@@ -37,7 +37,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from nuclei import SPLITS, scored_images  # benchmarks/nuclei.py, beside this script
+from nuclei import SPLITS, scored_images  # experiments/nuclei.py, beside this script
 
 from biounet import get_preset, model_from_checkpoint, predict
 from biounet.device import select_device
@@ -64,7 +64,7 @@ FIELDS = {"seed_threshold": "seed_threshold", "seed_dynamics": "seed_dynamics",
 
 def validation_model(path: Path, tta: bool, cache: Path | None = None):
     """(name, validation probabilities, validation labels, own setting) of one checkpoint;
-    InputError unless it was trained with benchmarks/nuclei.py --validation. With ``cache``
+    InputError unless it was trained with experiments/nuclei.py --validation. With ``cache``
     (a folder), the probabilities are kept there, keyed by the checkpoint's bytes and
     ``tta``, and read back on the next call if they still fit the images (one map per
     image, of its size); a change to ``predict`` needs a new folder."""
@@ -73,7 +73,7 @@ def validation_model(path: Path, tta: bool, cache: Path | None = None):
     want = (SPLITS + "train128.txt", SPLITS + "validation.txt")
     if cfg.target != "contour" or (cfg.train_slices, cfg.val_slices) != want:
         raise InputError(
-            f"{path}: not a contour model trained with benchmarks/nuclei.py --validation "
+            f"{path}: not a contour model trained with experiments/nuclei.py --validation "
             f"(trained on {cfg.train_slices!r}, scored on {cfg.val_slices!r})"
         )
     images, labels = scored_images(preset)  # the 32 validation images

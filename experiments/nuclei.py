@@ -7,24 +7,24 @@ metrics of `biounet evaluate --instances`: AP@0.5 (DSB convention TP / (TP + FP 
 DSB 2018 score (mean over IoU thresholds 0.5..0.95), SEG, merges, splits. Each variant is
 scored without and with 8-fold test-time averaging.
 
-    .venv/bin/python benchmarks/nuclei.py [--variants nuclei,binary-w10,binary-w0,...]
+    .venv/bin/python experiments/nuclei.py [--variants nuclei,binary-w10,binary-w0,...]
         [--epochs N] [--seed N] [--validation] [--screen] [--out runs/nuclei]
 
 --validation trains on 128 of the 160 training images (data/splits/dsb2018-fluo-train128.txt)
 and scores the other 32 (dsb2018-fluo-validation.txt) instead of the held-out images: the
 way to choose between variants without looking at the held-out 20%. --screen also scores
 each model at 12 post-processing settings (seed threshold 0.5 / 0.6, foreground 0.5 / 0.6 /
-0.7, with and without the seed split; the settings of session 14) and 6 more at the model's
-own seed threshold where that is neither (0.7 for the preset since session 16), so that a
+0.7, with and without the seed split) and 6 more at the model's own seed threshold where
+that is neither (0.7 for the preset), so that a
 setting chosen on validation images can be read off the held-out rows of the same variant.
-"With the split" is the model's own split, or the session-15 one (below solidity 0.9 at
-4-px peaks) for a model that stores none.
+"With the split" is the model's own split, or solidity 0.9 at 4-px peaks (`SPLIT`) for a
+model that stores none.
 
 Variants (everything else as in the preset as it is now; all but the Dice ones without its Dice
-loss, as they were measured before session 14 added it):
+loss, as their docs rows were measured before the preset had it):
     nuclei         the preset: contour target (background / interior / boundary), weight map
                    w0 10, plus half a soft Dice loss of the foreground
-    contour-nodice the preset without its Dice loss (the preset until session 14)
+    contour-nodice the preset without its Dice loss (the preset before it had one)
     contour-plain  unweighted cross entropy
     contour-w2     a 2-pixel boundary class per object
     contour-touch3 boundary class 3 pixels deep within 3 px of another object
@@ -65,8 +65,8 @@ from biounet.io import atomic_path, read_images, read_instances, resolve_data_pa
 from biounet.metrics import instance_scores_many
 
 # Each variant is the preset as it is now with the changes listed. The preset adds half a soft
-# Dice loss since session 14; variants from before then say dice 0.0, so that they still train
-# what their README rows measured.
+# Dice loss; variants measured before it had one say dice 0.0, so that they still train
+# what their docs rows measured.
 VARIANTS = {
     "nuclei": {},
     "contour-nodice": {"dice": 0.0},
@@ -89,7 +89,7 @@ VARIANTS = {
     "contour-lr4-dice05": {"lr": 4e-3, "dice": 0.5},
     "contour-dice05-touch3": {"dice": 0.5, "touch_width": 3},
     "contour-dice05-ema": {"dice": 0.5, "ema": 0.999},
-    # session 18: more channels where they cost little (the low-resolution levels), for the
+    # more channels where they cost little (the low-resolution levels), for the
     # epochs that take the preset's time (fp32 on one Zen 3 core, beside another run: about
     # 65 and 92 s an epoch against the preset's 61.5; 121 and 124 minutes against its 125)
     "wide-bottom": {"model": {"channels": (16, 32, 64, 128, 512)}},
@@ -105,12 +105,12 @@ SPLITS = "@data/splits/dsb2018-fluo-"
 # post-processing settings of --screen: (seed threshold, foreground threshold, seed split)
 SCREEN_SEEDS = (0.5, 0.6)
 SCREEN_FOREGROUND = (0.5, 0.6, 0.7)
-SPLIT = {"split_solidity": 0.9, "split_depth": 4.0}  # session 15's, for models storing none
+SPLIT = {"split_solidity": 0.9, "split_depth": 4.0}  # for models that store no split
 
 
 def screen_settings(options: dict) -> list[tuple[float, float, bool]]:
     """(seed threshold, foreground threshold, seed split) of --screen for a model whose own
-    instance options are ``options``: session 14's 12, and its own seed threshold's 6."""
+    instance options are ``options``: the fixed 12, and its own seed threshold's 6."""
     seeds = list(SCREEN_SEEDS)
     if options["seed_threshold"] not in seeds:
         seeds.append(options["seed_threshold"])

@@ -1,11 +1,11 @@
-"""The README's figures, from trained models:
+"""The figures of README.md and docs/, from trained models:
 
 - docs/isbi2012-slice25.png: held-out ISBI 2012 slice 25, input | ground truth |
   prediction (8-fold TTA) | thinned segmentation at the threshold that maximises V_rand.
 - docs/nuclei.png: held-out DSB 2018 images with touching nuclei, image | reference
   outlines | predicted outlines.
 
-    .venv/bin/python benchmarks/figures.py [--isbi models/isbi2012.pt]
+    .venv/bin/python experiments/figures.py [--isbi models/isbi2012.pt]
         [--nuclei runs/nuclei/nuclei/best.pt] [--out docs]
 """
 

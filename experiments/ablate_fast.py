@@ -4,7 +4,7 @@ slices 25-29 with the official metrics (as `biounet evaluate`), each without and
 8-fold test-time averaging. best.pt is chosen on training loss, so slices 25-29 never
 select the model.
 
-    .venv/bin/python benchmarks/ablate_fast.py [--variants fast,weights,...] [--out runs/ablate]
+    .venv/bin/python experiments/ablate_fast.py [--variants fast,weights,...] [--out runs/ablate]
 
 Variants:
     fast         the preset: same padding, paper augmentation, no weight map, bf16

@@ -6,7 +6,7 @@ model (the preset's ``select_by`` must be ``train_loss``); after training, ``bes
 predicts them and they are scored with the official ISBI 2012 metrics. Prints one row per
 fold and the mean +- sample standard deviation; the mean is the number to quote.
 
-    .venv/bin/python benchmarks/cv_fast.py [--preset fast] [--tta] [--out runs/cv]
+    .venv/bin/python experiments/cv_fast.py [--preset fast] [--tta] [--out runs/cv]
         [--folds 0,1,2,3,4,5] [--epochs N] [--time-limit MIN]
 
 Every fold trains the same steps: the preset's time limit is lifted unless --time-limit

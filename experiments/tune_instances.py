@@ -2,7 +2,7 @@
 training images, then score the held-out 20% once with the model's settings and once with
 the best setting found: the held-out images never choose the setting.
 
-    .venv/bin/python benchmarks/tune_instances.py CHECKPOINT [--train-images 40]
+    .venv/bin/python experiments/tune_instances.py CHECKPOINT [--train-images 40]
         [--tta] [--json OUT] [--export MODEL.pt]
 
 Sweeps `contour_instances`' seed threshold (P(interior) above which a pixel seeds an

@@ -1,7 +1,7 @@
 """Score a checkpoint on ISBI 2012 training slices it never trained on, with and without
 8-fold test-time averaging, using the official metrics (as `biounet evaluate`).
 
-    .venv/bin/python benchmarks/score_isbi.py CHECKPOINT [--slices 25-29] [--json OUT]
+    .venv/bin/python experiments/score_isbi.py CHECKPOINT [--slices 25-29] [--json OUT]
 
 Prints one JSON row per setting (tta false / true): V_rand, V_info (thinned, maximal over
 thresholds), pixel error, Rand error, warping error; --json also writes them to a file.
