@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,16 @@ import tifffile
 DATA = Path(__file__).resolve().parents[1] / "data" / "isbi2012"
 
 
-@pytest.fixture(scope="session")
-def isbi():
-    """(images, labels): the 30 ISBI 2012 training slices, (30, 512, 512) uint8 each."""
+@functools.cache
+def _read_isbi():
     return tifffile.imread(DATA / "train-volume.tif"), tifffile.imread(DATA / "train-labels.tif")
+
+
+@pytest.fixture
+def isbi():
+    """(images, labels): the 30 ISBI 2012 training slices, (30, 512, 512) uint8 each, read
+    once per test process."""
+    return _read_isbi()
 
 
 @pytest.fixture
