@@ -88,6 +88,7 @@ from biounet.tiling import (  # noqa: E402
     plan_tiles,
     probabilities,
     tiled_probabilities,
+    unet_predictor,
     whole_image_probabilities,
 )
 
@@ -105,7 +106,7 @@ def test_valid_tiling_equals_one_pass_over_the_whole_padded_image(rng, shape, ti
     plan = plan_tiles(model.config, shape, tile=tile, precision="fp32")
     assert plan.tile == tile and plan.stride % 16 == 0 and plan.stride <= plan.out
     with torch.inference_mode():
-        tiled = tiled_probabilities(model, x, plan, "fp32")
+        tiled = tiled_probabilities(unet_predictor(model, "fp32"), x, plan)
         whole = whole_image_probabilities(model, x, "fp32")
     assert tiled.shape == (1, *shape)
     np.testing.assert_allclose(tiled, whole, atol=1e-4, rtol=0)
@@ -124,7 +125,7 @@ def test_same_padding_blending_leaves_no_seam_on_a_constant_image():
     plan = plan_tiles(model.config, image.shape, tile=64, precision="fp32")
     assert plan.stride < plan.tile  # overlapping tiles
     with torch.inference_mode():
-        out = tiled_probabilities(model, normalize(image), plan, "fp32")[0]
+        out = tiled_probabilities(unet_predictor(model, "fp32"), normalize(image), plan)[0]
     # the seams: columns where one tile ends and the next begins, in image coordinates
     step = np.abs(np.diff(out, axis=1))
     m = (plan.tile - plan.stride) // 2
@@ -139,7 +140,7 @@ def test_same_padding_tiles_match_a_whole_pass_in_the_interior(rng):
     x = normalize(image)
     plan = plan_tiles(model.config, x.shape, tile=96, precision="fp32")
     with torch.inference_mode():
-        tiled = tiled_probabilities(model, x, plan, "fp32")
+        tiled = tiled_probabilities(unet_predictor(model, "fp32"), x, plan)
         whole = whole_image_probabilities(model, x, "fp32")
     # a same-padding network sees zeros at every tile edge, so tiles cannot equal one pass
     # exactly; the Gaussian blend keeps the interior close (documented tolerance: mean
@@ -198,3 +199,131 @@ def test_overlap_is_configurable_and_checked(rng):
     assert predict(model, image, tile=48, overlap=0.5, precision="fp32").shape == (100, 100)
     with pytest.raises(ValueError, match="overlap must be in"):
         plan_tiles(model.config, image.shape, overlap=1.0)
+
+
+# ---------------------------------------------------------------------------------------
+# The core over any predictor: predictors whose answers are known (MONAI's `data + 1`)
+
+from dataclasses import replace  # noqa: E402
+
+from biounet.tiling import TilePlan  # noqa: E402
+
+
+def _small_plan(padding, shape, batch=None, overlap=0.25):
+    """A depth-2 plan with the smallest usable tiles, so an odd image needs many of them."""
+    cfg = ModelConfig(depth=2, base_channels=4, padding=padding)
+    plan = plan_tiles(cfg, shape, tile=44 if padding == "valid" else 16, overlap=overlap)
+    return plan if batch is None else replace(plan, batch=batch)
+
+
+def _cropped(x, plan):
+    """The centre (B, 1, out, out) of (B, 1, tile, tile) tiles: what a valid network sees."""
+    b = (plan.tile - plan.out) // 2
+    return x[:, :, b : b + plan.out, b : b + plan.out]
+
+
+def _recording(fn, plan, calls):
+    """``fn`` as a predictor that records the shape and dtype of every batch it is given."""
+
+    def predictor(x):
+        calls.append((tuple(x.shape), x.dtype))
+        return fn(_cropped(x, plan))
+
+    return predictor
+
+
+@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("shape", [(37, 53), (130, 97), (1, 41), (29, 1), (1, 1)])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_tiling_a_plus_one_predictor_gives_the_image_plus_one_exactly(rng, padding, shape, tta):
+    # integer-valued float32: every sum and mean below is exact, so must be the result. Valid
+    # tiles are copied; same-padding tiles are blended by a running weighted mean that adds
+    # exactly 0 where a tile agrees with what is there, and here all tiles agree.
+    image = rng.integers(-1000, 1000, shape).astype(np.float32)
+    plan = _small_plan(padding, shape, batch=16)
+    calls = []
+    out = tiled_probabilities(_recording(lambda x: x + 1, plan, calls), image, plan, tta=tta)
+    np.testing.assert_array_equal(out, (image + 1)[None])
+    assert out.dtype == np.float32
+    assert {dtype for _, dtype in calls} == {torch.float32}
+    assert {s[1:] for s, _ in calls} == {(1, plan.tile, plan.tile)}
+    if max(shape) > 100:  # many tiles, overlapping where the padding is same
+        assert sum(s[0] for s, _ in calls) > (8 if tta else 1) * 20
+        assert padding == "valid" or plan.stride < plan.tile
+
+
+@pytest.mark.parametrize("overlap", [0.25, 0.5, 0.75])
+def test_same_padding_plus_one_stays_exact_at_any_overlap(rng, overlap):
+    image = rng.integers(0, 256, (61, 45)).astype(np.float32)
+    plan = _small_plan("same", image.shape, overlap=overlap)
+    assert plan.stride < plan.tile
+    out = tiled_probabilities(lambda x: x + 1, image, plan)
+    np.testing.assert_array_equal(out, (image + 1)[None])
+
+
+@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_channels_keep_their_order_and_place(rng, padding, tta):
+    image = rng.integers(-50, 50, (45, 38)).astype(np.float32)
+    plan = _small_plan(padding, image.shape, batch=4)
+    three = lambda x: torch.cat([x + 1, 2 * x, -x], dim=1)  # noqa: E731
+    out = tiled_probabilities(_recording(three, plan, []), image, plan, tta=tta)
+    np.testing.assert_array_equal(out, np.stack([image + 1, 2 * image, -image]))
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_a_constant_per_channel_is_returned_exactly_everywhere(padding):
+    # not dyadic: only a blend that leaves agreeing tiles untouched returns these bits
+    values = torch.tensor([0.1, 0.7, 0.2])
+    plan = _small_plan(padding, (50, 71), batch=5)
+    const = lambda x: values.view(1, 3, 1, 1).repeat(x.shape[0], 1, *x.shape[2:])  # noqa: E731
+    out = tiled_probabilities(_recording(const, plan, []), np.zeros((50, 71), np.float32), plan)
+    assert out.shape == (3, 50, 71)
+    np.testing.assert_array_equal(out, np.broadcast_to(values.numpy()[:, None, None], out.shape))
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_the_predictor_only_ever_gets_whole_tiles_in_full_batches(rng, padding):
+    image = rng.random((83, 29)).astype(np.float32)
+    plan = _small_plan(padding, image.shape, batch=4)
+    calls = []
+    tiled_probabilities(_recording(lambda x: x, plan, calls), image, plan)
+    sizes = [s[0] for s, _ in calls]
+    assert len(sizes) > 2 and all(s[1:] == (1, plan.tile, plan.tile) for s, _ in calls)
+    assert sizes[:-1] == [4] * (len(sizes) - 1) and 1 <= sizes[-1] <= 4
+
+
+def test_two_disagreeing_tiles_blend_smoothly_from_one_to_the_other():
+    plan = _small_plan("same", (12, 24), batch=1)  # 16-px tiles, stride 12: two side by side
+    calls = []
+
+    def tile_index(x):  # 0 for the first tile, 1 for the second
+        calls.append(x.shape)
+        return torch.full(x.shape, float(len(calls) - 1))
+
+    out = tiled_probabilities(tile_index, np.zeros((12, 24), np.float32), plan)[0]
+    assert len(calls) == 2
+    assert out[:, 0].max() == 0 and out[:, -1].min() == 1  # covered by one tile only
+    assert np.all(np.diff(out, axis=1) >= 0) and 0 < out[0, 12] < 1  # a ramp, not a step
+    np.testing.assert_allclose(out + out[:, ::-1], 1, atol=1e-6)  # the window is symmetric
+
+
+def test_a_predictor_answering_the_wrong_shape_is_named():
+    plan = _small_plan("valid", (30, 30))
+    with pytest.raises(ValueError, match=r"predictor returned \(1, 1, 44, 44\) for tiles"):
+        tiled_probabilities(lambda x: x + 1, np.zeros((30, 30), np.float32), replace(plan, batch=1))
+    with pytest.raises(ValueError, match=r"non-empty \(H, W\) image, got shape \(2, 3, 4\)"):
+        tiled_probabilities(lambda x: x, np.zeros((2, 3, 4), np.float32), plan)
+
+
+def test_a_tile_plan_refuses_gaps_and_inconsistent_edges():
+    with pytest.raises(ValueError, match="stride must be in \\[1, out = 4\\] \\(no gaps\\), got 8"):
+        TilePlan(tile=44, out=4, stride=8, batch=1, padding="valid")
+    with pytest.raises(ValueError, match="same padding needs out == tile, got out 12, tile 16"):
+        TilePlan(tile=16, out=12, stride=12, batch=1, padding="same")
+    with pytest.raises(ValueError, match="valid padding needs 0 < out < tile"):
+        TilePlan(tile=44, out=44, stride=4, batch=1, padding="valid")
+    with pytest.raises(ValueError, match="padding must be 'valid' or 'same', got 'full'"):
+        TilePlan(tile=16, out=16, stride=12, batch=1, padding="full")
+    with pytest.raises(ValueError, match="batch must be >= 1, got 0"):
+        TilePlan(tile=16, out=16, stride=12, batch=0, padding="same")

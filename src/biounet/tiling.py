@@ -1,5 +1,10 @@
 """Overlap-tile inference: any image size, bounded memory, seamless.
 
+The core, :func:`tiled_probabilities`, runs any predictor: a callable mapping a (B, 1, S, S)
+float32 batch of tiles to (B, K, s, s) float32 probabilities. A UNet becomes one with
+:func:`unet_predictor` (device, memory layout, autocast, logits -> probabilities); a test can
+pass ``lambda x: x + 1`` and check that the stitching is exact.
+
 Valid padding (the paper): the image is mirror-padded by the network's border (92 px for
 depth 4) and cut into input tiles whose output tiles abut. Tile origins are multiples of
 2**depth, the pooling grid, so each tile computes exactly what a single pass over the whole
@@ -8,7 +13,8 @@ rows are written twice with the same values). No blending is needed.
 
 Same padding: overlapping tiles are blended with a Gaussian window (nnU-Net's sigma = tile
 / 8), the image mirror-padded by half the overlap so that its own border never sits at a
-zero-padded tile edge.
+zero-padded tile edge. The blend is a running weighted mean, so tiles that agree on a pixel
+give exactly their value there.
 
 Memory: the tile edge is the largest valid one whose estimated activations fit a budget
 (default 1 GiB), tiles are batched to fill it, and only the output (H, W) and the padded
@@ -19,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +48,10 @@ from .model import (
     output_size,
     valid_input_size,
 )
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+"""(B, 1, S, S) float32 tiles -> (B, K, s, s) float32 probabilities; s = S (same padding) or
+S - 2 * border (valid padding), K fixed for a predictor."""
 
 log = logging.getLogger("biounet")
 
@@ -81,12 +91,28 @@ def evaluating(model: torch.nn.Module):
 
 @dataclass(frozen=True)
 class TilePlan:
-    """How an image is cut: input tile edge, output tile edge, stride, batch (pixels)."""
+    """How an image is cut: input tile edge, output tile edge, stride (pixels), batch
+    (tiles), and the network's padding, which decides abutting or blended tiles."""
 
     tile: int  # input tile edge S
     out: int  # output tile edge (S - 2 border for valid, S for same)
     stride: int  # distance between tile origins, a multiple of 2**depth
     batch: int  # tiles per forward pass
+    padding: str  # "valid": output tiles abut; "same": overlapping tiles are blended
+
+    def __post_init__(self):
+        if self.padding not in ("valid", "same"):
+            raise ValueError(f"padding must be 'valid' or 'same', got {self.padding!r}")
+        S, s = self.tile, self.out
+        if self.padding == "same" and s != S:
+            raise ValueError(f"same padding needs out == tile, got out {s}, tile {S}")
+        if self.padding == "valid" and not (0 < s < S and (S - s) % 2 == 0):
+            raise ValueError(f"valid padding needs 0 < out < tile, tile - out even; "
+                             f"got out {s}, tile {S}")  # fmt: skip
+        if not 1 <= self.stride <= s:
+            raise ValueError(f"stride must be in [1, out = {s}] (no gaps), got {self.stride}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
 
 
 def activation_bytes(cfg: ModelConfig, tile: int, precision: str) -> int:
@@ -155,7 +181,7 @@ def _plan(cfg: ModelConfig, tile: int, need: int, overlap: float, budget: int, p
     else:
         stride = max(q, int(tile * (1 - overlap)) // q * q)
     batch = max(1, budget // activation_bytes(cfg, tile, precision))
-    return TilePlan(tile=tile, out=out, stride=stride, batch=int(batch))
+    return TilePlan(tile=tile, out=out, stride=stride, batch=int(batch), padding=cfg.padding)
 
 
 def _computed_pixels(plan: TilePlan, shape: tuple[int, int], padding: str) -> int:
@@ -187,7 +213,109 @@ def gaussian_window(tile: int, sigma_scale: float = 1 / 8) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------
-# Running
+# The core: any predictor
+
+DIHEDRAL = [(k, f) for k in range(4) for f in (False, True)]  # the 8 TTA transforms
+
+
+def tiled_probabilities(
+    predictor: Predictor,
+    image: np.ndarray,
+    plan: TilePlan,
+    *,
+    tta: bool = False,
+    progress: bool = False,
+) -> np.ndarray:
+    """(H, W) float32 image -> (K, H, W) float32 ``predictor`` output, tiled as ``plan`` says.
+
+    The image is passed to the predictor as it is (normalise it first). With ``tta``, the
+    mean over the 8 flips / quarter turns of the image, each mapped back (the plan, chosen
+    from max(H, W) and H * W, serves the transposed image as well).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim != 2 or min(image.shape) < 1:
+        raise ValueError(f"expected a non-empty (H, W) image, got shape {image.shape}")
+    if not tta:
+        return _stitched(predictor, image, plan, progress)
+    total = None
+    for k, flip in DIHEDRAL:
+        xt = np.ascontiguousarray(dihedral(torch.from_numpy(image), k, flip).numpy())
+        p = _stitched(predictor, xt, plan, progress)
+        p = inverse_dihedral(torch.from_numpy(p), k, flip).numpy()
+        if total is None:
+            total = np.ascontiguousarray(p)
+        else:
+            total += p
+    total /= len(DIHEDRAL)
+    return total
+
+
+def _stitched(predictor: Predictor, image: np.ndarray, plan: TilePlan, progress: bool):
+    """One tiled pass: (H, W) float32 -> (K, H, W) float32."""
+    H, W = image.shape
+    S = plan.tile
+    if plan.padding == "valid":
+        b = (S - plan.out) // 2
+        oy, ox = _origins(H, plan), _origins(W, plan)
+        padded = mirror_pad(image, b, oy[-1] + S - H - b, b, ox[-1] + S - W - b)
+        out = None
+        for y, x, p in _tile_outputs(predictor, padded, oy, ox, plan, progress):
+            if out is None:
+                out = np.empty((p.shape[0], H, W), np.float32)
+            h, w = min(plan.out, H - y), min(plan.out, W - x)
+            out[:, y : y + h, x : x + w] = p[:, :h, :w]  # abutting tiles, no blending
+        return out
+    # same padding: Gaussian-blended overlapping tiles on a mirror-padded canvas
+    m = _margin(plan)
+    oy, ox = _origins(H + 2 * m, plan), _origins(W + 2 * m, plan)
+    Hp, Wp = oy[-1] + S, ox[-1] + S
+    top, left = m + (Hp - H - 2 * m) // 2, m + (Wp - W - 2 * m) // 2
+    padded = mirror_pad(image, top, Hp - H - top, left, Wp - W - left)
+    window = gaussian_window(S)
+    mean, wsum = None, np.zeros((Hp, Wp), np.float32)
+    for y, x, p in _tile_outputs(predictor, padded, oy, ox, plan, progress):
+        if mean is None:
+            mean = np.zeros((p.shape[0], Hp, Wp), np.float32)
+        # running weighted mean: mean += (p - mean) * w / (sum of w so far). The first tile
+        # gives p * (w / w) = p exactly, and a tile that agrees with the mean adds exactly
+        # 0, so tiles that agree on a pixel leave exactly their value there.
+        ws = wsum[y : y + S, x : x + S]
+        ws += window
+        mt = mean[:, y : y + S, x : x + S]
+        mt += (p - mt) * (window / ws)
+    return mean[:, top : top + H, left : left + W]
+
+
+def _tile_outputs(predictor, padded, oy, ox, plan, progress):
+    """Yield (y, x, (K, out, out) float32) for the tiles at origins oy x ox of the padded
+    image, run in batches, with a progress bar when there is more than one batch."""
+    S, s = plan.tile, plan.out
+    coords = [(y, x) for y in oy for x in ox]
+    quiet = not progress or len(coords) <= plan.batch
+    K = None  # the predictor's channels, fixed by its first answer
+    with tqdm(total=len(coords), desc="tiles", unit="tile", disable=quiet, leave=False) as bar:
+        for batch in _batches(coords, plan.batch):
+            B = len(batch)
+            tiles = np.stack([padded[y : y + S, x : x + S] for y, x in batch])[:, None]
+            with torch.inference_mode():
+                probs = predictor(torch.from_numpy(tiles))  # (B, K, s, s)
+            K = probs.shape[1] if K is None and probs.ndim == 4 else K
+            if tuple(probs.shape) != (B, K, s, s):
+                want = f"({B}, {'K' if K is None else K}, {s}, {s})"
+                raise ValueError(f"predictor returned {tuple(probs.shape)} for tiles "
+                                 f"{tiles.shape}; expected {want}")  # fmt: skip
+            for (y, x), p in zip(batch, probs.float().cpu().numpy(), strict=True):
+                yield y, x, p
+            bar.update(B)
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# ---------------------------------------------------------------------------------------
+# The UNet as a predictor
 
 
 def _channels(logits: torch.Tensor) -> torch.Tensor:
@@ -200,71 +328,22 @@ def _channels(logits: torch.Tensor) -> torch.Tensor:
     return probs[:, 1:2] if probs.shape[1] == 2 else probs
 
 
-def _batches(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-def _run(model: UNet, tiles: list[np.ndarray], precision: str) -> torch.Tensor:
+def unet_predictor(model: UNet, precision: str) -> Predictor:
+    """``model`` as a :data:`Predictor`: (B, 1, S, S) float32 normalised tiles on any device
+    -> (B, K, s, s) float32 CPU probabilities (K = 1, the foreground, for 1- and 2-output
+    models; C for more), run where the model is, in ``precision`` ("bf16" or "fp32") with
+    the matching memory layout. Train/eval mode is the caller's (see :func:`evaluating`).
+    """
     device = next(model.parameters()).device
-    x = torch.from_numpy(np.stack(tiles)[:, None]).to(device)
-    x = x.contiguous(memory_format=memory_format(device, precision))
-    with autocast(device, precision):
-        logits = model(x)
-    return _channels(logits).cpu()
+    layout = memory_format(device, precision)
 
+    def predict_tiles(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device).contiguous(memory_format=layout)
+        with autocast(device, precision):
+            logits = model(x)
+        return _channels(logits).cpu()
 
-def tiled_probabilities(
-    model: UNet,
-    image: np.ndarray,
-    plan: TilePlan,
-    precision: str,
-    progress: bool = False,
-) -> np.ndarray:
-    """(H, W) normalised float32 image -> (K, H, W) float32 probabilities (K = 1 for
-    binary models: the foreground), by overlap-tiling as planned."""
-    H, W = image.shape
-    S = plan.tile
-    if model.config.padding == "valid":
-        b = (S - plan.out) // 2
-        oy, ox = _origins(H, plan), _origins(W, plan)
-        padded = mirror_pad(image, b, oy[-1] + S - H - b, b, ox[-1] + S - W - b)
-        out = None
-        for y, x, p in _tile_outputs(model, padded, oy, ox, plan, precision, progress):
-            if out is None:
-                out = np.empty((p.shape[0], H, W), np.float32)
-            h, w = min(plan.out, H - y), min(plan.out, W - x)
-            out[:, y : y + h, x : x + w] = p[:, :h, :w]  # abutting tiles, no blending
-        return out
-    # same padding: Gaussian-blended overlapping tiles on a mirror-padded canvas
-    m = _margin(plan)
-    oy, ox = _origins(H + 2 * m, plan), _origins(W + 2 * m, plan)
-    Hp, Wp = oy[-1] + S, ox[-1] + S
-    top, left = m + (Hp - H - 2 * m) // 2, m + (Wp - W - 2 * m) // 2
-    padded = mirror_pad(image, top, Hp - H - top, left, Wp - W - left)
-    window = gaussian_window(S) if len(oy) * len(ox) > 1 else np.ones((S, S), np.float32)
-    acc, wsum = None, np.zeros((Hp, Wp), np.float32)
-    for y, x, p in _tile_outputs(model, padded, oy, ox, plan, precision, progress):
-        if acc is None:
-            acc = np.zeros((p.shape[0], Hp, Wp), np.float32)
-        acc[:, y : y + S, x : x + S] += p * window
-        wsum[y : y + S, x : x + S] += window
-    acc /= wsum
-    return acc[:, top : top + H, left : left + W]
-
-
-def _tile_outputs(model, padded, oy, ox, plan, precision, progress):
-    """Yield (y, x, (K, out, out) probabilities) for the tiles at origins oy x ox of the
-    padded image, run in batches, with a progress bar when there is more than one batch."""
-    S = plan.tile
-    coords = [(y, x) for y in oy for x in ox]
-    quiet = not progress or len(coords) <= plan.batch
-    with tqdm(total=len(coords), desc="tiles", unit="tile", disable=quiet, leave=False) as bar:
-        for batch in _batches(coords, plan.batch):
-            probs = _run(model, [padded[y : y + S, x : x + S] for y, x in batch], precision)
-            for (y, x), p in zip(batch, probs.numpy(), strict=True):
-                yield y, x, p
-            bar.update(len(batch))
+    return predict_tiles
 
 
 def whole_image_probabilities(model: UNet, image: np.ndarray, precision: str) -> np.ndarray:
@@ -275,12 +354,10 @@ def whole_image_probabilities(model: UNet, image: np.ndarray, precision: str) ->
     cfg = model.config
     H, W = image.shape
     (top, bottom), (left, right) = (padding_for(s, cfg.depth, cfg.padding) for s in (H, W))
-    probs = _run(model, [mirror_pad(image, top, bottom, left, right)], precision)[0]
+    padded = mirror_pad(image, top, bottom, left, right)
+    probs = unet_predictor(model, precision)(torch.from_numpy(padded[None, None]))[0]
     oy, ox = (0, 0) if cfg.padding == "valid" else (top, left)
     return probs[:, oy : oy + H, ox : ox + W].numpy()
-
-
-DIHEDRAL = [(k, f) for k in range(4) for f in (False, True)]  # the 8 TTA transforms
 
 
 def probabilities(
@@ -302,23 +379,11 @@ def probabilities(
     precision = resolve_precision(precision, device)
     model.to(memory_format=memory_format(device, precision))  # in place; the same weights
     x = normalize(image, model.config.normalization)
-    plan_for = lambda shape: plan_tiles(  # noqa: E731
-        model.config, shape, tile=tile, precision=precision, memory_mb=memory_mb, overlap=overlap
-    )
+    plan = plan_tiles(model.config, x.shape, tile=tile, precision=precision,
+                      memory_mb=memory_mb, overlap=overlap)  # fmt: skip
     with evaluating(model):
-        if not tta:
-            return tiled_probabilities(model, x, plan_for(x.shape), precision, progress)
-        total = None
-        for k, flip in DIHEDRAL:
-            xt = np.ascontiguousarray(dihedral(torch.from_numpy(x), k, flip).numpy())
-            p = tiled_probabilities(model, xt, plan_for(xt.shape), precision, progress)
-            p = inverse_dihedral(torch.from_numpy(p), k, flip).numpy()
-            if total is None:
-                total = np.ascontiguousarray(p)
-            else:
-                total += p
-    total /= len(DIHEDRAL)
-    return total
+        return tiled_probabilities(unet_predictor(model, precision), x, plan, tta=tta,
+                                   progress=progress)  # fmt: skip
 
 
 def predict(
