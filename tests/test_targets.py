@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from biounet.dataset import parse_slices
-from biounet.io import InputError, labels_to_instances, read_instances, write_tiff
+from biounet.io import InputError, read_instances, write_tiff
+from biounet.labels import labels_to_instances
 from biounet.targets import contour_target, inner_boundary, make_target, near_another_instance
 
 # two touching 3 x 2 objects and a lone pixel

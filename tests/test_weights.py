@@ -5,14 +5,8 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from biounet.io import InputError
-from biounet.weights import (
-    background_weights,
-    cached_weight_maps,
-    class_balance,
-    instances_from_mask,
-    separate_touching,
-    weight_map,
-)
+from biounet.labels import instances_from_mask, separate_touching
+from biounet.weights import background_weights, cached_weight_maps, class_balance, weight_map
 
 
 def slow_weight_map(mask, w0=10.0, sigma=5.0, background=None):

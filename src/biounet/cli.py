@@ -774,8 +774,9 @@ def cmd_weight_map(args) -> int:
     import numpy as np
 
     from .io import read_images, write_tiff
+    from .labels import instances_from_mask, separate_touching
     from .plots import plot_weight_map
-    from .weights import instances_from_mask, separate_touching, weight_map
+    from .weights import weight_map
 
     src = Path(args.labels)
     labels = read_images(src, mask=True)

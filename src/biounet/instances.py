@@ -20,9 +20,7 @@ from skimage.measure import regionprops
 from skimage.morphology import h_maxima, reconstruction
 from skimage.segmentation import expand_labels, watershed
 
-from .weights import nearest_two_distances
-
-FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+from .labels import EIGHT_CONNECTED, FOUR_CONNECTED, nearest_two_distances
 
 
 def _compact(labels: np.ndarray, n: int) -> np.ndarray:
@@ -114,7 +112,7 @@ def split_seeds(
     if solidity <= 0 or n == 0:
         return seeds, n
     seeds = seeds.copy()
-    eight = np.ones((3, 3), bool)
+    eight = EIGHT_CONNECTED
     for region in regionprops(seeds):
         if region.area < min_area or region.solidity >= solidity:
             continue
@@ -157,7 +155,7 @@ def peak_seeds(
         region &= np.asarray(within, bool)
     levels = np.rint(np.where(region, smooth, 0.0) * PEAK_LEVELS).astype(np.int32)
     h = max(1, round(dynamics * PEAK_LEVELS))
-    eight = np.ones((3, 3), bool)
+    eight = EIGHT_CONNECTED
     parts, m = ndimage.label(region, structure=eight)
     if m == 0:
         return parts, 0

@@ -217,32 +217,6 @@ def read_masks(path: str | Path, num_classes: int = 2, hint: str = "") -> Images
     return masks
 
 
-def labels_to_instances(labels: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
-    """(H, W) int32 instance labels (0 = background, 1..N objects) from a stored label
-    image, and whether it was a binary mask that had to be split into its 4-connected
-    components (touching objects then stay merged). InputError naming ``where`` for
-    fractional or negative values."""
-    from scipy import ndimage
-
-    if labels.dtype.kind == "f":
-        frac = labels[labels != np.round(labels)]
-        if frac.size:
-            raise InputError(f"{where}: label values are not instance ids: fractional value "
-                             f"{frac.flat[0]:g}")  # fmt: skip
-    elif labels.dtype.kind not in "biu":
-        raise InputError(f"{where}: label image of dtype {labels.dtype}; expected integers")
-    if labels.size and labels.min() < 0:
-        raise InputError(f"{where}: label values are not instance ids: negative value "
-                         f"{labels.min():g}")  # fmt: skip
-    values = np.unique(labels)
-    if np.isin(values, (0, 255)).all() and 255 in values or np.isin(values, (0, 1)).all():
-        comps, n = ndimage.label(labels != 0, structure=ndimage.generate_binary_structure(2, 1))
-        return comps.astype(np.int32), n > 1 or 255 in values
-    if values.max() > np.iinfo(np.int32).max:
-        raise InputError(f"{where}: instance id {values.max():g} is too large")
-    return labels.astype(np.int32), False
-
-
 def read_instances(path: str | Path) -> Images:
     """Read instance-label images like :func:`read_images`: (H, W) int32, 0 = background.
 
@@ -256,6 +230,8 @@ def read_instances(path: str | Path) -> Images:
 def as_instances(labels: Images) -> Images:
     """:func:`read_instances` for images already read (``mask=True``): converted in place."""
     import logging
+
+    from .labels import labels_to_instances  # labels imports this module (InputError)
 
     binary = []
     for i, arr in enumerate(labels.arrays):

@@ -17,12 +17,11 @@ import numpy as np
 from scipy import ndimage
 
 from .config import TARGETS
-from .weights import separate_touching
+from .labels import FOUR_CONNECTED, separate_touching
 
 __all__ = ["TARGETS", "NUM_CLASSES", "make_target", "binary_target", "contour_target"]
 NUM_CLASSES = {"mask": 2, "binary": 2, "contour": 3}
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
-FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
 
 def inner_boundary(instances: np.ndarray) -> np.ndarray:

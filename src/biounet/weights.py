@@ -14,6 +14,9 @@ background pixels f_fg / f_bg (3.6 on average on ISBI 2012, where membranes are 
 That is each image's own balance, as in the paper; ``background`` (and
 ``TrainConfig.class_balance``) fixes it instead: one ratio for the whole training set, or 1.
 
+The instances, their carved borders and d1, d2 come from :mod:`biounet.labels`; this
+module holds the weights alone (class balance, border term, a cache per training set).
+
 Limiting cases (never NaN): fewer than two cells -> the border term is 0 (d2 is infinite);
 no foreground or no background -> w_c = 1 everywhere.
 """
@@ -25,53 +28,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
+from . import labels
 from .io import InputError
-
-FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
-
-
-def instances_from_mask(mask: np.ndarray) -> np.ndarray:
-    """(H, W) int32 instance labels 1..N from a mask; 0 = background.
-
-    A binary mask (0/255 or 0/1, or bool) gives the 4-connected components of its
-    foreground; any other integer image is taken as instance labels and kept as is.
-    """
-    if mask.dtype.kind == "f":
-        if not np.all(mask == np.round(mask)):
-            raise InputError("label image is not integer: instance labels must be whole numbers")
-        mask = mask.astype(np.int64)
-    if mask.dtype.kind not in "biu":
-        raise InputError(f"label image has dtype {mask.dtype}; expected integers")
-    values = np.unique(mask)
-    if values.min() < 0:
-        raise InputError(f"label image has negative value {values.min()}")
-    if np.isin(values, (0, 1)).all() or np.isin(values, (0, 255)).all():
-        labels, _ = ndimage.label(mask != 0, structure=FOUR_CONNECTED)
-        return labels.astype(np.int32)
-    return mask.astype(np.int32)
-
-
-def separate_touching(instances: np.ndarray) -> np.ndarray:
-    """Instances with a background border carved between touching ones.
-
-    A foreground pixel whose 4-neighbour belongs to a different instance becomes
-    background (0), as in the paper. Returns (H, W) int32.
-    """
-    lab = instances
-    touching = np.zeros(lab.shape, bool)
-    for axis in (0, 1):
-        a = lab.take(range(lab.shape[axis] - 1), axis=axis)
-        b = lab.take(range(1, lab.shape[axis]), axis=axis)
-        edge = (a != b) & (a != 0) & (b != 0)
-        lo = [slice(None)] * 2
-        hi = [slice(None)] * 2
-        lo[axis] = slice(0, lab.shape[axis] - 1)
-        hi[axis] = slice(1, lab.shape[axis])
-        touching[tuple(lo)] |= edge
-        touching[tuple(hi)] |= edge
-    return np.where(touching, 0, lab).astype(np.int32)
 
 
 def class_balance(foreground: np.ndarray, background: float | None = None) -> np.ndarray:
@@ -91,33 +50,6 @@ def _cutoff(w0: float, sigma: float, tol: float = 1e-6) -> float:
     if w0 <= tol:
         return 0.0
     return sigma * math.sqrt(2.0 * math.log(w0 / tol))
-
-
-def nearest_two_distances(
-    instances: np.ndarray, max_distance: float = math.inf
-) -> tuple[np.ndarray, np.ndarray]:
-    """d1, d2: (H, W) float64 distances to the nearest and second-nearest instance.
-
-    Exact wherever the distance is below ``max_distance``; beyond it the value may be
-    ``inf``. Each instance's distance transform is computed only in its bounding box grown
-    by ``max_distance``, so the cost follows the cells' sizes, not their number times the
-    image.
-    """
-    H, W = instances.shape
-    d1 = np.full((H, W), np.inf)
-    d2 = np.full((H, W), np.inf)
-    reach = H + W if math.isinf(max_distance) else int(math.ceil(max_distance)) + 1
-    for i, box in enumerate(ndimage.find_objects(instances), start=1):
-        if box is None:
-            continue
-        y0, y1 = max(0, box[0].start - reach), min(H, box[0].stop + reach)
-        x0, x1 = max(0, box[1].start - reach), min(W, box[1].stop + reach)
-        crop = instances[y0:y1, x0:x1]
-        d = ndimage.distance_transform_edt(crop != i)
-        a, b = d1[y0:y1, x0:x1], d2[y0:y1, x0:x1]  # views: updated in place
-        np.minimum(b, np.maximum(a, d), out=b)
-        np.minimum(a, d, out=a)
-    return d1, d2
 
 
 def weight_map(
@@ -144,13 +76,13 @@ def weight_map(
         raise InputError(f"expected an (H, W) mask, got shape {mask.shape}")
     if sigma <= 0 or w0 < 0:
         raise InputError(f"need sigma > 0 and w0 >= 0, got sigma={sigma}, w0={w0}")
-    inst = instances_from_mask(mask)
+    inst = labels.instances_from_mask(mask)
     if separate:
-        inst = separate_touching(inst)
+        inst = labels.separate_touching(inst)
     wc = class_balance(inst != 0, background)
     if w0 == 0:
         return wc
-    d1, d2 = nearest_two_distances(inst, _cutoff(w0, sigma))
+    d1, d2 = labels.nearest_two_distances(inst, _cutoff(w0, sigma))
     border = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))  # exp(-inf) = 0
     return (wc + np.where(inst == 0, border, 0.0)).astype(np.float32)
 
@@ -169,7 +101,8 @@ def background_weights(masks: list[np.ndarray], balance: str) -> list[float | No
         return [1.0] * len(masks)
     if balance != "dataset":
         raise ValueError(f"class_balance must be image, dataset or none, got {balance!r}")
-    fg = sum(int(np.count_nonzero(separate_touching(instances_from_mask(m)))) for m in masks)
+    carved = (labels.separate_touching(labels.instances_from_mask(m)) for m in masks)
+    fg = sum(int(np.count_nonzero(c)) for c in carved)
     total = sum(m.size for m in masks)
     return [fg / (total - fg) if 0 < fg < total else 1.0] * len(masks)
 
