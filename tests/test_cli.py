@@ -437,11 +437,11 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
               "--seed-threshold", "0.3", "--split-solidity", "0.85", "--split-depth", "2.5",
               "--seed-dynamics", "0.15", "--threshold", "0.8"]  # fmt: skip
     code, _, _ = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"), *stored], capsys)
-    shipped = load_checkpoint(tmp_path / "m.pt")["preset"]["train"]
-    assert code == 0 and (shipped["min_object_peak"], shipped["min_object_size"]) == (0.9, 7)
-    assert shipped["min_object_fraction"] == 0.25
+    shipped = load_checkpoint(tmp_path / "m.pt")["preset"]["inference"]
+    assert code == 0 and (shipped["min_peak"], shipped["min_size"]) == (0.9, 7)
+    assert shipped["min_fraction"] == 0.25
     assert shipped["tta"] is False  # not asked for: predict's default stays plain
-    assert (shipped["seed_threshold"], shipped["foreground_threshold"]) == (0.3, 0.8)
+    assert (shipped["seed_threshold"], shipped["threshold"]) == (0.3, 0.8)
     assert (shipped["split_solidity"], shipped["split_depth"]) == (0.85, 2.5)
     assert shipped["seed_dynamics"] == 0.15
     # what export stores is what the flags give for one call
@@ -464,7 +464,7 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     assert changed  # the foreground threshold took effect
     # a stored TTA default: predict averages the 8 views unless --no-tta
     code, _, _ = run(["export", str(out / "best.pt"), str(tmp_path / "t.pt"), "--tta"], capsys)
-    assert code == 0 and load_checkpoint(tmp_path / "t.pt")["preset"]["train"]["tta"] is True
+    assert code == 0 and load_checkpoint(tmp_path / "t.pt")["preset"]["inference"]["tta"] is True
     for model, flags, dest in (
         (tmp_path / "t.pt", [], "t-default"),
         (out / "best.pt", ["--tta"], "t-flag"),

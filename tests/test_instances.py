@@ -337,21 +337,38 @@ def test_the_api_dispatches_on_shape_and_rejects_others():
 
 
 def test_a_model_carries_its_seed_split_setting():
-    from biounet.config import TrainConfig
+    from biounet.config import InferenceConfig
 
-    off = TrainConfig(target="contour").instance_options()
+    off = InferenceConfig().instance_options("contour")
     assert "split_solidity" not in off  # older models and the default: no split
-    on = TrainConfig(target="contour", split_solidity=0.85, split_depth=2.0).instance_options()
+    on = InferenceConfig(split_solidity=0.85, split_depth=2.0).instance_options("contour")
     assert (on["split_solidity"], on["split_depth"]) == (0.85, 2.0)
-    assert (
-        "split_solidity" not in TrainConfig(target="binary", split_solidity=0.85).instance_options()
-    )
-    with pytest.raises(ValueError, match="split_solidity must be in"):
-        TrainConfig(split_solidity=1.5)
-    with pytest.raises(ValueError, match="split_depth > 0, got 0.0, 0"):
-        TrainConfig(split_depth=0)
+    assert "split_solidity" not in InferenceConfig(split_solidity=0.85).instance_options("binary")
+    with pytest.raises(ValueError, match=r"split_solidity must be in \[0, 1\], got 1.5"):
+        InferenceConfig(split_solidity=1.5)
+    with pytest.raises(ValueError, match="split_depth must be > 0 pixels, got 0"):
+        InferenceConfig(split_depth=0)
     assert "min_fraction" not in off
-    assert TrainConfig(min_object_fraction=0.3).instance_options()["min_fraction"] == 0.3
+    assert InferenceConfig(min_fraction=0.3).instance_options("binary")["min_fraction"] == 0.3
     for bad in (-0.1, 1.5, float("nan")):
-        with pytest.raises(ValueError, match="min_object_fraction must be in"):
-            TrainConfig(min_object_fraction=bad)
+        with pytest.raises(ValueError, match="min_fraction must be in"):
+            InferenceConfig(min_fraction=bad)
+
+
+def test_instance_options_are_the_keywords_each_method_reads():
+    from biounet.config import InferenceConfig
+
+    cfg = InferenceConfig(threshold=0.6, min_size=25, min_peak=0.9, min_fraction=0.3,
+                          seed_threshold=0.4, seed_dynamics=0.25, split_solidity=0.8,
+                          split_depth=4.0)  # fmt: skip
+    common = {"threshold": 0.6, "min_size": 25, "min_peak": 0.9, "min_fraction": 0.3}
+    assert cfg.instance_options("components") == {**common, "gap": 0}  # nothing to grow back
+    assert cfg.instance_options("binary") == common
+    assert cfg.instance_options("contour") == {**common, "seed_threshold": 0.4,
+                                               "seed_dynamics": 0.25, "split_solidity": 0.8,
+                                               "split_depth": 4.0}  # fmt: skip
+    # each method's options are what instances() accepts for its input
+    probs = np.random.default_rng(0).random((3, 16, 16)).astype(np.float32)
+    for method, x in (("components", 1 - probs[0]), ("binary", 1 - probs[0]),
+                      ("contour", probs)):  # fmt: skip
+        assert biounet.instances(x, **cfg.instance_options(method)).shape == (16, 16)

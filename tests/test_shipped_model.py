@@ -7,7 +7,7 @@ import numpy as np
 import tifffile
 import torch
 
-from biounet import model_from_checkpoint, predict
+from biounet import InferenceConfig, model_from_checkpoint, predict, segment
 from biounet.cli import main
 from biounet.metrics import isbi_scores
 
@@ -21,6 +21,9 @@ def test_the_shipped_model_is_weights_only_and_small():
     assert set(ckpt) >= {"format_version", "preset", "model"}
     assert "optimizer" not in ckpt and "rng" not in ckpt
     assert ckpt["preset"]["train"]["val_slices"] == "25-29"  # slices 25-29 never trained on
+    # written before InferenceConfig had a part of its own: the defaults it predicted with
+    assert "inference" not in ckpt["preset"]
+    assert model_from_checkpoint(MODEL)[1].inference == InferenceConfig()
 
 
 def test_the_shipped_model_segments_held_out_slice_25(isbi):
@@ -64,26 +67,30 @@ def test_the_shipped_nuclei_model_is_weights_only_and_never_saw_the_held_out_ima
     assert train["min_object_fraction"] == 0.3
     assert (train["seed_threshold"], train["seed_dynamics"]) == (0.4, 0.25)
     assert train["tta"] is True  # its setting was chosen on 8-view averages
+    # the legacy training keys become its inference configuration
+    assert "inference" not in ckpt["preset"]
+    assert model_from_checkpoint(NUCLEI)[1].inference == InferenceConfig(
+        threshold=0.6, tta=True, min_size=25, min_peak=0.9, min_fraction=0.3,
+        seed_threshold=0.4, seed_dynamics=0.25, split_solidity=0.0, split_depth=4.0,
+    )  # fmt: skip
 
 
 def test_the_shipped_nuclei_model_separates_held_out_touching_nuclei():
-    from biounet import instances
     from biounet.io import read_images
     from biounet.metrics import instance_scores_many
 
     names = _listed(HOLDOUT)[:4]
-    model, preset = model_from_checkpoint(NUCLEI)
+    model = model_from_checkpoint(NUCLEI)  # with its stored post-processing
     gts, preds = [], []
     for name in names:
         image = read_images(DSB / "images" / f"{name}.png").arrays[0]
         gts.append(tifffile.imread(DSB / "labels" / f"{name}.tif"))
-        probs = predict(model, image, tta=preset.train.tta)  # as `biounet predict` does
-        preds.append(instances(probs, **preset.train.instance_options()))
+        preds.append(segment(model, image, outputs=["instances"]).instances)
     r = instance_scores_many(gts, preds)
     # regression guards: on these 4 images (170 nuclei, many of them small) the model with
     # its stored post-processing (8-view TTA; peak seeds; objects of >= 25 px, or 0.3 x the
     # image's median object if smaller, peaking at P(interior) >= 0.9) scores AP@0.5 0.761
-    # with 7 merges (the model shipped until session 20: 0.739, 8); on all 40 held-out
+    # with 7 merges (an earlier shipped nuclei model: 0.739, 8); on all 40 held-out
     # images AP@0.5 0.861, DSB 0.662
     assert r["ap50"] > 0.74, r
     assert r["merges"] <= 15, r

@@ -265,6 +265,8 @@ def test_best_checkpoint_can_be_the_last_epoch(isbi_crops, tmp_path, monkeypatch
 
 
 def test_export_keeps_configuration_and_weights_only(isbi_crops, tmp_path):
+    from dataclasses import replace
+
     from biounet.checkpoint import export_model
 
     train(tiny_preset(*isbi_crops, epochs=2), tmp_path / "r", progress=False)
@@ -281,9 +283,11 @@ def test_export_keeps_configuration_and_weights_only(isbi_crops, tmp_path):
         assert torch.equal(a(x), b(x))
     assert (tmp_path / "m.pt").stat().st_size < (tmp_path / "r" / "best.pt").stat().st_size
     # exported again with a new post-processing setting: the training record stays
-    again = export_model(tmp_path / "m.pt", tmp_path / "m2.pt", min_object_size=7)
+    again = export_model(tmp_path / "m.pt", tmp_path / "m2.pt", min_size=7)
     assert (again["trained_seconds"], again["log"]) == (loaded["trained_seconds"], loaded["log"])
-    assert loaded["trained_seconds"] > 0 and again["preset"]["train"]["min_object_size"] == 7
+    assert loaded["trained_seconds"] > 0 and again["preset"]["inference"]["min_size"] == 7
+    stored = model_from_checkpoint(tmp_path / "m2.pt")[1].inference
+    assert stored == replace(preset.inference, min_size=7)  # the other settings stay
 
 
 def test_weight_averaging_is_saved_resumed_and_used_for_prediction(isbi_crops, tmp_path):

@@ -2,11 +2,11 @@
 
 Public API (re-exported names only)::
 
-    from biounet import UNet, get_preset, train, predict
+    from biounet import UNet, get_preset, train, predict, segment, InferenceConfig
 """
 
 from .checkpoint import export_model, load_checkpoint, model_from_checkpoint
-from .config import AugmentConfig, Preset, TrainConfig
+from .config import AugmentConfig, InferenceConfig, Preset, TrainConfig
 from .instances import instances
 from .io import InputError, read_images, read_instances, read_masks
 from .model import (
@@ -20,6 +20,7 @@ from .model import (
     valid_input_size,
 )
 from .presets import PRESETS, get_preset
+from .segment import Segmentation, segment, segment_files
 from .tiling import predict
 from .train import train
 from .weights import weight_map
@@ -28,10 +29,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AugmentConfig",
+    "InferenceConfig",
     "InputError",
     "ModelConfig",
     "PRESETS",
     "Preset",
+    "Segmentation",
     "TrainConfig",
     "UNet",
     "border",
@@ -48,6 +51,8 @@ __all__ = [
     "read_images",
     "read_instances",
     "read_masks",
+    "segment",
+    "segment_files",
     "train",
     "valid_input_size",
     "weight_map",

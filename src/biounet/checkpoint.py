@@ -1,6 +1,7 @@
 """Checkpoints: one plain dict, saved atomically, loaded with ``weights_only=True``.
 
-Keys: ``format_version``, ``preset`` (the full config as a dict, model included), ``model``
+Keys: ``format_version``, ``preset`` (the full config as a dict: model, train and inference;
+``Preset.from_dict`` reads files written before inference had a part of its own), ``model``
 (state_dict), ``optimizer``, ``epoch`` (completed epochs), ``step``, ``best`` (best
 selection score so far: a validation metric or the training loss, see ``select_by``),
 ``history`` (one dict per epoch, as in log.csv), ``rng`` (torch / generator / numpy
@@ -63,17 +64,18 @@ def shipped_model() -> Path | None:
     return None
 
 
-def export_model(source: str | Path, dest: str | Path, **train_settings) -> dict:
+def export_model(source: str | Path, dest: str | Path, **inference) -> dict:
     """Write the model of checkpoint ``source`` to ``dest`` for shipping: configuration and
     weights only (no optimiser state, RNG states or per-epoch history), plus the training
     record a user needs to trust it (epoch, step, seconds trained, the chosen epoch's log
-    row). ``train_settings`` (e.g. ``min_object_peak=0.9``; None values ignored) replace
-    the stored training configuration's, such as the instance post-processing that
-    ``predict`` reads from it; a ``source`` that was itself exported keeps its training
-    record. Returns the dict written. Loads with ``load_checkpoint`` like any checkpoint."""
+    row). ``inference`` (InferenceConfig fields, e.g. ``min_peak=0.9``; None values
+    ignored) replace the stored inference configuration that ``predict`` and
+    :func:`biounet.segment` use by default; a ``source`` that was itself exported keeps its
+    training record. Returns the dict written. Loads with ``load_checkpoint`` like any
+    checkpoint."""
     ckpt = load_checkpoint(source)
-    if any(v is not None for v in train_settings.values()):
-        ckpt["preset"] = Preset.from_dict(ckpt["preset"]).with_train(**train_settings).to_dict()
+    if any(v is not None for v in inference.values()):  # stored in today's layout
+        ckpt["preset"] = Preset.from_dict(ckpt["preset"]).with_inference(**inference).to_dict()
     history = ckpt.get("history") or []
     chosen = next((h for h in history if h.get("epoch") == ckpt.get("epoch")), {})
     shipped = {

@@ -9,25 +9,21 @@ import argparse
 import json
 import logging
 import sys
-from contextlib import ExitStack
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
-from .config import CLASS_BALANCES, HIGHER_IS_BETTER, SELECT_BY, TARGETS
+from .config import (
+    CLASS_BALANCES,
+    CONTOUR_OPTIONS,
+    HIGHER_IS_BETTER,
+    SELECT_BY,
+    TARGETS,
+    InferenceConfig,
+)
 from .io import InputError
+from .metrics import METRICS as ALL_METRICS
 
 log = logging.getLogger("biounet")
-
-ALL_METRICS = (
-    "v_rand",
-    "v_info",
-    "pixel_error",
-    "rand_error",
-    "warping_error",
-    "iou",
-    "dice",
-    "seg",
-)  # fmt: skip  (= metrics.METRICS, kept here so the parser needs no numpy)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,20 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="tile overlap for same-padding networks (default 0.25)",
     )
     s.add_argument(
-        "--tta",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="average the 8 flips / quarter turns (test-time augmentation); default: the "
-        "model's setting (off unless exported with --tta)",
-    )
-    s.add_argument(
-        "--threshold",
-        type=float,
-        help="also write a binary mask (0/255) of probability > T as *-mask.tif; with "
-        "--instances, also their foreground threshold (default there: the model's setting, "
-        "0.5 unless stored)",
-    )
-    s.add_argument(
         "--instances",
         action="store_true",
         help="also write instance labels (uint16; uint32 past 65535) as *-instances.tif (mask "
@@ -193,59 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "components; binary: components grown over the carved borders; contour: seeded "
         "watershed)",
     )
-    s.add_argument(
-        "--min-size",
-        type=int,
-        metavar="PX",
-        help="--instances: drop objects under PX pixels (default: the model's setting)",
-    )
-    s.add_argument(
-        "--min-peak",
-        type=float,
-        metavar="P",
-        help="--instances: drop objects whose highest interior / foreground probability "
-        "stays under P (default: the model's setting)",
-    )
-    s.add_argument(
-        "--min-fraction",
-        type=float,
-        metavar="F",
-        help="--instances: in each image, drop objects under F x the median size of its "
-        "objects of at least --min-size pixels where that is less than --min-size (an image "
-        "of small nuclei keeps them); 0: --min-size alone (default: the model's setting)",
-    )
-    s.add_argument(
-        "--seed-threshold",
-        type=float,
-        metavar="P",
-        help="--instances, contour models: P(interior) above which a pixel seeds an object "
-        "(default: the model's setting)",
-    )
-    s.add_argument(
-        "--seed-dynamics",
-        type=float,
-        metavar="H",
-        help="--instances, contour models: one seed per peak of P(interior) (smoothed 1 px) "
-        "standing H above the saddle to a higher one, where it exceeds --seed-threshold: "
-        "nuclei whose interiors meet at a ridge get a seed each; 0: the thresholded region's "
-        "components (default: the model's setting)",
-    )
-    s.add_argument(
-        "--split-solidity",
-        type=float,
-        metavar="S",
-        help="--instances, contour models: split a seed whose solidity (area / convex hull "
-        "area) is under S at its distance-transform peaks; 0: never (default: the model's "
-        "setting)",
-    )
-    s.add_argument(
-        "--split-depth",
-        type=float,
-        metavar="PX",
-        help="--instances, contour models: where seeds are split (--split-solidity or the "
-        "model's setting above 0), the peaks that split a seed stand at least PX pixels above "
-        "the saddle between them (default: the model's setting)",
-    )
+    add_inference_flags(s, stored=False)
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     s.add_argument("--no-progress", action="store_true")
@@ -254,26 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="strip a checkpoint to configuration + weights for sharing")
     s.add_argument("checkpoint", help="a checkpoint (e.g. runs/NAME/best.pt)")
     s.add_argument("out", help="the file to write (e.g. models/NAME.pt)")
-    s.add_argument("--min-size", type=int, metavar="PX",
-                   help="store this instance post-processing setting in the model")  # fmt: skip
-    s.add_argument("--min-peak", type=float, metavar="P",
-                   help="store this instance post-processing setting in the model")  # fmt: skip
-    s.add_argument("--min-fraction", type=float, metavar="F",
-                   help="store this instance post-processing setting in the model")  # fmt: skip
-    s.add_argument("--seed-threshold", type=float, metavar="P",
-                   help="store this instance post-processing setting in the model")  # fmt: skip
-    s.add_argument("--seed-dynamics", type=float, metavar="H",
-                   help="store this instance post-processing setting in the model")  # fmt: skip
-    s.add_argument("--split-solidity", type=float, metavar="S",
-                   help="store this instance post-processing setting in the model")  # fmt: skip
-    s.add_argument("--split-depth", type=float, metavar="PX",
-                   help="store this instance post-processing setting in the model")  # fmt: skip
-    s.add_argument("--threshold", type=float, metavar="T",
-                   help="store this foreground threshold in the model (predict "
-                   "--instances)")  # fmt: skip
-    s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="store whether predict averages the 8 flips / quarter turns by "
-                   "default (for post-processing tuned on averaged probabilities)")  # fmt: skip
+    add_inference_flags(s, stored=True)
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("bench", help="training and inference speed against same-run baselines")
@@ -349,12 +260,71 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# InferenceConfig fields with a flag of the same name: (type, metavar, what it does); the
+# instance options apply with --instances
+INFERENCE_FLAGS = {
+    "min_size": (int, "PX", "drop objects under PX pixels"),
+    "min_peak": (float, "P", "drop objects whose highest interior / foreground probability "
+                 "stays under P"),
+    "min_fraction": (float, "F", "in each image, drop objects under F x the median size of "
+                     "its objects of at least --min-size pixels where that is less than "
+                     "--min-size (an image of small nuclei keeps them); 0: --min-size alone"),
+    "seed_threshold": (float, "P", "P(interior) above which a pixel seeds an object"),
+    "seed_dynamics": (float, "H", "one seed per peak of P(interior) (smoothed 1 px) standing "
+                      "H above the saddle to a higher one, where it exceeds --seed-threshold: "
+                      "nuclei whose interiors meet at a ridge get a seed each; 0: the "
+                      "thresholded region's components"),
+    "split_solidity": (float, "S", "split a seed whose solidity (area / convex hull area) is "
+                       "under S at its distance-transform peaks; 0: never"),
+    "split_depth": (float, "PX", "where seeds are split (--split-solidity or the model's "
+                    "setting above 0), the peaks that split a seed stand at least PX pixels "
+                    "above the saddle between them"),
+}  # fmt: skip
+
+
+def flag(field: str) -> str:
+    """The command-line flag of an InferenceConfig field: min_size -> --min-size."""
+    return "--" + field.replace("_", "-")
+
+
+def add_inference_flags(parser: argparse.ArgumentParser, stored: bool) -> None:
+    """--tta / --no-tta, --threshold and the instance options: settings for one call
+    (predict), or ``stored`` in the model as its defaults (export). None: not given."""
+    if stored:
+        tta = ("store whether predict averages the 8 flips / quarter turns by default (for "
+               "post-processing tuned on averaged probabilities)")  # fmt: skip
+        threshold = "store this foreground threshold in the model (predict --instances)"
+    else:
+        tta = ("average the 8 flips / quarter turns (test-time augmentation); default: the "
+               "model's setting (off unless exported with --tta)")  # fmt: skip
+        threshold = ("also write a binary mask (0/255) of probability > T as *-mask.tif; with "
+                     "--instances, also their foreground threshold (default there: the "
+                     "model's setting, 0.5 unless stored)")  # fmt: skip
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=tta)
+    parser.add_argument("--threshold", type=float, metavar="T", help=threshold)
+    for field, (kind, metavar, what) in INFERENCE_FLAGS.items():
+        scope = "--instances, contour models" if field in CONTOUR_OPTIONS else "--instances"
+        what = (f"store in the model (predict {scope}): {what}" if stored
+                else f"{scope}: {what} (default: the model's setting)")  # fmt: skip
+        parser.add_argument(flag(field), type=kind, metavar=metavar, help=what)
+
+
+def inference_overrides(args) -> dict:
+    """The inference flags given, as InferenceConfig fields (absent: keep the model's
+    setting), each checked as InferenceConfig checks it; errors name the flag."""
+    given = {field: getattr(args, field) for field in ("tta", "threshold", *INFERENCE_FLAGS)
+             if getattr(args, field) is not None}  # fmt: skip
+    for field, value in given.items():
+        InferenceConfig.check(field, value, label=flag(field))
+    return given
+
+
 def cmd_info(args) -> int:
     from .model import UNet, count_parameters, output_size
     from .presets import get_preset
 
     preset = get_preset(args.preset)
-    m, t = preset.model, preset.train
+    m, t, i = preset.model, preset.train, preset.inference
     info = {
         "preset": preset.name,
         "description": preset.description,
@@ -364,6 +334,7 @@ def cmd_info(args) -> int:
         "padding": m.padding,
         "model": asdict(m),
         "train": asdict(t),
+        "inference": asdict(i),
     }
     if args.json:
         print(json.dumps(info))
@@ -409,41 +380,37 @@ def cmd_info(args) -> int:
         print(f"  loss weights the paper's w(x): w0 {t.w0:g}, sigma {t.sigma:g} px")
     if t.dice:
         print(f"  loss adds {t.dice:g} x soft Dice of the foreground")
-    if (
-        t.target != "mask"
-        or t.min_object_size
-        or t.min_object_peak
-        or t.foreground_threshold != 0.5
-    ):
-        kept = [f">= {t.min_object_size} px"] if t.min_object_size else []
-        if t.min_object_fraction and t.min_object_size:
-            kept[0] += (f" (or {t.min_object_fraction:g} x the image's median object if "
-                        "smaller)")  # fmt: skip
-        kept += [f"peak probability >= {t.min_object_peak:g}"] if t.min_object_peak else []
-        seeds = f"seeds P(interior) > {t.seed_threshold:g}; " if t.target == "contour" else ""
-        if t.target == "contour" and t.seed_dynamics:
-            seeds += f"one seed per peak {t.seed_dynamics:g} above its saddle; "
-        if t.target == "contour" and t.split_solidity:
-            seeds += (f"seeds under solidity {t.split_solidity:g} split at distance peaks "
-                      f"{t.split_depth:g} px deep; ")  # fmt: skip
-        print(f"  instances    {t.target} target; foreground P > {t.foreground_threshold:g}; "
+    if t.target != "mask" or i.min_size or i.min_peak or i.threshold != 0.5:
+        kept = [f">= {i.min_size} px"] if i.min_size else []
+        if i.min_fraction and i.min_size:
+            kept[0] += f" (or {i.min_fraction:g} x the image's median object if smaller)"
+        kept += [f"peak probability >= {i.min_peak:g}"] if i.min_peak else []
+        seeds = f"seeds P(interior) > {i.seed_threshold:g}; " if t.target == "contour" else ""
+        if t.target == "contour" and i.seed_dynamics:
+            seeds += f"one seed per peak {i.seed_dynamics:g} above its saddle; "
+        if t.target == "contour" and i.split_solidity:
+            seeds += (f"seeds under solidity {i.split_solidity:g} split at distance peaks "
+                      f"{i.split_depth:g} px deep; ")  # fmt: skip
+        print(f"  instances    {t.target} target; foreground P > {i.threshold:g}; "
               f"{seeds}objects kept: {', '.join(kept) or 'all'}")  # fmt: skip
-    if t.tta:
+    if i.tta:
         print("  predict      8x test-time averaging unless --no-tta")
     return 0
 
 
+# train's flags that map onto TrainConfig fields of the same name
+TRAIN_FLAGS = ("images", "labels", "val_slices", "train_slices", "steps_per_epoch",
+               "batch_size", "tile", "lr", "seed", "precision", "select_by", "isbi_every",
+               "val_every", "weight_map", "target", "ema", "dice", "w0", "class_balance",
+               "touch_width")  # fmt: skip
+
+
 def cmd_train(args) -> int:
-    from .presets import DEFAULT, get_preset
+    from .presets import DEFAULT, customise, get_preset
     from .train import train
 
-    # flags that map onto TrainConfig fields of the same name
-    settings = ("images", "labels", "val_slices", "train_slices", "steps_per_epoch",
-                "batch_size", "tile", "lr", "seed", "precision", "select_by", "isbi_every",
-                "val_every", "weight_map", "target", "ema", "dice", "w0", "class_balance",
-                "touch_width")  # fmt: skip
     if args.resume:  # the run's own config.json; only --epochs, --time-limit, --device change
-        fixed = ("preset", "out", "zoom", *settings)
+        fixed = ("preset", "out", "zoom", *TRAIN_FLAGS)
         given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) is not None]
         if given:
             raise InputError(f"--resume keeps the run's settings; drop {', '.join(given)}")
@@ -451,38 +418,13 @@ def cmd_train(args) -> int:
         result = train(None, out, resume=True, epochs=args.epochs, device=args.device,
                        time_limit=args.time_limit, progress=not args.no_progress)  # fmt: skip
     else:
-        preset = get_preset(args.preset or DEFAULT).with_train(
-            **{k: getattr(args, k) for k in settings}
-        )
-        if args.target == "binary" and args.weight_map is None:  # the paper's weighted loss
-            preset = preset.with_train(weight_map=True)
-        if args.zoom is not None:
-            a = preset.train.augment
-            on = args.zoom != 0
-            zoom = replace(a, scale=on, scale_range=args.zoom if on else a.scale_range)
-            preset = preset.with_train(augment=zoom)
-        preset = with_target_outputs(preset)
+        preset = customise(get_preset(args.preset or DEFAULT), zoom=args.zoom,
+                           **{k: getattr(args, k) for k in TRAIN_FLAGS})  # fmt: skip
         out = Path(args.out or "runs/latest")
         result = train(preset, out, epochs=args.epochs, device=args.device,
                        time_limit=args.time_limit, progress=not args.no_progress)  # fmt: skip
     print(report(result, out))
     return 0
-
-
-def with_target_outputs(preset):
-    """The preset with as many network outputs as its target needs (a 1-output sigmoid
-    network stays as it is for the binary target)."""
-    from dataclasses import replace
-
-    from .targets import NUM_CLASSES
-
-    t, m = preset.train.target, preset.model
-    need = NUM_CLASSES[t]
-    if m.out_channels == need or (t in ("mask", "binary") and m.out_channels == 1):
-        return preset
-    if t == "mask" and m.out_channels > 2:  # an instance preset's 3 outputs, now 2 classes
-        need = 2
-    return replace(preset, model=replace(m, out_channels=need))
 
 
 def report(result: dict, out: Path) -> str:
@@ -509,126 +451,26 @@ def report(result: dict, out: Path) -> str:
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
-    from tqdm.auto import tqdm
+    from .segment import segment_files
 
-    from .checkpoint import model_from_checkpoint
-    from .dataset import parse_slices
-    from .device import select_device
-    from .instances import instances
-    from .io import StackWriter, read_images
-    from .tiling import predict
-
-    _check_instance_options(args)
-    if not args.instances and any(
-        v is not None
-        for v in (
-            args.min_size,
-            args.min_peak,
-            args.min_fraction,
-            args.seed_threshold,
-            args.seed_dynamics,
-            args.split_solidity,
-            args.split_depth,
-        )  # fmt: skip
-    ):
+    overrides = inference_overrides(args)
+    if not args.instances and set(overrides) & set(INFERENCE_FLAGS):
         raise InputError("--min-size, --min-peak, --min-fraction, --seed-threshold, "
                          "--seed-dynamics, --split-solidity and --split-depth shape instances: "
                          "add --instances")  # fmt: skip
-    src = Path(args.input)
-    images = read_images(src)  # input errors first: cheaper than loading the model
-    device = select_device(args.device)
-    model, preset = model_from_checkpoint(args.checkpoint, device)
-    target = preset.train.target
-    for flag, value in (("--seed-threshold", args.seed_threshold),
-                        ("--seed-dynamics", args.seed_dynamics),
-                        ("--split-solidity", args.split_solidity),
-                        ("--split-depth", args.split_depth)):  # fmt: skip
-        if value is not None and target != "contour":
-            raise InputError(f"{args.checkpoint}: {flag} applies to contour models; "
-                             f"this is a {target} model")  # fmt: skip
-    overrides = {"min_object_size": args.min_size, "min_object_peak": args.min_peak,
-                 "min_object_fraction": args.min_fraction,
-                 "seed_threshold": args.seed_threshold, "seed_dynamics": args.seed_dynamics,
-                 "split_solidity": args.split_solidity, "split_depth": args.split_depth,
-                 "foreground_threshold": args.threshold}  # fmt: skip
-    options = preset.with_train(**overrides).train.instance_options()
-    tta = preset.train.tta if args.tta is None else args.tta
-    threshold = options.pop("threshold")
-    if model.config.out_channels > 2 and target != "contour":
-        raise InputError(f"{args.checkpoint}: a {model.config.out_channels}-class model; "
-                         "predict handles binary and contour models only")  # fmt: skip
-    idx = list(range(len(images)))
-    if args.slices:
-        idx = parse_slices(args.slices, len(images), f"{src}: --slices", images.names)
-    if src.is_dir():  # one output file per input file
-        folder = Path(args.out) if args.out else Path(f"{src.resolve().name}-prob")
-        groups = [(folder / f"{images.names[i]}.tif", [i]) for i in idx]
-    else:  # one output stack for the input stack
-        out = Path(args.out) if args.out else Path(f"{src.stem}-prob.tif")
-        groups = [(out, idx)]
-    bar = tqdm(total=len(idx), desc="predict", unit="image", disable=args.no_progress)
-    for path, members in groups:
-        outputs = {path: "prob"}
-        if args.threshold is not None:
-            outputs[path.with_name(path.stem + "-mask.tif")] = "mask"
-        if args.instances:
-            outputs[path.with_name(path.stem + "-instances.tif")] = "instances"
-        big = sum(images.arrays[i].size for i in members) * 4 > 2**31  # classic TIFF: 4 GiB
-        with ExitStack() as stack:  # every file is complete, or none is written
-            writers = {p: stack.enter_context(StackWriter(p, bigtiff=big)) for p in outputs}
-            for i in members:
-                probs = predict(model, images.arrays[i], tile=args.tile, precision=args.precision,
-                                tta=tta, memory_mb=args.memory_mb, overlap=args.overlap,
-                                progress=not args.no_progress)  # fmt: skip
-                prob = 1.0 - probs[0] if probs.ndim == 3 else probs  # foreground probability
-                for p, kind in outputs.items():
-                    if kind == "prob":
-                        writers[p].write(prob.astype(np.float32))
-                    elif kind == "mask":
-                        writers[p].write(((prob > threshold) * 255).astype(np.uint8))
-                    elif target == "mask":  # connected components, filtered if asked
-                        writers[p].write(instances(prob, threshold, gap=0, **options))
-                    else:  # binary: carved borders grown back; contour: seeded watershed
-                        writers[p].write(instances(probs, threshold, **options))
-                bar.update(1)
-        print("wrote " + ", ".join(str(p) for p in outputs))
-    bar.close()
+    segment_files(args.checkpoint, args.input, args.out, slices=args.slices,
+                  overrides=overrides, write_mask=args.threshold is not None,
+                  write_instances=args.instances, tile=args.tile, precision=args.precision,
+                  device=args.device, memory_mb=args.memory_mb, overlap=args.overlap,
+                  progress=not args.no_progress, label=flag,
+                  report=lambda paths: print("wrote " + ", ".join(map(str, paths))))  # fmt: skip
     return 0
-
-
-def _check_instance_options(args) -> None:
-    if args.threshold is not None and not 0 <= args.threshold <= 1:
-        raise InputError(f"--threshold must be in [0, 1], got {args.threshold}")
-    if args.min_size is not None and args.min_size < 0:
-        raise InputError(f"--min-size must be >= 0 pixels, got {args.min_size}")
-    if args.min_peak is not None and not 0 <= args.min_peak <= 1:
-        raise InputError(f"--min-peak must be in [0, 1], got {args.min_peak}")
-    if args.min_fraction is not None and not 0 <= args.min_fraction <= 1:
-        raise InputError(f"--min-fraction must be in [0, 1], got {args.min_fraction}")
-    if args.seed_threshold is not None and not 0 < args.seed_threshold < 1:
-        raise InputError(f"--seed-threshold must be in (0, 1), got {args.seed_threshold}")
-    if args.seed_dynamics is not None and not 0 <= args.seed_dynamics < 1:
-        raise InputError(f"--seed-dynamics must be in [0, 1), got {args.seed_dynamics}")
-    if args.split_solidity is not None and not 0 <= args.split_solidity <= 1:
-        raise InputError(f"--split-solidity must be in [0, 1], got {args.split_solidity}")
-    if args.split_depth is not None and not args.split_depth > 0:
-        raise InputError(f"--split-depth must be > 0 pixels, got {args.split_depth}")
 
 
 def cmd_export(args) -> int:
     from .checkpoint import export_model
 
-    _check_instance_options(args)
-    shipped = export_model(args.checkpoint, args.out, min_object_size=args.min_size,
-                           min_object_peak=args.min_peak,
-                           min_object_fraction=args.min_fraction,
-                           seed_threshold=args.seed_threshold,
-                           seed_dynamics=args.seed_dynamics,
-                           split_solidity=args.split_solidity,
-                           split_depth=args.split_depth,
-                           foreground_threshold=args.threshold,
-                           tta=args.tta)  # fmt: skip
+    shipped = export_model(args.checkpoint, args.out, **inference_overrides(args))
     size = Path(args.out).stat().st_size / 2**20
     print(f"wrote {args.out}: {shipped['preset']['name']} model, epoch {shipped['epoch']}, "
           f"{size:.1f} MB (weights and configuration only)")  # fmt: skip

@@ -1,4 +1,6 @@
-"""Configuration dataclasses. Presets (presets.py) are named instances of :class:`Preset`.
+"""Configuration dataclasses: the network (model.py's ModelConfig), training
+(:class:`TrainConfig`, :class:`AugmentConfig`) and segmentation (:class:`InferenceConfig`).
+Presets (presets.py) are named instances of :class:`Preset`.
 
 A run directory stores ``Preset.to_dict()`` as ``config.json``; ``Preset.from_dict`` reads
 it back, so every run can be reproduced exactly.
@@ -105,31 +107,6 @@ class TrainConfig:
     # Off: on the nuclei preset (15 min, 2 seeds) AP@0.5 0.811 / 0.817 and DSB 0.601 / 0.611
     # against 0.829 / 0.611 warping the class map, with more merges (93 / 98 against 82)
     targets_after_warp: bool = False
-    min_object_size: int = 0  # predict --instances drops smaller objects (pixels)
-    # ... and objects whose highest P(interior) (contour) or P(foreground) (binary) stays
-    # below this: faint debris (benchmarks/tune_instances.py chooses it on training images)
-    min_object_peak: float = 0.0
-    # ... and, with this > 0, the size limit follows each image's scale: objects under
-    # min(min_object_size, this x the median size of the image's objects of at least
-    # min_object_size px) are dropped, so an image of small nuclei keeps its small nuclei
-    min_object_fraction: float = 0.0
-    # "contour": P(interior) above which a pixel seeds an object of the watershed
-    seed_threshold: float = 0.5
-    # "contour": a seed less solid than this (area / convex hull area; 0 = never) is split
-    # at the peaks of its distance transform that stand split_depth pixels above their
-    # saddle (instances.split_seeds): two nuclei whose interiors meet at a neck
-    split_solidity: float = 0.0
-    split_depth: float = 3.0
-    # "contour", with this > 0: one seed per peak of P(interior) (smoothed 1 px) standing
-    # this far above the saddle to a higher one, in the region above seed_threshold
-    # (instances.peak_seeds): nuclei whose interiors meet at a ridge get a seed each
-    seed_dynamics: float = 0.0
-    # predict averages the 8 flips / quarter turns unless --no-tta (export --tta stores it
-    # in a model whose post-processing was tuned on averaged probabilities)
-    tta: bool = False
-    # predict --instances: foreground where P(foreground) > this (contour: P(background)
-    # < 1 - this); predict --threshold T overrides it for one call (and writes -mask.tif)
-    foreground_threshold: float = 0.5
     val_slices: str = "25-29"  # held-out slices ("25-29", "28,29", "" for none, "@names.txt")
     train_slices: str | None = None  # None = every slice not in val_slices
     tile: int = 256  # input tile edge; must be a valid input size of the model
@@ -212,38 +189,109 @@ class TrainConfig:
             raise ValueError(f"dice must be >= 0, got {self.dice}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
-        if not 0 <= self.min_object_peak <= 1 or self.min_object_size < 0:
-            raise ValueError(f"min_object_peak must be in [0, 1] and min_object_size >= 0, got "
-                             f"{self.min_object_peak}, {self.min_object_size}")  # fmt: skip
-        if not 0 <= self.min_object_fraction <= 1:
-            raise ValueError(f"min_object_fraction must be in [0, 1], got "
-                             f"{self.min_object_fraction}")  # fmt: skip
-        if not 0 < self.seed_threshold < 1:
-            raise ValueError(f"seed_threshold must be in (0, 1), got {self.seed_threshold}")
-        if not 0 <= self.split_solidity <= 1 or self.split_depth <= 0:
-            raise ValueError(f"split_solidity must be in [0, 1] and split_depth > 0, got "
-                             f"{self.split_solidity}, {self.split_depth}")  # fmt: skip
-        if not 0 <= self.seed_dynamics < 1:
-            raise ValueError(f"seed_dynamics must be in [0, 1), got {self.seed_dynamics}")
-        if not 0 <= self.foreground_threshold <= 1:
-            raise ValueError(
-                f"foreground_threshold must be in [0, 1], got {self.foreground_threshold}"
-            )
         if not (self.time_limit >= 0 and math.isfinite(self.time_limit)):
             raise ValueError(f"time_limit must be >= 0 minutes, got {self.time_limit}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
-    def instance_options(self) -> dict:
-        """The post-processing options this model's instances are made with."""
-        options = {
-            "threshold": self.foreground_threshold,
-            "min_size": self.min_object_size,
-            "min_peak": self.min_object_peak,
-        }
-        if self.min_object_fraction > 0:
-            options["min_fraction"] = self.min_object_fraction
-        if self.target == "contour":
+
+# How the network's probabilities become instance labels (instances.py): "components"
+# (4-connected components of the foreground), "binary" (components grown back over the
+# carved borders of the binary target), "contour" (seeded watershed of a 3-output model)
+INSTANCE_METHODS = ("components", "binary", "contour")
+METHODS = ("auto", *INSTANCE_METHODS)  # InferenceConfig.method
+METHOD_FOR_TARGET = {"mask": "components", "binary": "binary", "contour": "contour"}
+# the options only the seeded watershed reads
+CONTOUR_OPTIONS = ("seed_threshold", "seed_dynamics", "split_solidity", "split_depth")
+# what each InferenceConfig value must be: (test, the rule as an error message states it)
+_LIMITS = {
+    "threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "tta": (lambda v: isinstance(v, bool), "True or False"),
+    "method": (lambda v: v in METHODS, f"one of {METHODS}"),
+    "min_size": (lambda v: v >= 0, ">= 0 pixels"),
+    "min_peak": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "min_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "seed_threshold": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "seed_dynamics": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "split_solidity": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "split_depth": (lambda v: v > 0, "> 0 pixels"),
+}  # NaN fails every numeric test
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a model's probabilities become masks and instances (segment.py, instances.py).
+
+    Stored in checkpoints beside the training configuration; ``predict`` and
+    :func:`biounet.segment` use a model's own unless told otherwise.
+    """
+
+    # foreground where P(foreground) > threshold (contour models: P(background) <
+    # 1 - threshold): the 0/255 mask and the instances' foreground
+    threshold: float = 0.5
+    # average the 8 flips / quarter turns (for post-processing tuned on averaged
+    # probabilities)
+    tta: bool = False
+    # instances: "auto" (from the training target: mask -> "components", binary ->
+    # "binary", contour -> "contour") or one of INSTANCE_METHODS
+    method: str = "auto"
+    min_size: int = 0  # drop objects under this many pixels
+    # ... and objects whose highest P(interior) (contour) or P(foreground) stays below this:
+    # faint debris (experiments/tune_instances.py chooses it on training images)
+    min_peak: float = 0.0
+    # ... and, with this > 0, the size limit follows each image's scale: objects under
+    # min(min_size, this x the median size of the image's objects of at least min_size px)
+    # are dropped, so an image of small nuclei keeps its small nuclei
+    min_fraction: float = 0.0
+    # contour: P(interior) above which a pixel seeds an object of the watershed
+    seed_threshold: float = 0.5
+    # contour, with this > 0: one seed per peak of P(interior) (smoothed 1 px) standing this
+    # far above the saddle to a higher one, in the region above seed_threshold
+    # (instances.peak_seeds): nuclei whose interiors meet at a ridge get a seed each
+    seed_dynamics: float = 0.0
+    # contour: a seed less solid than this (area / convex hull area; 0 = never) is split at
+    # the peaks of its distance transform that stand split_depth pixels above their saddle
+    # (instances.split_seeds): two nuclei whose interiors meet at a neck
+    split_solidity: float = 0.0
+    split_depth: float = 3.0
+
+    def __post_init__(self):
+        for f in fields(self):
+            self.check(f.name, getattr(self, f.name))
+
+    @staticmethod
+    def check(name: str, value, label: str | None = None) -> None:
+        """ValueError ``"<label> must be <rule>, got <value>"`` unless ``value`` suits the
+        field ``name`` (``label``: how the caller names it, e.g. a command-line flag)."""
+        test, rule = _LIMITS[name]
+        try:
+            ok = bool(test(value))
+        except TypeError:  # e.g. a string where a number belongs
+            ok = False
+        if not ok:
+            got = repr(value) if isinstance(value, str) else value
+            raise ValueError(f"{label or name} must be {rule}, got {got}")
+
+    def instance_method(self, target: str, out_channels: int) -> str:
+        """The instance method for a model trained on ``target`` with ``out_channels``
+        outputs: ``method``, or with "auto" the target's (METHOD_FOR_TARGET). ValueError if
+        "contour" meets a model without the 3 contour outputs."""
+        method = METHOD_FOR_TARGET[target] if self.method == "auto" else self.method
+        if method == "contour" and out_channels != 3:
+            raise ValueError(f"method 'contour' needs a model with 3 outputs (background, "
+                             f"interior, boundary), got {out_channels}")  # fmt: skip
+        return method
+
+    def instance_options(self, method: str) -> dict:
+        """The keyword options of ``instances.instances(probs, **options)`` for ``method``
+        ("components" passes ``gap=0``: no carved border to grow back)."""
+        options = {"threshold": self.threshold, "min_size": self.min_size,
+                   "min_peak": self.min_peak}  # fmt: skip
+        if method == "components":
+            options["gap"] = 0
+        if self.min_fraction > 0:
+            options["min_fraction"] = self.min_fraction
+        if method == "contour":
             options["seed_threshold"] = self.seed_threshold
             if self.split_solidity > 0:
                 options["split_solidity"] = self.split_solidity
@@ -253,33 +301,63 @@ class TrainConfig:
         return options
 
 
+# Checkpoints and config.json files written before InferenceConfig existed keep these
+# settings among the training keys: old name -> InferenceConfig field
+LEGACY_INFERENCE_KEYS = {
+    "foreground_threshold": "threshold",
+    "tta": "tta",
+    "min_object_size": "min_size",
+    "min_object_peak": "min_peak",
+    "min_object_fraction": "min_fraction",
+    "seed_threshold": "seed_threshold",
+    "seed_dynamics": "seed_dynamics",
+    "split_solidity": "split_solidity",
+    "split_depth": "split_depth",
+}
+
+
 @dataclass(frozen=True)
 class Preset:
-    """A named, complete configuration: the network and how to train it."""
+    """A named, complete configuration: the network, how to train it and how to segment
+    with it."""
 
     name: str
     description: str
     model: ModelConfig
     train: TrainConfig
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> Preset:
+        """The preset of ``to_dict()``. A dict without ``"inference"`` (written before it
+        existed) takes it from its training keys (LEGACY_INFERENCE_KEYS)."""
         train = dict(d["train"])
         train["augment"] = _build(AugmentConfig, train.get("augment", {}))
+        if "inference" in d:
+            inference = d["inference"]
+        else:
+            inference = {new: train[old] for old, new in LEGACY_INFERENCE_KEYS.items()
+                         if old in train}  # fmt: skip
         return cls(
             name=d["name"],
             description=d.get("description", ""),
             model=_build(ModelConfig, d["model"]),
             train=_build(TrainConfig, train),
+            inference=_build(InferenceConfig, inference),
         )
 
     def with_train(self, **changes) -> Preset:
         """A copy with training settings replaced (``None`` values are ignored)."""
         changes = {k: v for k, v in changes.items() if v is not None}
         return replace(self, train=replace(self.train, **changes))
+
+    def with_inference(self, **changes) -> Preset:
+        """A copy with inference settings replaced (``None`` values are ignored)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return replace(self, inference=replace(self.inference, **changes))
 
 
 def _build(cls, d: dict):

@@ -1,10 +1,11 @@
-"""Named configurations: ``paper``, ``blog`` and ``fast`` (the default)."""
+"""Named configurations: ``fast`` (the default), ``paper``, ``blog``, ``isbi`` and
+``nuclei``; :func:`customise` reshapes one for ``biounet train``'s flags."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from .config import AugmentConfig, Preset, TrainConfig
+from .config import AugmentConfig, InferenceConfig, Preset, TrainConfig
 from .model import ModelConfig
 
 # The paper's augmentation: elastic deformation on a 3 x 3 grid with 10 px standard
@@ -90,7 +91,7 @@ FAST = Preset(
     description=(
         "The CPU default: a 16-channel same-padding U-Net with batch norm, 256 x 256 tiles, "
         "the paper's elastic deformation + rotation + shift + flips + gray values (no weight "
-        "map: see benchmarks/ablate_fast.py), AdamW with a cosine schedule, bf16 where the CPU "
+        "map: see experiments/ablate_fast.py), AdamW with a cosine schedule, bf16 where the CPU "
         "has it; 30 epochs or as many as fit in 11.5 minutes (2 Zen 4 cores: all 30 in about "
         "9 minutes; 2 Zen 3 cores, fp32: 8); best.pt by training loss (slices 25-29 only "
         "watched)"
@@ -163,25 +164,6 @@ NUCLEI = Preset(
         images="data/dsb2018-fluo/images",
         labels="data/dsb2018-fluo/labels",
         target="contour",
-        # predict averages the 8 flips / quarter turns (the paper's test-time averaging), and
-        # instances: one seed per peak of P(interior) standing 0.25 above its saddle, where
-        # P(interior) > 0.4 (no seed split), foreground where P(background) < 0.4, objects of
-        # at least 25 px (or 0.3 x the image's median object if smaller) whose averaged
-        # P(interior) reaches 0.9. Chosen on the 32 validation images of two Dice models that
-        # never saw them (benchmarks/tune_validation.py --tta --quick, session 20): DSB 0.540
-        # / AP@0.5 0.761 on average (0.539 / 0.762 and 0.542 / 0.759), against 0.531 / 0.748
-        # for session 16's setting (seeds at P(interior) > 0.7, the same foreground and
-        # filters, the best of 648 then) and 0.522 / 0.739 for the best without TTA (session
-        # 15). The 0.3 x median limit ties with none on the validation images: kept
-        tta=True,
-        min_object_size=25,
-        min_object_peak=0.9,
-        min_object_fraction=0.3,
-        seed_threshold=0.4,
-        seed_dynamics=0.25,
-        split_solidity=0.0,
-        split_depth=4.0,
-        foreground_threshold=0.6,
         val_slices="@data/splits/dsb2018-fluo-holdout.txt",
         # 4 tiles a step: in 15 minutes on 2 Zen 3 cores 810 steps of 4 beat 300 of 8
         # (AP@0.5 0.827 vs 0.779) and 1740 of 2 (0.824, last epoch)
@@ -191,13 +173,13 @@ NUCLEI = Preset(
         # 13.2-14.0 minutes, 823-873 tiles a minute; steps of 4 cost 10% less a tile on Zen 3
         # (197 against 178 tiles a minute), so 12600 tiles take about 13-14 minutes, 14.4-15.3
         # if they cost no less. The time limit plans fewer epochs wherever they do not fit
-        # (27 on 2 Zen 3 cores in fp32) and the cosine ends with them. Sessions 13-15 used 90
+        # (27 on 2 Zen 3 cores in fp32) and the cosine ends with them
         epochs=105,
         time_limit=15.0,
         weight_map=True,
         # plus half a soft Dice loss of the foreground, chosen on the 32 validation images
-        # (benchmarks/nuclei.py --validation; session 14, 20 variants trained for the whole
-        # schedule on an H100): with Dice weight 0.25, 0.5 (two seeds, and with weights
+        # (experiments/nuclei.py --validation: 20 variants trained for the whole schedule on
+        # an H100): with Dice weight 0.25, 0.5 (two seeds, and with weights
         # averaged) or 1, validation DSB 0.513-0.518 at each model's best setting; the preset
         # without it 0.495 / 0.498 (two seeds), no change without Dice above 0.508
         dice=0.5,
@@ -207,6 +189,27 @@ NUCLEI = Preset(
         # loss is too noisy to choose by: it picked epoch 12 of 29 in one run, epoch 37 of 58
         # in another (held-out AP@0.5 0.800 against the last epoch's 0.824)
         select_by="last",
+    ),
+    # predict averages the 8 flips / quarter turns (the paper's test-time averaging), and
+    # instances: one seed per peak of P(interior) standing 0.25 above its saddle, where
+    # P(interior) > 0.4 (no seed split), foreground where P(background) < 0.4, objects of at
+    # least 25 px (or 0.3 x the image's median object if smaller) whose averaged P(interior)
+    # reaches 0.9. Chosen on the 32 validation images of two Dice models that never saw them
+    # (experiments/tune_validation.py --tta --quick): DSB 0.540 / AP@0.5 0.761 on average
+    # (0.539 / 0.762 and 0.542 / 0.759), against 0.531 / 0.748 for seeds at P(interior) >
+    # 0.7 with the same foreground and filters (the best of a 648-setting sweep without peak
+    # seeds) and 0.522 / 0.739 for the best setting without TTA. The 0.3 x median limit
+    # ties with none on the validation images: kept
+    inference=InferenceConfig(
+        threshold=0.6,
+        tta=True,
+        min_size=25,
+        min_peak=0.9,
+        min_fraction=0.3,
+        seed_threshold=0.4,
+        seed_dynamics=0.25,
+        split_solidity=0.0,
+        split_depth=4.0,
     ),
 )
 
@@ -220,3 +223,36 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def customise(preset: Preset, *, zoom: float | None = None, **train) -> Preset:
+    """``preset`` reshaped by ``biounet train``'s flags.
+
+    ``train``: TrainConfig fields (None keeps the preset's). The binary target turns the
+    paper's weighted loss on (``weight_map=True``) unless ``weight_map`` is given; ``zoom``
+    R sets random zoom by a factor log-uniform in [1/(1+R), 1+R] (0: off); the network gets
+    as many outputs as the target needs (:func:`with_target_outputs`).
+    """
+    preset = preset.with_train(**train)
+    if train.get("target") == "binary" and train.get("weight_map") is None:
+        preset = preset.with_train(weight_map=True)
+    if zoom is not None:
+        a = preset.train.augment
+        on = zoom != 0
+        zoomed = replace(a, scale=on, scale_range=zoom if on else a.scale_range)
+        preset = preset.with_train(augment=zoomed)
+    return with_target_outputs(preset)
+
+
+def with_target_outputs(preset: Preset) -> Preset:
+    """The preset with as many network outputs as its target needs (a 1-output sigmoid
+    network stays as it is for the binary target)."""
+    from .targets import NUM_CLASSES
+
+    t, m = preset.train.target, preset.model
+    need = NUM_CLASSES[t]
+    if m.out_channels == need or (t in ("mask", "binary") and m.out_channels == 1):
+        return preset
+    if t == "mask" and m.out_channels > 2:  # an instance preset's 3 outputs, now 2 classes
+        need = 2
+    return replace(preset, model=replace(m, out_channels=need))
