@@ -584,3 +584,24 @@ def test_instance_label_problems_through_the_command(dsb_crops, tmp_path, capsys
     tifffile.imwrite(extra / "nobody.tif", ref)
     code, _, err = run(["evaluate", str(extra), str(lab), "--instances"], capsys)
     _one_line_error(code, err, "nobody")
+
+
+def test_predict_and_export_take_the_same_inference_flags():
+    from biounet.cli import build_parser, inference_overrides
+
+    flags = ["--threshold", "0.7", "--no-tta", "--min-size", "9", "--min-peak", "0.5",
+             "--min-fraction", "0.2", "--seed-threshold", "0.3", "--seed-dynamics", "0.1",
+             "--split-solidity", "0.8", "--split-depth", "2.5"]  # fmt: skip
+    expected = {"threshold": 0.7, "tta": False, "min_size": 9, "min_peak": 0.5,
+                "min_fraction": 0.2, "seed_threshold": 0.3, "seed_dynamics": 0.1,
+                "split_solidity": 0.8, "split_depth": 2.5}  # fmt: skip
+    parser = build_parser()
+    predict = parser.parse_args(["predict", "m.pt", "in.tif", "--instances", *flags])
+    export = parser.parse_args(["export", "m.pt", "out.pt", *flags])
+    assert inference_overrides(predict) == inference_overrides(export) == expected
+    # none given: nothing overrides the model's settings
+    assert inference_overrides(parser.parse_args(["export", "m.pt", "out.pt"])) == {}
+    assert inference_overrides(parser.parse_args(["predict", "m.pt", "x", "--tta"])) == {
+        "tta": True}  # fmt: skip
+    with pytest.raises(ValueError, match=r"^--min-size must be >= 0 pixels, got -3$"):
+        inference_overrides(parser.parse_args(["export", "m.pt", "o.pt", "--min-size", "-3"]))

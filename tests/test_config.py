@@ -152,3 +152,18 @@ def test_presets_carry_their_inference_settings():
     assert NUCLEI.inference.instance_method(NUCLEI.train.target, NUCLEI.model.out_channels) == (
         "contour"
     )
+
+
+def test_exporting_a_legacy_checkpoint_with_new_settings_stores_todays_layout(tmp_path):
+    from biounet.checkpoint import export_model, load_checkpoint, save_checkpoint
+    from biounet.model import UNet
+
+    tiny = replace(NUCLEI.model, depth=2, base_channels=4)
+    legacy = _legacy(replace(NUCLEI, model=tiny))
+    save_checkpoint(tmp_path / "old.pt", {"preset": legacy, "model": UNet(tiny).state_dict()})
+    untouched = export_model(tmp_path / "old.pt", tmp_path / "same.pt")
+    assert untouched["preset"] == legacy  # no new setting: the stored dict as it was
+    export_model(tmp_path / "old.pt", tmp_path / "new.pt", min_size=7, tta=False)
+    stored = load_checkpoint(tmp_path / "new.pt")["preset"]
+    assert stored["inference"] == {**NUCLEI.to_dict()["inference"], "min_size": 7, "tta": False}
+    assert set(stored["train"]).isdisjoint(LEGACY_INFERENCE_KEYS)
