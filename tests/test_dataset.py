@@ -75,3 +75,71 @@ def test_weights_travel_with_their_tiles(rng):
     assert x.shape == (4, 1, 26, 26)
     np.testing.assert_allclose(w, x[:, 0] * 10)
     np.testing.assert_array_equal(y, x[:, 0] > 0.5)
+
+
+def test_load_data_makes_the_targets_class_maps_and_splits_by_name(dsb_crops):
+    from biounet.config import TrainConfig
+    from biounet.dataset import load_data
+    from biounet.io import read_images, read_instances
+    from biounet.targets import make_target
+
+    images, labels = dsb_crops
+    cfg = TrainConfig(images=images, labels=labels, target="contour", boundary_width=2,
+                      val_slices="1,3")  # fmt: skip
+    data = load_data(cfg, 3)
+    stored, instances = read_images(images), read_instances(labels)
+    assert data.val_names == [stored.names[1], stored.names[3]]
+    for k, i in enumerate([0, 2, 4]):
+        np.testing.assert_array_equal(data.train_instances[k], instances.arrays[i])
+        np.testing.assert_array_equal(data.train_masks[k], make_target(instances.arrays[i],
+                                                                      "contour", 2))  # fmt: skip
+        img = data.train_images[k]
+        assert img.dtype == np.float32 and abs(img.mean()) < 1e-4 and abs(img.std() - 1) < 1e-3
+    for k, i in enumerate([1, 3]):  # validation images as stored
+        np.testing.assert_array_equal(data.val_images[k], stored.arrays[i])
+        np.testing.assert_array_equal(data.val_masks[k], make_target(instances.arrays[i],
+                                                                    "contour", 2))  # fmt: skip
+
+
+def test_load_data_errors_name_the_files(tmp_path, rng):
+    import tifffile
+
+    from biounet.config import TrainConfig
+    from biounet.dataset import load_data
+
+    def write(name, a):
+        tifffile.imwrite(tmp_path / name, a, photometric="minisblack")
+        return str(tmp_path / name)
+
+    img = write("i.tif", rng.integers(0, 255, (3, 32, 32), dtype=np.uint8))
+    flat = write("l.tif", np.zeros((3, 32, 32), np.uint8))
+    two = write("two.tif", np.zeros((2, 32, 32), np.uint8))
+    with pytest.raises(InputError, match=r"l\.tif: the training masks hold only class 0"):
+        load_data(TrainConfig(images=img, labels=flat, val_slices="2"), 2)
+    with pytest.raises(InputError, match=r"two\.tif: 2 slices, but .*i\.tif has 3"):
+        load_data(TrainConfig(images=img, labels=two, val_slices="2"), 2)
+    with pytest.raises(InputError, match="^--labels given alone"):
+        load_data(TrainConfig(labels=flat), 2)
+    with pytest.raises(InputError, match=r"validation slices '2-3': 2-3 is outside 0\.\.2"):
+        load_data(TrainConfig(images=img, labels=flat, val_slices="2-3"), 2)
+
+
+def test_sampler_for_targets_after_the_warp_cuts_instances_with_label_context(dsb_crops, rng):
+    import math
+    from dataclasses import replace
+
+    from biounet.config import AugmentConfig, TrainConfig
+    from biounet.dataset import load_data, make_sampler
+
+    aug = AugmentConfig(rotate=True)
+    cfg = TrainConfig(images=dsb_crops[0], labels=dsb_crops[1], target="contour", touch_width=2,
+                      val_slices="none", tile=32, augment=aug)  # fmt: skip
+    data = load_data(cfg, 3)
+    maps = make_sampler(cfg, data, 32, rng)  # the class maps are warped
+    assert maps.region == 32 + 2 * aug.margin(32)
+    _, y, _ = maps.sample(8)
+    assert set(np.unique(y.numpy())) <= {0, 1, 2}
+    inst = make_sampler(replace(cfg, targets_after_warp=True), data, 32, rng)  # instances, 2 px of context past a turned corner
+    assert inst.region == 32 + 2 * (aug.margin(32) + math.ceil(2 * math.sqrt(2)))
+    _, y, _ = inst.sample(8)
+    assert y.numpy().max() > 2  # instance ids

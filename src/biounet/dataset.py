@@ -1,11 +1,98 @@
-"""Training tiles with mirrored context, and train / validation splits by slice index."""
+"""The training data: images and labels read once and turned into the configured
+target's class maps (:func:`load_data`), split into training and validation images by
+index or name (:func:`split`), and random training tiles with mirrored context cut from
+them (:class:`TileSampler`, :func:`make_sampler`). File formats end here: what leaves
+this module is arrays and tensors.
+"""
 
 from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from .io import InputError
+from .config import TrainConfig
+from .io import (
+    InputError,
+    check_pairs,
+    find_data,
+    normalize,
+    read_images,
+    read_instances,
+    read_pairs,
+    resolve_data_path,
+)
+from .targets import label_context, make_target
+from .weights import cached_weight_maps
+
+log = logging.getLogger("biounet")
+
+
+@dataclass
+class Data:
+    """A run's images split in two: training images (H, W) float32, normalised; validation
+    images as stored (prediction normalises them); masks (H, W) uint8 class indices."""
+
+    train_images: list[np.ndarray]
+    train_masks: list[np.ndarray]
+    val_images: list[np.ndarray]
+    val_masks: list[np.ndarray]
+    val_names: list[str]
+    train_instances: list[np.ndarray] | None = None  # (H, W) int32, instance targets only
+
+
+def load_data(cfg: TrainConfig, num_classes: int, normalization: str = "zscore") -> Data:
+    """Read the configured images and labels (default: the bundled ISBI 2012 stacks), turn
+    the labels into the configured target's class maps and split them.
+
+    Args:
+        cfg: ``images``, ``labels``, ``target`` (and its widths), ``val_slices``,
+            ``train_slices``.
+        num_classes: the classes a mask may hold (2 for a 1-output network).
+        normalization: how training images are normalised (:func:`biounet.io.normalize`).
+
+    InputError naming the value or file for a lone ``images`` / ``labels``, unreadable or
+    unpaired files, a split that leaves nothing to train on, or training masks holding one
+    class only.
+    """
+    if (cfg.images is None) != (cfg.labels is None):
+        given = "--images" if cfg.images is not None else "--labels"
+        raise InputError(f"{given} given alone: --images and --labels go together")
+    if cfg.images is None:
+        root = find_data("isbi2012")
+        images_path, labels_path = root / "train-volume.tif", root / "train-labels.tif"
+    else:
+        images_path, labels_path = resolve_data_path(cfg.images), resolve_data_path(cfg.labels)
+    instances = None
+    if cfg.target == "mask":
+        images, masks = read_pairs(images_path, labels_path, num_classes)
+    else:  # instance labels -> the target's class maps
+        images, masks = read_images(images_path), read_instances(labels_path)
+        check_pairs(images, masks)
+        instances = masks.arrays
+        masks.arrays = [
+            make_target(inst, cfg.target, cfg.boundary_width, cfg.touch_width) for inst in instances
+        ]
+    train_idx, val_idx = split(len(images), cfg.val_slices, cfg.train_slices, images.names)
+    present = np.unique(np.concatenate([np.unique(masks.arrays[i]) for i in train_idx]))
+    if len(present) < 2:
+        raise InputError(
+            f"{masks.source}: the training masks hold only class {present[0]}; "
+            "check the mask encoding (foreground must be 255 or 1)"
+        )
+    return Data(
+        train_images=[normalize(images.arrays[i], normalization) for i in train_idx],
+        train_masks=[masks.arrays[i] for i in train_idx],
+        val_images=[images.arrays[i] for i in val_idx],
+        val_masks=[masks.arrays[i] for i in val_idx],
+        val_names=[images.names[i] for i in val_idx],
+        train_instances=None if instances is None else [instances[i] for i in train_idx],
+    )
 
 
 def parse_slices(
@@ -38,8 +125,6 @@ def parse_slices(
 
 
 def _listed(path: str, names: list[str] | None, what: str) -> list[int]:
-    from .io import resolve_data_path
-
     file = resolve_data_path(path)
     if not file.is_file():
         raise InputError(f"{what} @{path}: no such list file")
@@ -140,3 +225,30 @@ class TileSampler:
         y = torch.stack(ys)
         w = torch.stack(ws) if ws else None
         return x, y, w
+
+
+def make_sampler(
+    cfg: TrainConfig,
+    data: Data,
+    out_tile: int,
+    rng: np.random.Generator,
+    cache: str | Path | None = None,
+) -> TileSampler:
+    """The training tile sampler: weight maps if configured (cached in memory and, given a
+    ``cache`` folder, on disk) and the context margin the augmentation needs. With
+    ``targets_after_warp`` it samples the instance labels themselves, with the label
+    context their target needs (:func:`biounet.targets.tile_targets`)."""
+    weights = None
+    if cfg.weight_map:
+        t = time.perf_counter()
+        labels = data.train_instances or data.train_masks  # instances where there are some
+        weights = cached_weight_maps(labels, cfg.w0, cfg.sigma, cache, cfg.class_balance)
+        log.info("weight maps (w0 %g, sigma %g, class balance %s): %.2fs", cfg.w0, cfg.sigma,
+                 cfg.class_balance, time.perf_counter() - t)  # fmt: skip
+    margin = cfg.augment.margin(cfg.tile)
+    labels = data.train_masks
+    if label_context(cfg):  # instance targets made after the warp
+        labels = data.train_instances
+        # the label context, past a rotated tile's corner (sqrt 2 per pixel)
+        margin += math.ceil(label_context(cfg) * math.sqrt(2))
+    return TileSampler(data.train_images, labels, cfg.tile, out_tile, rng, weights, margin)

@@ -1,4 +1,7 @@
-"""The training loop: one plain function with numbered steps.
+"""The training loop: :func:`train`, one plain function with numbered steps (configure,
+device and random number generators, data, network, epochs), each a named helper below.
+The data (files, class maps, splits, tiles) come from :mod:`biounet.dataset`, the
+per-batch targets from :mod:`biounet.targets`.
 
 A run directory holds ``config.json`` (the exact preset it ran with), ``log.csv`` (one row
 per epoch), ``last.pt`` and ``best.pt`` (written atomically at the end of every epoch),
@@ -15,7 +18,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,25 +29,14 @@ from . import metrics
 from .augment import augment
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import HIGHER_IS_BETTER, Preset, TrainConfig
-from .dataset import TileSampler, split
+from .dataset import Data, TileSampler, load_data, make_sampler
 from .device import autocast, memory_format, resolve_precision, select_device
-from .io import (
-    InputError,
-    check_pairs,
-    find_data,
-    normalize,
-    read_images,
-    read_instances,
-    read_pairs,
-    resolve_data_path,
-    write_text,
-)
+from .io import InputError, write_text
 from .losses import segmentation_loss
 from .model import UNet, count_parameters, output_size
 from .plots import plot_curves, plot_panels
-from .targets import NUM_CLASSES, make_target
+from .targets import NUM_CLASSES, label_context, tile_targets
 from .tiling import predict
-from .weights import cached_weight_maps
 
 log = logging.getLogger("biounet")
 
@@ -114,57 +106,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
-
-
-@dataclass
-class Data:
-    """Training images (H, W) float32, normalised; validation images as stored (prediction
-    normalises them); masks (H, W) uint8 class indices."""
-
-    train_images: list[np.ndarray]
-    train_masks: list[np.ndarray]
-    val_images: list[np.ndarray]
-    val_masks: list[np.ndarray]
-    val_names: list[str]
-    train_instances: list[np.ndarray] | None = None  # (H, W) int32, instance targets only
-
-
-def load_data(cfg: TrainConfig, num_classes: int, normalization: str = "zscore") -> Data:
-    """Read the configured images and labels (default: bundled ISBI 2012), turn the labels
-    into the configured target's class maps and split them."""
-    if (cfg.images is None) != (cfg.labels is None):
-        given = "--images" if cfg.images is not None else "--labels"
-        raise InputError(f"{given} given alone: --images and --labels go together")
-    if cfg.images is None:
-        root = find_data("isbi2012")
-        images_path, labels_path = root / "train-volume.tif", root / "train-labels.tif"
-    else:
-        images_path, labels_path = resolve_data_path(cfg.images), resolve_data_path(cfg.labels)
-    instances = None
-    if cfg.target == "mask":
-        images, masks = read_pairs(images_path, labels_path, num_classes)
-    else:  # instance labels -> the target's class maps
-        images, masks = read_images(images_path), read_instances(labels_path)
-        check_pairs(images, masks)
-        instances = masks.arrays
-        masks.arrays = [
-            make_target(inst, cfg.target, cfg.boundary_width, cfg.touch_width) for inst in instances
-        ]
-    train_idx, val_idx = split(len(images), cfg.val_slices, cfg.train_slices, images.names)
-    present = np.unique(np.concatenate([np.unique(masks.arrays[i]) for i in train_idx]))
-    if len(present) < 2:
-        raise InputError(
-            f"{masks.source}: the training masks hold only class {present[0]}; "
-            "check the mask encoding (foreground must be 255 or 1)"
-        )
-    return Data(
-        train_images=[normalize(images.arrays[i], normalization) for i in train_idx],
-        train_masks=[masks.arrays[i] for i in train_idx],
-        val_images=[images.arrays[i] for i in val_idx],
-        val_masks=[masks.arrays[i] for i in val_idx],
-        val_names=[images.names[i] for i in val_idx],
-        train_instances=None if instances is None else [instances[i] for i in train_idx],
-    )
 
 
 def validate(
@@ -257,55 +198,6 @@ def _write_log(path: Path, history: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
-def label_context(cfg: TrainConfig) -> int:
-    """Pixels of label context per side a training tile keeps: instance targets are made
-    after the warp (``targets_after_warp``, see :func:`tile_targets`) and need the tile's
-    neighbours; 0 where the class map itself is warped."""
-    if cfg.target == "mask" or not cfg.targets_after_warp:
-        return 0
-    return max(cfg.boundary_width, cfg.touch_width) if cfg.target == "contour" else 1
-
-
-def tile_targets(y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """Class maps (B, s, s) of augmented instance-label tiles (B, s + 2c, s + 2c), c =
-    :func:`label_context`. The target is made after the warp, from the warped instances:
-    resampling a class map by nearest neighbour breaks and doubles its one-pixel boundary
-    class (rotated 30-45 degrees, a quarter to a third of a nucleus image's boundary pixels
-    differ from the boundary of the rotated instances), and can leave two touching
-    interiors with no boundary between them. The context gives the tile's edge pixels the
-    class they have in the whole image."""
-    c = label_context(cfg)
-    maps = [
-        make_target(t, cfg.target, cfg.boundary_width, cfg.touch_width) for t in y.cpu().numpy()
-    ]
-    out = torch.from_numpy(np.stack(maps)).long()
-    if c:
-        out = out[:, c:-c, c:-c]
-    return out.to(y.device)
-
-
-def make_sampler(
-    cfg: TrainConfig, data: Data, out_tile: int, rng: np.random.Generator, cache=None
-) -> TileSampler:
-    """The training tile sampler: weight maps if configured (cached in memory and, given a
-    ``cache`` folder, on disk) and the context margin the augmentation needs. With
-    ``targets_after_warp`` it samples the instance labels themselves (:func:`tile_targets`)."""
-    weights = None
-    if cfg.weight_map:
-        t = time.perf_counter()
-        labels = data.train_instances or data.train_masks  # instances where there are some
-        weights = cached_weight_maps(labels, cfg.w0, cfg.sigma, cache, cfg.class_balance)
-        log.info("weight maps (w0 %g, sigma %g, class balance %s): %.2fs", cfg.w0, cfg.sigma,
-                 cfg.class_balance, time.perf_counter() - t)  # fmt: skip
-    margin = cfg.augment.margin(cfg.tile)
-    labels = data.train_masks
-    if label_context(cfg):  # instance targets made after the warp
-        labels = data.train_instances
-        # the label context, past a rotated tile's corner (sqrt 2 per pixel)
-        margin += math.ceil(label_context(cfg) * math.sqrt(2))
-    return TileSampler(data.train_images, labels, cfg.tile, out_tile, rng, weights, margin)
-
-
 def check_tile(preset: Preset) -> int:
     """Output tile edge for the preset's input tile; InputError naming valid sizes."""
     m, tile = preset.model, preset.train.tile
@@ -313,6 +205,32 @@ def check_tile(preset: Preset) -> int:
         return output_size(tile, m.depth, m.padding)
     except ValueError as e:
         raise InputError(f"--tile {tile}: {e}") from None
+
+
+@dataclass
+class Learner:
+    """What trains: the network, its optimiser and weight average (None without one), and
+    where and how it runs: device, precision, the memory layout of its inputs."""
+
+    model: UNet
+    optimizer: torch.optim.Optimizer
+    ema: torch.nn.Module | None
+    device: torch.device
+    precision: str
+    layout: torch.memory_format
+
+
+@dataclass
+class RunState:
+    """What a run has done, all of it kept in last.pt: epochs in all (``plan``, a time
+    limit may plan fewer than ``cfg.epochs``), epochs and optimiser steps done, the best
+    selection score so far (:func:`selection_score`) and one log row per epoch."""
+
+    plan: int
+    epoch: int = 0
+    step: int = 0
+    best: float = math.inf
+    history: list[dict] = field(default_factory=list)
 
 
 def train(
@@ -340,7 +258,67 @@ def train(
         progress: show a progress bar per epoch.
     """
     out = Path(out_dir)
-    # 1. Configuration: a new run writes config.json; a resumed one reads it back.
+    # 1. Configuration, checked: a new run's preset, or a resumed run's own and last.pt.
+    preset, ckpt, out_tile = _configure(preset, out, resume, epochs, device, time_limit)
+    cfg = preset.train
+
+    # 2. Device, precision and the run's random number generators.
+    dev = select_device(cfg.device)
+    precision = resolve_precision(cfg.precision, dev)
+    torch.manual_seed(cfg.seed)  # dropout
+    np_rng = np.random.default_rng(cfg.seed)  # tile positions
+    gen = torch.Generator().manual_seed(cfg.seed)  # initial weights, augmentation
+
+    # 3. Data: read, made into class maps and split; then the run directory, the sampler.
+    data = load_data(cfg, max(2, preset.model.out_channels), preset.model.normalization)
+    select_by = _selection_rule(cfg, data)
+    out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be good
+    write_text(out / "config.json", json.dumps(preset.to_dict(), indent=2) + "\n")
+    sampler = make_sampler(cfg, data, out_tile, np_rng, cache=out)
+    steps = cfg.steps_per_epoch or math.ceil(len(data.train_images) / cfg.batch_size)
+
+    # 4. Network, optimiser, weight average and the run's state (restored when resuming).
+    learner = _build(preset, dev, precision, gen, ckpt)
+    if ckpt is None:
+        state = RunState(plan=cfg.epochs)
+    else:
+        state = _restore(ckpt, cfg, out, np_rng, gen, epochs, time_limit)
+    _announce(preset, learner, data, out_tile, steps)
+
+    # 5. Epochs: train, plan again under a time limit, validate, checkpoint, log.
+    done = 0  # epochs in this call
+    while state.epoch < state.plan and (stop_after is None or done < stop_after):
+        t0 = time.perf_counter()
+        train_loss, lr = _train_epoch(learner, sampler, gen, cfg, state, steps, out_tile,
+                                      out, progress)  # fmt: skip
+        state.epoch += 1
+        done += 1
+        planned = state.plan
+        state.plan = plan_epochs(cfg, state.history, state.epoch, time.perf_counter() - t0, planned)
+        if state.plan != planned:
+            log.info("time limit %g min: %d epochs fit", cfg.time_limit, state.plan)
+        row = {"epoch": state.epoch, "step": state.step, "lr": lr, "train_loss": train_loss}
+        scores, probs = _validate_if_due(learner, data, cfg, state)
+        row.update(scores)
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+        is_best = _record(state, row, select_by)
+        _checkpoint(out, preset, learner, state, np_rng, gen, is_best)
+        _log_epoch(out, state, data, probs, is_best)
+    return summary(state.history, select_by)
+
+
+def _configure(
+    preset: Preset | None,
+    out: Path,
+    resume: bool,
+    epochs: int | None,
+    device: str | None,
+    time_limit: float | None,
+) -> tuple[Preset, dict | None, int]:
+    """(preset with the call's overrides, the checkpoint to resume or None, output tile
+    edge): a resumed run's preset comes from its last.pt. InputError for a run directory
+    that holds a run (new run) or none (resume), a tile the network cannot take, or a
+    network whose outputs do not fit the target."""
     ckpt = None
     if resume:
         if not (out / "last.pt").is_file():
@@ -352,40 +330,40 @@ def train(
     elif (out / "last.pt").exists():
         raise InputError(f"{out}: already holds a run; use --resume {out} or another --out")
     preset = preset.with_train(epochs=epochs, device=device, time_limit=time_limit)
-    cfg = preset.train
     out_tile = check_tile(preset)
-
-    # 2. Device, precision and the run's random number generators.
-    device = select_device(cfg.device)
-    precision = resolve_precision(cfg.precision, device)
-    torch.manual_seed(cfg.seed)
-    np_rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-
-    # 3. Data.
-    num_classes = max(2, preset.model.out_channels)
-    if cfg.target != "mask" and num_classes != NUM_CLASSES[cfg.target]:
+    cfg, outputs = preset.train, preset.model.out_channels
+    if cfg.target != "mask" and max(2, outputs) != NUM_CLASSES[cfg.target]:
         raise InputError(f"target {cfg.target!r} needs a network with {NUM_CLASSES[cfg.target]} "
-                         f"outputs, this one has {preset.model.out_channels}")  # fmt: skip
-    data = load_data(cfg, num_classes, preset.model.normalization)
+                         f"outputs, this one has {outputs}")  # fmt: skip
+    return preset, ckpt, out_tile
+
+
+def _selection_rule(cfg: TrainConfig, data: Data) -> str:
+    """What best.pt is chosen by: ``cfg.select_by``, or the training loss where nothing
+    is validated. InputError if it needs ISBI metrics that are never computed."""
     validating = bool(data.val_images) and cfg.val_every > 0
     select_by = cfg.select_by if validating or cfg.select_by == "last" else "train_loss"
     if select_by in HIGHER_IS_BETTER and cfg.isbi_every == 0:
         raise InputError(f"select_by {select_by} needs the ISBI metrics: set isbi_every >= 1")
-    out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be good
-    write_text(out / "config.json", json.dumps(preset.to_dict(), indent=2) + "\n")
-    sampler = make_sampler(cfg, data, out_tile, np_rng, cache=out)
-    context = label_context(cfg)
-    steps_per_epoch = cfg.steps_per_epoch or math.ceil(len(data.train_images) / cfg.batch_size)
+    return select_by
 
-    # 4. Model and optimiser (restored when resuming).
+
+def _build(
+    preset: Preset,
+    device: torch.device,
+    precision: str,
+    gen: torch.Generator,
+    ckpt: dict | None,
+) -> Learner:
+    """The network initialised from ``gen`` in the layout for ``device`` and
+    ``precision``, its optimiser and weight average; weights, average and optimiser state
+    restored from ``ckpt`` if given."""
+    cfg = preset.train
     model = UNet(preset.model)
     model.reset_parameters(generator=gen)
     layout = memory_format(device, precision)
     model = model.to(device).to(memory_format=layout)
     optimizer = make_optimizer(model, cfg)
-    epoch, step, best, history = 0, 0, math.inf, []
-    plan = cfg.epochs  # epochs in all; a time limit may plan fewer
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     ema = _make_ema(model, cfg.ema)  # the weights that validate and predict, if configured
@@ -393,130 +371,198 @@ def train(
         if ema is not None and "ema" in ckpt:
             ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        epoch, step, best, history = ckpt["epoch"], ckpt["step"], ckpt["best"], ckpt["history"]
-        _set_rng_state(ckpt["rng"], np_rng, gen)
-        if epochs is None and time_limit is None:  # keep the interrupted run's plan
-            plan = min(cfg.epochs, ckpt.get("plan", cfg.epochs))
-        else:  # a new --epochs / --time-limit: plan again from the time already spent
-            plan = plan_epochs(cfg, history, epoch, 0.0)
-            if epochs is not None and plan == epoch < cfg.epochs:
-                spent = sum(h["seconds"] for h in history) / 60
-                raise InputError(
-                    f"{out}: the run's {cfg.time_limit:g}-minute time limit is spent ({spent:.1f} "
-                    f"min trained); add --time-limit 0 or a longer one to train to epoch "
-                    f"{cfg.epochs}"
-                )
-        log.info("resuming %s at epoch %d of %d", out, epoch, plan)
+    return Learner(model, optimizer, ema, device, precision, layout)
+
+
+def _restore(
+    ckpt: dict,
+    cfg: TrainConfig,
+    out: Path,
+    np_rng: np.random.Generator,
+    gen: torch.Generator,
+    epochs: int | None,
+    time_limit: float | None,
+) -> RunState:
+    """The interrupted run's state and RNG states from ``ckpt``. Its plan is kept, or made
+    again from the time already spent when the call gives new ``epochs`` or
+    ``time_limit``; InputError if more epochs are asked for than the time limit leaves."""
+    state = RunState(cfg.epochs, ckpt["epoch"], ckpt["step"], ckpt["best"], ckpt["history"])
+    _set_rng_state(ckpt["rng"], np_rng, gen)
+    if epochs is None and time_limit is None:  # keep the interrupted run's plan
+        state.plan = min(cfg.epochs, ckpt.get("plan", cfg.epochs))
+    else:  # a new --epochs / --time-limit: plan again from the time already spent
+        state.plan = plan_epochs(cfg, state.history, state.epoch, 0.0)
+        if epochs is not None and state.plan == state.epoch < cfg.epochs:
+            spent = sum(h["seconds"] for h in state.history) / 60
+            raise InputError(
+                f"{out}: the run's {cfg.time_limit:g}-minute time limit is spent ({spent:.1f} "
+                f"min trained); add --time-limit 0 or a longer one to train to epoch "
+                f"{cfg.epochs}"
+            )
+    log.info("resuming %s at epoch %d of %d", out, state.epoch, state.plan)
+    return state
+
+
+def _announce(preset: Preset, learner: Learner, data: Data, out_tile: int, steps: int) -> None:
+    """Log the run's shape: network size, tiles, batch, steps, images, device, precision."""
+    cfg = preset.train
     log.info(
         "%s preset: %d parameters, tile %d -> %d, batch %d, %d steps/epoch, %d training / "
         "%d validation images, %s %s",
         preset.name,
-        count_parameters(model),
+        count_parameters(learner.model),
         cfg.tile,
         out_tile,
         cfg.batch_size,
-        steps_per_epoch,
+        steps,
         len(data.train_images),
         len(data.val_images),
-        device,
-        precision,
+        learner.device,
+        learner.precision,
     )
-
-    # 5. Epochs: train, validate, log, checkpoint, plot.
-    epochs_this_call = 0
     if cfg.time_limit > 0:
         log.info("time limit %g min: at most %d epochs, as many as fit", cfg.time_limit,
                  cfg.epochs)  # fmt: skip
-    while epoch < plan and (stop_after is None or epochs_this_call < stop_after):
-        t0 = time.perf_counter()
-        model.train()
-        losses = []
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"epoch {epoch + 1}/{plan}",
-            disable=not progress,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        for _ in bar:
-            lr = learning_rate(cfg, step, steps_per_epoch, plan)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y, w = (
-                None if a is None else a.to(device) for a in sampler.sample(cfg.batch_size)
-            )  # regions with margin
-            x, y, w = augment(x, y, w, cfg.augment, gen, tile=cfg.tile, label_size=out_tile,
-                              label_context=context)  # fmt: skip
-            if context:
-                y = tile_targets(y, cfg)
-            x = x.contiguous(memory_format=layout)
-            with autocast(device, precision):
-                logits = model(x)
-            loss = segmentation_loss(logits, y, w, dice=cfg.dice)
-            value = loss.item()
-            if not math.isfinite(value):  # stop before a NaN reaches the weights
-                kept = f"; last.pt keeps epoch {epoch}" if epoch else ""
-                raise TrainingDiverged(
-                    f"{out}: the training loss became {value} at epoch {epoch + 1} (step "
-                    f"{step + 1} of the run, lr {lr:g}): the run diverged; lower --lr{kept}"
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            step += 1
-            losses.append(value)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
-        epoch += 1
-        epochs_this_call += 1
-        planned, plan = plan, plan_epochs(cfg, history, epoch, time.perf_counter() - t0, plan)
-        if plan != planned:
-            log.info("time limit %g min: %d epochs fit", cfg.time_limit, plan)
-        row = {"epoch": epoch, "step": step, "lr": lr, "train_loss": float(np.mean(losses))}
-        probs = None
-        if data.val_images and cfg.val_every and (epoch % cfg.val_every == 0 or epoch == plan):
-            isbi = cfg.isbi_every > 0 and (epoch % cfg.isbi_every == 0 or epoch == plan)
-            scores, probs = validate(model if ema is None else ema.module, data, precision, isbi)
-            row.update(scores)
-        row["seconds"] = round(time.perf_counter() - t0, 2)
-        history.append(row)
-        score = selection_score(row, select_by)
-        is_best = score is not None and score < best
-        best = min(best, score) if score is not None else best
-        state = {
-            "preset": preset.to_dict(),
-            "model": model.state_dict(),
-            **({} if ema is None else {"ema": ema.state_dict()}),
-            "optimizer": optimizer.state_dict(),
-            "epoch": epoch,
-            "plan": plan,
-            "step": step,
-            "best": best,
-            "history": history,
-            "rng": _rng_state(np_rng, gen),
-        }
-        if is_best:  # best first: a crash between the two writes loses no best model
-            save_checkpoint(out / "best.pt", state)
-        save_checkpoint(out / "last.pt", state)
-        _write_log(out / "log.csv", history)
-        plot_curves(history, out / "curves.png")
-        if probs is not None:
-            plot_panels(data.val_images, data.val_masks, probs, out / "val.png", data.val_names)
-        log.info(
-            "epoch %d/%d  train loss %.4f  val loss %s  pixel error %s  V_rand %s  V_info %s"
-            "  %.1fs%s",
-            epoch,
-            plan,
-            row["train_loss"],
-            _fmt(row.get("val_loss")),
-            _fmt(row.get("val_pixel_error")),
-            _fmt(row.get("v_rand")),
-            _fmt(row.get("v_info")),
-            row["seconds"],
-            "  (best)" if is_best else "",
-        )
-    return summary(history, select_by)
+
+
+def training_batch(
+    sampler: TileSampler,
+    cfg: TrainConfig,
+    out_tile: int,
+    gen: torch.Generator,
+    n: int,
+    device: torch.device | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``n`` training tiles as the network sees them, on ``device`` (default: the CPU):
+    regions drawn by ``sampler``, augmented with ``gen``, targets made after the warp
+    where configured. x (n, 1, S, S) float32, y (n, s, s) int64 class indices, w (n, s, s)
+    float32 loss weights or None; S = ``cfg.tile``, s = ``out_tile``."""
+    context = label_context(cfg)
+    x, y, w = (None if a is None else a.to(device) for a in sampler.sample(n))  # with margin
+    x, y, w = augment(x, y, w, cfg.augment, gen, tile=cfg.tile, label_size=out_tile,
+                      label_context=context)  # fmt: skip
+    if context:
+        y = tile_targets(y, cfg)
+    return x, y, w
+
+
+def _train_epoch(
+    learner: Learner,
+    sampler: TileSampler,
+    gen: torch.Generator,
+    cfg: TrainConfig,
+    state: RunState,
+    steps: int,
+    out_tile: int,
+    out: Path,
+    progress: bool,
+) -> tuple[float, float]:
+    """One epoch of ``steps`` optimiser steps (``state.step`` counts them); returns the mean
+    training loss and the last step's learning rate. TrainingDiverged (naming the run
+    ``out``) as soon as the loss is not finite, before it reaches the weights."""
+    model, optimizer = learner.model, learner.optimizer
+    model.train()
+    losses = []
+    bar = tqdm(range(steps), desc=f"epoch {state.epoch + 1}/{state.plan}", disable=not progress,
+               leave=False, dynamic_ncols=True)  # fmt: skip
+    for _ in bar:
+        lr = learning_rate(cfg, state.step, steps, state.plan)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y, w = training_batch(sampler, cfg, out_tile, gen, cfg.batch_size, learner.device)
+        x = x.contiguous(memory_format=learner.layout)
+        with autocast(learner.device, learner.precision):
+            logits = model(x)
+        loss = segmentation_loss(logits, y, w, dice=cfg.dice)
+        value = loss.item()
+        if not math.isfinite(value):  # stop before a NaN reaches the weights
+            kept = f"; last.pt keeps epoch {state.epoch}" if state.epoch else ""
+            raise TrainingDiverged(
+                f"{out}: the training loss became {value} at epoch {state.epoch + 1} (step "
+                f"{state.step + 1} of the run, lr {lr:g}): the run diverged; lower --lr{kept}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if learner.ema is not None:
+            learner.ema.update_parameters(model)
+        state.step += 1
+        losses.append(value)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+    return float(np.mean(losses)), lr
+
+
+def _validate_if_due(
+    learner: Learner, data: Data, cfg: TrainConfig, state: RunState
+) -> tuple[dict, list[np.ndarray] | None]:
+    """(scores, probabilities) of :func:`validate` with the averaged weights if any, every
+    ``cfg.val_every`` epochs and at the planned last; ({}, None) otherwise."""
+    epoch, plan = state.epoch, state.plan
+    if not (data.val_images and cfg.val_every and (epoch % cfg.val_every == 0 or epoch == plan)):
+        return {}, None
+    isbi = cfg.isbi_every > 0 and (epoch % cfg.isbi_every == 0 or epoch == plan)
+    model = learner.model if learner.ema is None else learner.ema.module
+    return validate(model, data, learner.precision, isbi)
+
+
+def _record(state: RunState, row: dict, select_by: str) -> bool:
+    """Append the epoch's ``row`` to the history; whether it is the best so far."""
+    state.history.append(row)
+    score = selection_score(row, select_by)
+    is_best = score is not None and score < state.best
+    state.best = min(state.best, score) if score is not None else state.best
+    return is_best
+
+
+def _checkpoint(
+    out: Path,
+    preset: Preset,
+    learner: Learner,
+    state: RunState,
+    np_rng: np.random.Generator,
+    gen: torch.Generator,
+    is_best: bool,
+) -> None:
+    """Write last.pt (and best.pt first, if ``is_best``): everything a resumed run needs."""
+    ckpt = {
+        "preset": preset.to_dict(),
+        "model": learner.model.state_dict(),
+        **({} if learner.ema is None else {"ema": learner.ema.state_dict()}),
+        "optimizer": learner.optimizer.state_dict(),
+        "epoch": state.epoch,
+        "plan": state.plan,
+        "step": state.step,
+        "best": state.best,
+        "history": state.history,
+        "rng": _rng_state(np_rng, gen),
+    }
+    if is_best:  # best first: a crash between the two writes loses no best model
+        save_checkpoint(out / "best.pt", ckpt)
+    save_checkpoint(out / "last.pt", ckpt)
+
+
+def _log_epoch(
+    out: Path, state: RunState, data: Data, probs: list[np.ndarray] | None, is_best: bool
+) -> None:
+    """log.csv, curves.png, val.png (if validated) and one log line for the last epoch."""
+    _write_log(out / "log.csv", state.history)
+    plot_curves(state.history, out / "curves.png")
+    if probs is not None:
+        plot_panels(data.val_images, data.val_masks, probs, out / "val.png", data.val_names)
+    row = state.history[-1]
+    log.info(
+        "epoch %d/%d  train loss %.4f  val loss %s  pixel error %s  V_rand %s  V_info %s"
+        "  %.1fs%s",
+        row["epoch"],
+        state.plan,
+        row["train_loss"],
+        _fmt(row.get("val_loss")),
+        _fmt(row.get("val_pixel_error")),
+        _fmt(row.get("v_rand")),
+        _fmt(row.get("v_info")),
+        row["seconds"],
+        "  (best)" if is_best else "",
+    )
 
 
 def _fmt(v: float | None) -> str:
@@ -542,10 +588,5 @@ def preview_tiles(preset: Preset, n: int = 12, seed: int = 0) -> tuple[np.ndarra
     out_tile = check_tile(preset)
     data = load_data(cfg, max(2, preset.model.out_channels), preset.model.normalization)
     sampler = make_sampler(cfg, data, out_tile, np.random.default_rng(seed))
-    x, y, w = sampler.sample(n)
-    context = label_context(cfg)
-    x, y, _ = augment(x, y, w, cfg.augment, torch.Generator().manual_seed(seed),
-                      tile=cfg.tile, label_size=out_tile, label_context=context)  # fmt: skip
-    if context:
-        y = tile_targets(y, cfg)
+    x, y, _ = training_batch(sampler, cfg, out_tile, torch.Generator().manual_seed(seed), n)
     return x[:, 0].numpy(), y.numpy()
