@@ -46,7 +46,7 @@ def main() -> None:
     base = _median_ms(connected_components, binary)
     b = _median_ms(binary_instances, binary)
     c = _median_ms(lambda p: contour_instances(p, min_size=15), contour)
-    options = get_preset("nuclei").train.instance_options()
+    options = get_preset("nuclei").inference.instance_options("contour")
     fg = options.pop("threshold")
     n = _median_ms(lambda p: contour_instances(p, foreground_threshold=fg, **options), contour)
     split = {**options, "split_solidity": 0.9, "split_depth": 4.0}

@@ -12,12 +12,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-from biounet import instances, model_from_checkpoint, predict
+from biounet import model_from_checkpoint, predict, segment
 from biounet.dataset import parse_slices
 from biounet.io import find_data, read_images, read_instances, read_masks, resolve_data_path
 from biounet.metrics import isbi_scores, thinned_segments
@@ -39,6 +40,7 @@ def isbi_figure(checkpoint: Path, out: Path, slice_: int = 25) -> None:
 def nuclei_figure(checkpoint: Path, out: Path, count: int = 3) -> None:
     model, preset = model_from_checkpoint(checkpoint)
     cfg = preset.train
+    tta_on = replace(preset.inference, tta=True)  # the stored setting, on 8-view averages
     images = read_images(resolve_data_path(cfg.images))
     labels = read_instances(resolve_data_path(cfg.labels))
     order = {n: i for i, n in enumerate(labels.names)}
@@ -52,7 +54,7 @@ def nuclei_figure(checkpoint: Path, out: Path, count: int = 3) -> None:
     crops = []
     for i in chosen:
         img, lab = images.arrays[i], labels.arrays[order[images.names[i]]]
-        pred = instances(predict(model, img, tta=True), **cfg.instance_options())
+        pred = segment((model, preset), img, tta_on, outputs=["instances"]).instances
         crops.append([a[:256, :256] for a in (img, lab, pred)])
     plot_outlines(*zip(*crops, strict=True), out / "nuclei.png",
                   [images.names[i] for i in chosen])  # fmt: skip

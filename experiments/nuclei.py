@@ -95,8 +95,8 @@ VARIANTS = {
     "wide-bottom": {"model": {"channels": (16, 32, 64, 128, 512)}},
     "wide-deep": {"model": {"channels": (16, 32, 64, 256, 512)}, "epochs": 77},
     # the preset's foreground threshold (0.6) was tuned on a contour model: binary rows keep 0.5
-    "binary-w10": {"target": "binary", "foreground_threshold": 0.5, "dice": 0.0},
-    "binary-w0": {"target": "binary", "w0": 0.0, "foreground_threshold": 0.5, "dice": 0.0},
+    "binary-w10": {"target": "binary", "inference": {"threshold": 0.5}, "dice": 0.0},
+    "binary-w0": {"target": "binary", "w0": 0.0, "inference": {"threshold": 0.5}, "dice": 0.0},
 }
 KEYS = ("ap50", "dsb_score", "f1", "seg", "merges", "splits")
 
@@ -122,12 +122,14 @@ def variant(name: str, seed: int = 0, validation: bool = False):
     changes = dict(VARIANTS[name])
     model = replace(p.model, out_channels=2) if changes.get("target") == "binary" else p.model
     model = replace(model, **changes.pop("model", {}))
+    inference = replace(p.inference, **changes.pop("inference", {}))
     changes = {"time_limit": 0.0, "seed": seed, **changes}  # equal steps: no time limit
     if validation:
         changes.update(train_slices=SPLITS + "train128.txt", val_slices=SPLITS + "validation.txt")
     if "augment" in changes:
         changes["augment"] = replace(p.train.augment, **changes["augment"])
-    return replace(p, name=f"nuclei-{name}", model=model, train=replace(p.train, **changes))
+    return replace(p, name=f"nuclei-{name}", model=model, train=replace(p.train, **changes),
+                   inference=inference)  # fmt: skip
 
 
 def scored_images(preset):
@@ -146,7 +148,8 @@ def score(checkpoint: Path, images, labels, tta: bool, screen: bool = False) -> 
     t0 = time.perf_counter()
     probs = [predict(model, img, tta=tta) for img in images]
     t1 = time.perf_counter()
-    options = preset.train.instance_options()
+    method = preset.inference.instance_method(preset.train.target, model.config.out_channels)
+    options = preset.inference.instance_options(method)
     preds = [instances(p, **options) for p in probs]
     t2 = time.perf_counter()
     r = instance_scores_many(labels, preds)

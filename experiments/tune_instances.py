@@ -99,8 +99,9 @@ def main() -> None:
     best = max(rows, key=lambda r: r["dsb_score"])
     held_idx = sorted(held)
     held_probs = probs_of(held_idx)
-    own = (cfg.seed_threshold, cfg.foreground_threshold, cfg.min_object_size, cfg.min_object_peak,
-           cfg.split_solidity, cfg.split_depth, cfg.min_object_fraction)  # fmt: skip
+    inf = preset.inference
+    own = (inf.seed_threshold, inf.threshold, inf.min_size, inf.min_peak, inf.split_solidity,
+           inf.split_depth, inf.min_fraction)  # fmt: skip
     for setting in dict.fromkeys((own, tuple(best[k] for k in NAMES))):
         rows.append({"set": "held-out", **dict(zip(NAMES, setting, strict=True)), "tta": args.tta,
                      **scores(held_probs, held_idx, *setting)})  # fmt: skip
@@ -108,12 +109,11 @@ def main() -> None:
     if args.json:
         write_text(args.json, json.dumps(rows, indent=1) + "\n")
     if args.export:
-        export_model(args.checkpoint, args.export, min_object_size=best["min_size"],
-                     min_object_peak=best["min_peak"], seed_threshold=best["seed_threshold"],
-                     foreground_threshold=best["foreground_threshold"],
-                     split_solidity=best["split_solidity"],
-                     split_depth=best["split_depth"],
-                     min_object_fraction=best["min_fraction"], tta=args.tta)  # fmt: skip
+        export_model(args.checkpoint, args.export, min_size=best["min_size"],
+                     min_peak=best["min_peak"], seed_threshold=best["seed_threshold"],
+                     threshold=best["foreground_threshold"],
+                     split_solidity=best["split_solidity"], split_depth=best["split_depth"],
+                     min_fraction=best["min_fraction"], tta=args.tta)  # fmt: skip
         print(f"wrote {args.export}: " + ", ".join(f"{k} {best[k]}" for k in NAMES))
 
 

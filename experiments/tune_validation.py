@@ -55,11 +55,8 @@ MIN_FRACTIONS = (0.0, 0.3)
 MIN_PEAKS = (0.0, 0.8, 0.9, 0.95)
 NAMES = ("seed_threshold", "seed_dynamics", "foreground_threshold", "split_solidity",
          "split_depth", "min_size", "min_fraction", "min_peak")  # fmt: skip
-FIELDS = {"seed_threshold": "seed_threshold", "seed_dynamics": "seed_dynamics",
-          "foreground_threshold": "foreground_threshold",
-          "split_solidity": "split_solidity", "split_depth": "split_depth",
-          "min_size": "min_object_size", "min_fraction": "min_object_fraction",
-          "min_peak": "min_object_peak"}  # fmt: skip
+# InferenceConfig's name of each setting (the rest are the same)
+FIELDS = {**{k: k for k in NAMES}, "foreground_threshold": "threshold"}
 
 
 def validation_model(path: Path, tta: bool, cache: Path | None = None):
@@ -94,9 +91,8 @@ def validation_model(path: Path, tta: bool, cache: Path | None = None):
             cache.mkdir(parents=True, exist_ok=True)
             with atomic_path(kept) as tmp, open(tmp, "wb") as f:
                 np.savez_compressed(f, **{str(i): p for i, p in enumerate(probs)})
-    own = (cfg.seed_threshold, cfg.seed_dynamics, cfg.foreground_threshold, cfg.split_solidity,
-           cfg.split_depth, cfg.min_object_size, cfg.min_object_fraction,
-           cfg.min_object_peak)  # fmt: skip
+    inf = preset.inference
+    own = tuple(getattr(inf, FIELDS[k]) for k in NAMES)
     return str(path), probs, labels, own
 
 
@@ -176,8 +172,8 @@ def main() -> None:
     args = ap.parse_args()
     models = [validation_model(p, args.tta, args.cache) for p in args.checkpoints]
     if args.quick:  # the seed settings at the preset's filters, then the filters at the best
-        cfg = get_preset("nuclei").train
-        preset_filters = [(cfg.min_object_size, cfg.min_object_fraction, cfg.min_object_peak)]
+        inf = get_preset("nuclei").inference
+        preset_filters = [(inf.min_size, inf.min_fraction, inf.min_peak)]
         per_model = sweep_all(models, seed_grid(), preset_filters, args.jobs)
         best = ranked(per_model)[0]
         chosen = [tuple(best[k] for k in NAMES[:5])]
@@ -202,7 +198,7 @@ def main() -> None:
         mine = json.dumps(own_scores(probs, labels, own))
         print(f"{name}: own setting {dict(zip(NAMES, own, strict=True))}: {mine}; "
               f"best: {json.dumps(at_best)}")  # fmt: skip
-    print("TrainConfig fields: " + ", ".join(f"{FIELDS[k]}={best[k]}" for k in NAMES))
+    print("InferenceConfig fields: " + ", ".join(f"{FIELDS[k]}={best[k]}" for k in NAMES))
     if args.json:
         write_text(args.json, json.dumps(rows, indent=1) + "\n")
 
