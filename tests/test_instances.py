@@ -305,7 +305,7 @@ def _filtered_slowly(labels, peak, min_size, min_peak, fraction):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_filtering_the_unfiltered_objects_gives_the_filtered_call(seed):
-    # benchmarks/tune_validation.py sweeps the filters over one watershed per seed setting
+    # experiments/tune_validation.py sweeps the filters over one watershed per seed setting
     rng = np.random.default_rng(seed)
     raw = ndimage.gaussian_filter(rng.random((3, 96, 96)), (0, 3, 3))
     e = np.exp(12 * (raw - raw.mean(0)))

@@ -103,7 +103,7 @@ def _listed(path):
 
 def test_the_nuclei_splits_partition_the_bundled_images():
     # held-out 40 (reported, never trained on), validation 32 (chooses training settings in
-    # benchmarks/nuclei.py --validation), the other 128 (trained on in that mode): disjoint,
+    # experiments/nuclei.py --validation), the other 128 (trained on in that mode): disjoint,
     # together every bundled image once, and the validation list drawn as its header says
     splits = HOLDOUT.parent
     held = _listed(HOLDOUT)

@@ -259,8 +259,8 @@ def instances(probs: np.ndarray, threshold: float = 0.5, **options) -> np.ndarra
     (3, H, W) are a ``contour`` model's class probabilities: :func:`contour_instances`
     (``threshold`` is its foreground threshold; options ``seed_threshold``, ``min_size``,
     ``min_peak``, ``min_fraction``, ``split_solidity``, ``split_depth``, ``seed_dynamics``). A
-    model's own settings:
-    ``preset.train.instance_options()``.
+    model's own settings: ``preset.inference.instance_options(method)``
+    (:class:`biounet.InferenceConfig`); :func:`biounet.segment` applies them.
     """
     probs = np.asarray(probs)
     if probs.ndim == 2:
