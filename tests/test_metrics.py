@@ -9,8 +9,15 @@ from hypothesis import strategies as st
 from skimage.metrics import adapted_rand_error
 
 from biounet.metrics import (
+    class_scores,
+    class_scores_many,
+    confusion_matrix,
     contingency,
+    dice,
+    dice_per_class,
     information_scores,
+    iou,
+    iou_per_class,
     isbi_scores,
     rand_scores,
     seg_score,
@@ -197,3 +204,88 @@ def test_the_cli_knows_every_metric():
     from biounet.metrics import METRICS
 
     assert ALL_METRICS == METRICS
+
+
+# --- multi-class maps: per-class IoU and Dice --------------------------------------------
+
+# reference / prediction pairs (g, p): (0,0) (1,1) (1,2) / (2,2) (2,0) (0,0)
+_G3 = np.array([[0, 1, 1], [2, 2, 0]], np.uint8)
+_P3 = np.array([[0, 1, 2], [2, 0, 0]], np.uint8)
+
+
+def test_confusion_matrix_counts_reference_by_predicted_class():
+    cm = confusion_matrix(_P3, _G3, num_classes=3)
+    np.testing.assert_array_equal(cm, [[2, 0, 0], [0, 1, 1], [1, 0, 1]])
+    assert cm.dtype == np.int64
+
+
+def test_per_class_iou_and_dice_by_hand():
+    # class 1: TP 1, FP 0, FN 1 -> IoU 1/2, Dice 2/3; class 2: TP 1, FP 1, FN 1 -> 1/3, 2/4
+    r = class_scores(confusion_matrix(_P3, _G3, num_classes=3))
+    assert r["iou_per_class"] == pytest.approx([1 / 2, 1 / 3])
+    assert r["dice_per_class"] == pytest.approx([2 / 3, 1 / 2])
+    assert r["mean_iou"] == pytest.approx(5 / 12) and r["mean_dice"] == pytest.approx(7 / 12)
+    np.testing.assert_allclose(iou_per_class(_P3, _G3, num_classes=3), [1 / 2, 1 / 3])
+    np.testing.assert_allclose(dice_per_class(_P3, _G3, num_classes=3), [2 / 3, 1 / 2])
+
+
+def test_a_class_in_neither_map_is_nan_and_left_out_of_the_means():
+    r = class_scores(confusion_matrix(_P3, _G3, num_classes=4))  # class 3 occurs nowhere
+    assert r["iou_per_class"][:2] == pytest.approx([1 / 2, 1 / 3])
+    assert math.isnan(r["iou_per_class"][2]) and math.isnan(r["dice_per_class"][2])
+    assert r["mean_iou"] == pytest.approx(5 / 12) and r["mean_dice"] == pytest.approx(7 / 12)
+    # a class only predicted (or only in the reference) scores 0, and counts in the mean
+    pred = _P3.copy()
+    pred[0, 0] = 3
+    r = class_scores(confusion_matrix(pred, _G3, num_classes=4))
+    assert r["iou_per_class"][2] == 0.0 and r["mean_iou"] == pytest.approx((1 / 2 + 1 / 3) / 3)
+    # no foreground class anywhere: nothing to score
+    empty = class_scores(confusion_matrix(np.zeros((2, 2), int), np.zeros((2, 2), int),
+                                          num_classes=3))  # fmt: skip
+    assert all(math.isnan(v) for v in empty["iou_per_class"] + empty["dice_per_class"])
+    assert math.isnan(empty["mean_iou"]) and math.isnan(empty["mean_dice"])
+    assert class_scores(confusion_matrix(_G3, _G3, num_classes=3))["mean_iou"] == 1.0
+
+
+def test_ignored_reference_pixels_are_left_out_whatever_is_predicted_there():
+    label = _G3.copy()
+    label[0, 2] = 255  # the (1, 2) pair: a class-1 pixel predicted as 2
+    cm = confusion_matrix(_P3, label, num_classes=3, ignore=255)
+    assert cm.sum() == 5
+    r = class_scores(cm)
+    assert r["iou_per_class"] == pytest.approx([1.0, 1 / 2])  # class 2: TP 1, FP 0, FN 1
+    pred = _P3.copy()
+    pred[0, 2] = 7  # out of range, but under an ignored pixel: never looked at
+    np.testing.assert_array_equal(confusion_matrix(pred, label, num_classes=3, ignore=255), cm)
+    with pytest.raises(ValueError, match="label has value 255, outside the classes 0..2"):
+        confusion_matrix(_P3, label, num_classes=3)  # not ignored: not a class
+
+
+def test_two_classes_agree_with_binary_iou_and_dice():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        p, g = rng.integers(0, 2, (2, 7, 5)), rng.integers(0, 2, (2, 7, 5))
+        assert iou_per_class(p, g, num_classes=2)[0] == pytest.approx(iou(p, g))
+        assert dice_per_class(p, g, num_classes=2)[0] == pytest.approx(dice(p, g))
+
+
+def test_class_scores_many_pools_the_pixels_of_images_of_any_size():
+    big_p, big_g = np.full((4, 4), 2), np.full((4, 4), 2)
+    big_g[0, 0] = 1
+    r = class_scores_many([_P3, big_p], [_G3, big_g], num_classes=3)
+    both = (confusion_matrix(_P3, _G3, num_classes=3)
+            + confusion_matrix(big_p, big_g, num_classes=3))  # fmt: skip
+    assert r == {**class_scores(both), "pixels": 6 + 16}
+    # class 1 of the second image is missed: TP 1, FP 0, FN 2 over both
+    assert r["iou_per_class"][0] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="2 predictions for 1 labels"):
+        class_scores_many([_P3, _P3], [_G3], num_classes=3)
+
+
+def test_class_map_errors_show_the_bad_value():
+    with pytest.raises(ValueError, match="pred has value 3, outside the classes 0..2"):
+        confusion_matrix(np.array([[3, 0]]), np.array([[0, 0]]), num_classes=3)
+    with pytest.raises(ValueError, match=r"shapes differ: \(1, 2\) vs \(2, 1\)"):
+        confusion_matrix(np.zeros((1, 2), int), np.zeros((2, 1), int), num_classes=3)
+    with pytest.raises(ValueError, match="num_classes must be >= 2, got 1"):
+        confusion_matrix(_P3, _G3, num_classes=1)

@@ -5,7 +5,8 @@ Conventions: ``prob`` is an (H, W) float map of the foreground (cell) probabilit
 background; instance label images are (H, W) integer, 0 = background, each positive id one
 object. Stacks are scored slice by slice and averaged, as the ISBI 2012 challenge did.
 
-- :mod:`.pixel`: pixel error, IoU, Dice, binary cross entropy, pixel F-score.
+- :mod:`.pixel`: pixel error, IoU, Dice, binary cross entropy, pixel F-score; per-class
+  IoU and Dice of multi-class maps from their confusion matrix.
 - :mod:`.isbi`: the ISBI 2012 scores after the organisers' Fiji evaluation
   (Arganda-Carreras et al., Front. Neuroanat. 9:142, 2015, doi:10.3389/fnana.2015.00142):
   contingency table, V_rand and V_info with their split and merge parts, thinned
@@ -41,7 +42,18 @@ from .isbi import (
     rand_scores,
     thinned_segments,
 )
-from .pixel import binary_cross_entropy, dice, iou, pixel_error, pixel_fscore
+from .pixel import (
+    binary_cross_entropy,
+    class_scores,
+    class_scores_many,
+    confusion_matrix,
+    dice,
+    dice_per_class,
+    iou,
+    iou_per_class,
+    pixel_error,
+    pixel_fscore,
+)
 from .warping import warp, warping_error
 
 __all__ = [
@@ -53,14 +65,19 @@ __all__ = [
     "Scores",
     "Table",
     "binary_cross_entropy",
+    "class_scores",
+    "class_scores_many",
+    "confusion_matrix",
     "contingency",
     "dice",
+    "dice_per_class",
     "ground_truth_segments",
     "information_scores",
     "instance_ious",
     "instance_scores",
     "instance_scores_many",
     "iou",
+    "iou_per_class",
     "isbi_scores",
     "match_instances",
     "pixel_error",
