@@ -4,6 +4,13 @@ Images cross module boundaries as lists of (H, W) numpy arrays (a TIFF stack is 
 its slices; a folder is a list of its files, which may differ in size). Colour inputs are
 converted to gray; masks are checked to hold classes and mapped to class indices, so a
 0/255 mask can never be misread as "everything is class 0".
+
+Reading never silently drops data: a TIFF whose pages or page data end before what the
+file declares (ImageJ ``images=``, a tifffile shape, OME planes, the page chain, the page
+data's offsets) is refused, and so is a NaN or infinite pixel. Each array's pixel size
+(ImageJ, OME, TIFF or PNG resolution) is kept in :attr:`Images.pixel_sizes`, and
+:class:`StackWriter` writes it into its TIFFs, ImageJ style, so outputs overlay their
+inputs in Fiji and napari.
 """
 
 from __future__ import annotations
@@ -17,6 +24,15 @@ from pathlib import Path
 import numpy as np
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+IGNORE_INDEX = 255  # class-map value of pixels to leave out (mask_to_classes' ``ignore``)
+THRESHOLD_HINT = (
+    "; for soft or anti-aliased masks add --label-threshold T (value > T is foreground)"
+)
+
+PixelSize = tuple[float, float, str]  # (x, y, unit): the width and height of one pixel
+MICRONS = {"micron": 1.0, "microns": 1.0, "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00B5m": 1.0,
+           "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "cm": 1e4,
+           "centimeter": 1e4, "m": 1e6, "meter": 1e6, "inch": 25400.0}  # fmt: skip
 
 
 class InputError(ValueError):
@@ -25,11 +41,19 @@ class InputError(ValueError):
 
 @dataclass
 class Images:
-    """Images read from one path: ``arrays[i]`` is (H_i, W_i); ``names[i]`` names it."""
+    """Images read from one path: ``arrays[i]`` is (H_i, W_i); ``names[i]`` names it;
+    ``pixel_sizes[i]`` is its pixel size ``(x, y, unit)`` from the file's metadata (unit
+    "µm", "nm", ...; a stack's slices share one), or None where the file has none (default:
+    None for every array)."""
 
     arrays: list[np.ndarray]
     names: list[str]
     source: Path
+    pixel_sizes: list[PixelSize | None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.pixel_sizes is None:
+            self.pixel_sizes = [None] * len(self.arrays)
 
     def __len__(self) -> int:
         return len(self.arrays)
@@ -80,36 +104,55 @@ def list_image_files(folder: Path) -> list[Path]:
 def read_images(path: str | Path, *, mask: bool = False) -> Images:
     """Read a TIFF (single image or stack), a PNG, or a folder of them.
 
-    Returns gray (H, W) arrays in their stored dtype. Colour images are converted to gray
-    (equal channels: taken as is; otherwise ITU-R 601 luma); an alpha channel is dropped.
-    With ``mask=True`` palette PNGs keep their indices and colour masks must have equal
-    channels (a colour-coded mask is an error, not a silently averaged one).
+    Returns gray (H, W) arrays in their stored dtype, with each file's pixel size when its
+    metadata has one. Colour images are converted to gray (equal channels: taken as is;
+    otherwise ITU-R 601 luma); an alpha channel is dropped. With ``mask=True`` palette PNGs
+    keep their indices and colour masks must have equal channels (a colour-coded mask is
+    an error, not a silently averaged one). InputError naming the file for a truncated or
+    damaged TIFF (fewer pages or less page data than the file declares) and for NaN or
+    infinite pixels.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     if path.is_dir():
-        arrays, names = [], []
+        arrays, names, sizes = [], [], []
         for f in list_image_files(path):
             img = read_images(f, mask=mask)
             arrays += img.arrays
             names += [f.stem] if len(img) == 1 else [f"{f.stem}[{i}]" for i in range(len(img))]
-        return Images(arrays, names, path)
+            sizes += img.pixel_sizes
+        return Images(arrays, names, path, sizes)
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
-        stack = _read_tiff(path, mask)
+        stack, pixel_size = _read_tiff(path, mask)
     elif suffix == ".png":
-        stack = [_read_png(path, mask)]
+        image, pixel_size = _read_png(path, mask)
+        stack = [image]
     else:
         raise InputError(f"{path}: unsupported file type {suffix!r} (use .tif, .tiff or .png)")
     for i, a in enumerate(stack):
         if a.size == 0:
             raise InputError(f"{path}: slice {i} is empty ({a.shape[0]} x {a.shape[1]})")
+        _check_finite(a, f"{path}: slice {i}" if len(stack) > 1 else f"{path}: image")
     names = [path.stem] if len(stack) == 1 else [f"{path.stem}[{i}]" for i in range(len(stack))]
-    return Images(stack, names, path)
+    return Images(stack, names, path, [pixel_size] * len(stack))
 
 
-def _read_tiff(path: Path, mask: bool) -> list[np.ndarray]:
+def _check_finite(a: np.ndarray, where: str) -> None:
+    """InputError ``"WHERE has NaN pixels (12 of them)"`` unless every pixel is finite."""
+    if a.dtype.kind not in "fc" or np.isfinite(a).all():
+        return
+    nan = int(np.isnan(a).sum())
+    inf = int(np.isinf(a).sum())
+    what = [f"{n} {kind}" for n, kind in ((nan, "NaN"), (inf, "infinite")) if n]
+    if len(what) == 1:
+        kind = "NaN" if nan else "infinite"
+        raise InputError(f"{where} has {kind} pixels ({nan or inf} of them)")
+    raise InputError(f"{where} has NaN and infinite pixels ({what[0]}, {what[1]})")
+
+
+def _read_tiff(path: Path, mask: bool) -> tuple[list[np.ndarray], PixelSize | None]:
     import logging
 
     import tifffile
@@ -119,11 +162,18 @@ def _read_tiff(path: Path, mask: bool) -> list[np.ndarray]:
     tiff_log.setLevel(logging.CRITICAL)  # damage is reported below, in one line
     try:
         with tifffile.TiffFile(path) as tif:
+            _check_complete(tif, path)
+            pixel_size = _tiff_pixel_size(tif)
             if len(tif.series) == 1:
                 series = [(tif.series[0].axes, tif.series[0].asarray())]
             else:  # pages of different shapes: every page, in file order
                 series = [(page.axes, page.asarray()) for page in tif.pages]
+    except InputError:
+        raise
     except Exception as e:  # tifffile raises many types for damaged files
+        damage = _ifd_chain_damage(path)  # a truncated header or page chain, if that is it
+        if damage:
+            raise InputError(f"{path}: {damage}") from None
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise InputError(f"{path}: not a readable TIFF ({type(e).__name__}: {first})") from None
     finally:
@@ -137,15 +187,220 @@ def _read_tiff(path: Path, mask: bool) -> list[np.ndarray]:
         if data.ndim < 2:
             raise InputError(f"{path}: expected a 2-D image or a stack, got shape {data.shape}")
         pages.extend(data.reshape(-1, *data.shape[-2:]))  # leading axes (pages, Z, T) -> N
-    return pages
+    return pages, pixel_size
 
 
-def _read_png(path: Path, mask: bool) -> np.ndarray:
+def _size(nbytes: int, other: int | None = None) -> str:
+    """Bytes as people read them ("812 bytes", "3.6 kB", "7.27 MB"); in bytes when
+    ``other`` would otherwise read the same."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            text = f"{nbytes / scale:.3g} {unit}"
+            if other is not None and other != nbytes and _size(other) == text:
+                return f"{nbytes} bytes"
+            return text
+    return f"{nbytes} bytes"
+
+
+# bytes per value of each TIFF field type (BYTE, ASCII, SHORT, LONG, RATIONAL, ...)
+TIFF_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
+                   13: 4, 16: 8, 17: 8, 18: 8}  # fmt: skip
+
+
+def _walk_ifds(path: Path) -> tuple[int, int | None, int, tuple[int, int] | None]:
+    """Walk the TIFF page chain (image file directories) of ``path`` byte by byte.
+
+    Returns ``(complete, stop, size, cut_tag)``: the number of page directories that lie
+    wholly inside the file; None if the chain then ends properly (next offset 0), the
+    bytes the file would need to hold the next directory if it ends past the end of the
+    file, or -1 if it loops back; the file size in bytes; and ``(tag code, bytes needed)``
+    of the first tag whose value lies past the end of the file (None if none does).
+    Classic TIFF and BigTIFF; ValueError when the file does not start like a TIFF.
+    """
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+        if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+            raise ValueError("not a TIFF header")
+        order = "<" if head[:2] == b"II" else ">"
+        version = struct.unpack(order + "H", head[2:4])[0]
+        if version == 42:
+            count_fmt, offset_fmt, entry_fmt = "H", "I", "HHI4s"
+            offset = struct.unpack(order + "I", head[4:8])[0]
+        elif version == 43 and len(head) >= 16:
+            count_fmt, offset_fmt, entry_fmt = "Q", "Q", "HHQ8s"
+            offset = struct.unpack(order + "Q", head[8:16])[0]
+        else:
+            raise ValueError(f"TIFF version {version}")
+        count_size, offset_size = struct.calcsize(count_fmt), struct.calcsize(offset_fmt)
+        entry = struct.calcsize(order + entry_fmt)
+        complete, seen, cut_tag = 0, set(), None
+        while offset:
+            if offset in seen:
+                return complete, -1, size, cut_tag
+            if offset + count_size > size:
+                return complete, offset + count_size, size, cut_tag
+            seen.add(offset)
+            f.seek(offset)
+            (n,) = struct.unpack(order + count_fmt, f.read(count_size))
+            end = offset + count_size + n * entry + offset_size  # entries, then next offset
+            if end > size:
+                return complete, end, size, cut_tag
+            entries = f.read(n * entry)
+            for code, kind, count, value in struct.iter_unpack(order + entry_fmt, entries):
+                nbytes = count * TIFF_TYPE_BYTES.get(kind, 0)
+                if cut_tag is None and nbytes > offset_size:  # the value lies elsewhere
+                    (at,) = struct.unpack(order + offset_fmt, value)
+                    if at + nbytes > size:
+                        cut_tag = (code, at + nbytes)
+            (offset,) = struct.unpack(order + offset_fmt, f.read(offset_size))
+            complete += 1
+    return complete, None, size, cut_tag
+
+
+def _chain_damage(
+    complete: int, stop: int, size: int, readable: int | None = None, declared: int = 0
+) -> str:
+    """The one-line reason for a page chain that stops early (``_walk_ifds``' result)."""
+    readable = complete if readable is None else readable
+    if stop == -1:
+        return f"damaged: its page chain loops back after {complete} pages"
+    total = declared if declared > complete else f"at least {complete + 1}"
+    return (f"truncated: {readable} of {total} pages readable (file is {_size(size, stop)}, "
+            f"its pages need at least {_size(stop, size)})")  # fmt: skip
+
+
+def _tag_damage(cut_tag: tuple[int, int], size: int) -> str:
+    """The one-line reason for a tag value past the end of the file."""
+    import tifffile
+
+    code, need = cut_tag
+    name = tifffile.TIFF.TAGS.get(code, f"tag {code}")
+    return (f"truncated: its {name} metadata ends past the end of the file (file is "
+            f"{_size(size, need)}, it needs {_size(need, size)})")  # fmt: skip
+
+
+def _ifd_chain_damage(path: Path) -> str | None:
+    """Why ``path``'s page chain is cut short, or None if it is whole (or if the file is
+    no TIFF at all): for files tifffile cannot open."""
+    try:
+        complete, stop, size, cut_tag = _walk_ifds(path)
+    except (OSError, ValueError):
+        return None
+    if stop is not None:
+        return _chain_damage(complete, stop, size, readable=0 if complete <= 1 else None)
+    return _tag_damage(cut_tag, size) if cut_tag else None
+
+
+def _check_complete(tif, path: Path) -> None:
+    """InputError naming ``path`` if the TIFF holds fewer pages, or less page data, than it
+    declares: the page chain (a next page past the end of the file), each page's strip or
+    tile offsets + byte counts against the file size, ImageJ ``images=``, a tifffile
+    ``{"shape": ...}`` description and OME planes (pages its series lack)."""
+    complete, stop, size, cut_tag = _walk_ifds(path)
+    pages = list(tif.pages)[:complete]
+    ends = [_data_end(p) for p in pages]
+    readable = sum(e <= size for e in ends)
+    need = max(ends, default=0)  # bytes the pages in the chain need
+    first = pages[0] if pages else None
+    images = int((tif.imagej_metadata or {}).get("images", 0) or 0)
+    declared = [complete, images]
+    if images > complete and first is not None and first.compression == 1 and first.is_contiguous:
+        # ImageJ stores big stacks as one page directory and contiguous raw planes
+        start = first.dataoffsets[0]
+        need = start + images * first.nbytes
+        readable = min(images, max(0, (size - start) // max(1, first.nbytes)))
+        declared[0] = images
+    if tif.is_shaped and first is not None:
+        plane = max(1, int(np.prod(first.shape)))
+        declared.append(sum(int(np.prod(m["shape"])) // plane for m in tif.shaped_metadata or ()
+                            if isinstance(m, dict) and "shape" in m))  # fmt: skip
+    if tif.is_ome:
+        declared.append(complete + sum(sum(p is None for p in s.pages) for s in tif.series))
+    total = max(declared)
+    if stop is not None:
+        raise InputError(f"{path}: {_chain_damage(complete, stop, size, readable, total)}")
+    if readable >= total and need <= size:
+        if cut_tag:
+            raise InputError(f"{path}: {_tag_damage(cut_tag, size)}")
+        return
+    if total > declared[0]:  # pages declared but absent: what they need is unknown
+        needs = f"its {total} pages need more than {_size(max(need, size))}"
+    else:
+        needs = f"its pages need {_size(need, size)}"
+    raise InputError(f"{path}: truncated: {readable} of {total} pages readable "
+                     f"(file is {_size(size, need)}, {needs})")  # fmt: skip
+
+
+def _data_end(page) -> int:
+    """Byte past a page's last strip or tile: the file length its data need."""
+    spans = zip(page.dataoffsets, page.databytecounts, strict=True)
+    return max((offset + count for offset, count in spans if count), default=0)
+
+
+def _tiff_pixel_size(tif) -> PixelSize | None:
+    """(x, y, unit) of a TIFF's first page: ImageJ (XResolution/YResolution in pixels per
+    ``unit=`` of its description), OME (PhysicalSizeX/Y and their units) or the TIFF
+    resolution in pixels per inch or centimetre (as µm); None without a calibration."""
+    page = tif.pages[0]
+    if tif.is_ome:
+        return _ome_pixel_size(tif.ome_metadata)
+    x_res, y_res = page.resolution
+    if not (x_res > 0 and y_res > 0):
+        return None
+    if tif.is_imagej:
+        unit = _unit((tif.imagej_metadata or {}).get("unit", ""))
+        return (1.0 / x_res, 1.0 / y_res, unit) if unit else None
+    per_unit = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}.get(int(page.resolutionunit))  # in µm
+    if per_unit is None:
+        return None
+    return (per_unit / x_res, per_unit / y_res, "µm")
+
+
+def _unit(name: str) -> str | None:
+    """A length unit as written in metadata -> its usual spelling ("micron" -> "µm");
+    None for none ("", "pixel")."""
+    name = str(name).strip()
+    if name.lower() in ("", "pixel", "pixels", "none"):
+        return None
+    if MICRONS.get(name) == 1.0 or name.lower() in ("micron", "microns", "um"):
+        return "µm"
+    return name
+
+
+def _ome_pixel_size(xml: str | None) -> PixelSize | None:
+    """(x, y, unit) of the first image in OME-XML (PhysicalSizeX/Y, unit default µm)."""
+    import xml.etree.ElementTree as ET
+
+    if not xml:
+        return None
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    pixels = next((el for el in root.iter() if el.tag.split("}")[-1] == "Pixels"), None)
+    if pixels is None or "PhysicalSizeX" not in pixels.attrib:
+        return None
+    x = float(pixels.attrib["PhysicalSizeX"])
+    y = float(pixels.attrib.get("PhysicalSizeY", x))
+    x_unit = _unit(pixels.attrib.get("PhysicalSizeXUnit", "µm"))
+    y_unit = _unit(pixels.attrib.get("PhysicalSizeYUnit", "µm"))
+    if not (x > 0 and y > 0) or x_unit is None:
+        return None
+    if y_unit != x_unit and x_unit in MICRONS and y_unit in MICRONS:
+        y *= MICRONS[y_unit] / MICRONS[x_unit]
+    return (x, y, x_unit)
+
+
+def _read_png(path: Path, mask: bool) -> tuple[np.ndarray, PixelSize | None]:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             im.load()
+            dpi = im.info.get("dpi")  # from pHYs in pixels per metre
             if im.mode == "P" and not mask:
                 im = im.convert("RGBA")
             data = np.asarray(im)
@@ -153,7 +408,10 @@ def _read_png(path: Path, mask: bool) -> np.ndarray:
         raise InputError(f"{path}: not a readable PNG ({e})") from None
     if data.ndim == 3:
         data = _to_gray(data, path, mask)
-    return data
+    pixel_size = None
+    if dpi and float(dpi[0]) > 0 and float(dpi[1]) > 0:
+        pixel_size = (25400.0 / float(dpi[0]), 25400.0 / float(dpi[1]), "µm")
+    return data, pixel_size
 
 
 def _to_gray(data: np.ndarray, path: Path, mask: bool) -> np.ndarray:
@@ -178,40 +436,103 @@ def _to_gray(data: np.ndarray, path: Path, mask: bool) -> np.ndarray:
 # Masks
 
 
-def mask_to_classes(mask: np.ndarray, num_classes: int, where: str, hint: str = "") -> np.ndarray:
+def mask_to_classes(
+    mask: np.ndarray,
+    num_classes: int,
+    where: str,
+    hint: str = "",
+    *,
+    threshold: float | None = None,
+    ignore: int | None = None,
+) -> np.ndarray:
     """Class-index map (H, W) uint8 from a stored mask, or InputError naming ``where``.
 
-    Accepted: binary 0/255 (255 -> 1) or 0/1, or integer class maps with values in
-    0..num_classes-1 (for a 1-output sigmoid network, ``num_classes`` is 2).
+    Accepted: binary 0/255 (255 -> 1), 0/65535 (the 16-bit binary mask; 65535 -> 1) or
+    0/1, or integer class maps with values in 0..num_classes-1 (for a 1-output sigmoid
+    network, ``num_classes`` is 2), of any integer dtype or float holding whole numbers.
     Anything else (anti-aliased or JPEG-compressed masks, instance labels given to a
-    binary model, float masks with fractions) is an error, never a silent guess.
+    binary model, float masks with fractions) is an error, never a silent guess; the
+    error for many values names ``--label-threshold`` as the way on.
+
+    Args:
+        mask: (H, W) any numeric dtype.
+        num_classes: classes the model predicts (2 for a binary model).
+        where: names the mask in messages (a path, "x.tif slice 3").
+        hint: ends the message of a mask whose values are not classes; default
+            :data:`THRESHOLD_HINT`, the way on for soft masks.
+        threshold: binarise instead: value > threshold is foreground (1), else 0, for soft
+            or anti-aliased masks. InputError if the mask has two or more values and all of
+            them lie on one side (the threshold is outside the mask's value range); a
+            constant mask (an empty image) passes.
+        ignore: pixels of this stored value become :data:`IGNORE_INDEX` (255), "not
+            labelled", in the class map; the other pixels map as above. InputError if the
+            value is also a class (below ``num_classes`` without a threshold).
     """
+    if ignore is not None:
+        if threshold is None and 0 <= ignore < num_classes:
+            raise InputError(f"--ignore-label {ignore:g} is also a class of {where} "
+                             f"(classes 0..{num_classes - 1})")  # fmt: skip
+        ignored = mask == ignore
+        if ignored.any():
+            rest = mask[~ignored]
+            classes = np.full(mask.shape, IGNORE_INDEX, np.uint8)
+            if rest.size:
+                classes[~ignored] = mask_to_classes(rest, num_classes, where, hint,
+                                                    threshold=threshold)  # fmt: skip
+            return classes
+    if threshold is not None:
+        return _threshold_mask(mask, threshold, where)
     values = np.unique(mask)
     if mask.dtype.kind == "f" and not np.all(values == np.round(values)):
         raise InputError(
             f"{where}: mask values are not classes: fractional values such as "
-            f"{values[values != np.round(values)][0]:g}"
+            f"{values[values != np.round(values)][0]:g}{hint or THRESHOLD_HINT}"
         )
     if values.min() < 0:
         raise InputError(f"{where}: mask values are not classes: negative value {values.min():g}")
-    if np.isin(values, (0, 255)).all() and not np.isin(values, (0, 1)).all():
-        return (mask == 255).astype(np.uint8)  # binary 0/255 -> 0/1
+    for top in (255, 65535):  # the 8- and 16-bit binary masks
+        if np.isin(values, (0, top)).all() and not np.isin(values, (0, 1)).all():
+            return (mask == top).astype(np.uint8)  # binary 0/top -> 0/1
     if values.max() < num_classes:
         return mask.astype(np.uint8)
     shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
     expected = "0/255 or 0/1" if num_classes == 2 else f"0/255, 0/1 or 0..{num_classes - 1}"
     raise InputError(
         f"{where}: mask values are not classes: {len(values)} distinct values ({shown}); "
-        f"expected {expected}{hint}"
+        f"expected {expected}{hint or THRESHOLD_HINT}"
     )
 
 
-def read_masks(path: str | Path, num_classes: int = 2, hint: str = "") -> Images:
-    """Read masks like :func:`read_images` and map each to class indices (H, W) uint8;
-    ``hint`` ends the message of a mask with too many distinct values."""
+def _threshold_mask(mask: np.ndarray, threshold: float, where: str) -> np.ndarray:
+    """(H, W) uint8: 1 where ``mask > threshold``, else 0; InputError if the threshold is
+    outside the range of a mask with two or more values."""
+    if not np.isfinite(threshold):
+        raise InputError(f"--label-threshold must be a finite number, got {threshold}")
+    low, high = mask.min(), mask.max()
+    if low != high and not (low <= threshold < high):
+        side = "foreground" if threshold < low else "background"
+        raise InputError(f"{where}: --label-threshold {threshold:g} is outside the mask's values "
+                         f"{low:g}..{high:g}: every pixel would be {side}")  # fmt: skip
+    return (mask > threshold).astype(np.uint8)
+
+
+def read_masks(
+    path: str | Path,
+    num_classes: int = 2,
+    hint: str = "",
+    *,
+    threshold: float | None = None,
+    ignore: int | None = None,
+) -> Images:
+    """Read masks like :func:`read_images` and map each to class indices (H, W) uint8 with
+    :func:`mask_to_classes` (``threshold`` binarises soft masks, ``ignore`` marks
+    unlabelled pixels as :data:`IGNORE_INDEX`); ``hint`` ends the message of a mask whose
+    values are not classes (default: :data:`THRESHOLD_HINT`)."""
     masks = read_images(path, mask=True)
     masks.arrays = [
-        mask_to_classes(m, num_classes, where_of(masks, i), hint)
+        mask_to_classes(
+            m, num_classes, where_of(masks, i), hint, threshold=threshold, ignore=ignore
+        )  # fmt: skip
         for i, m in enumerate(masks.arrays)
     ]
     return masks
@@ -267,6 +588,7 @@ def check_pairs(images: Images, masks: Images) -> None:
             )
         order = {n: i for i, n in enumerate(masks.names)}
         masks.arrays = [masks.arrays[order[n]] for n in images.names]
+        masks.pixel_sizes = [masks.pixel_sizes[order[n]] for n in images.names]
         masks.names = list(images.names)
     if len(masks) != len(images):
         raise InputError(
@@ -352,11 +674,19 @@ def write_tiff(path: str | Path, data: np.ndarray | Sequence[np.ndarray]) -> Pat
 
 class StackWriter:
     """Write a multi-page TIFF one (H, W) page at a time, atomically (temp file + rename on
-    success), so a stack never has to be held in memory and a failed run leaves nothing."""
+    success), so a stack never has to be held in memory and a failed run leaves nothing.
 
-    def __init__(self, path: str | Path, bigtiff: bool = False):
+    ``pixel_size`` (x, y, unit), e.g. from :attr:`Images.pixel_sizes`, is written ImageJ
+    style (XResolution/YResolution in pixels per unit, ``unit=`` in an ImageJ description),
+    which Fiji, napari and :func:`read_images` read back; None writes no calibration.
+    """
+
+    def __init__(
+        self, path: str | Path, bigtiff: bool = False, pixel_size: PixelSize | None = None
+    ):
         self.path = Path(path)
         self.bigtiff = bigtiff  # needed past 4 GiB
+        self.pixel_size = pixel_size
         self.pages = 0
 
     def __enter__(self) -> StackWriter:
@@ -368,7 +698,15 @@ class StackWriter:
         return self
 
     def write(self, page: np.ndarray) -> None:
-        self._tif.write(page, compression="zlib", photometric="minisblack", metadata=None)
+        calibration = {}
+        if self.pixel_size is not None:
+            x, y, unit = self.pixel_size
+            calibration = {"resolution": (1.0 / x, 1.0 / y), "resolutionunit": 1}  # NONE
+            if self.pages == 0:  # ImageJ reads the unit from the first page's description
+                unit = "micron" if unit == "µm" else unit.encode("ascii", "replace").decode()
+                calibration["description"] = f"ImageJ=1.11a\nunit={unit}\n"
+        self._tif.write(page, compression="zlib", photometric="minisblack", metadata=None,
+                        **calibration)  # fmt: skip
         self.pages += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
