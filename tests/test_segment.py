@@ -207,3 +207,44 @@ def test_a_failure_midway_leaves_no_file_and_big_stacks_go_to_bigtiff(
     segment_files(checkpoint, tmp_path / "in.tif", tmp_path / "o.tif", device="cpu")
     with tifffile.TiffFile(tmp_path / "o.tif") as tif:
         assert tif.is_bigtiff and len(tif.pages) == 3
+
+
+def test_outputs_carry_the_inputs_pixel_size_and_uncalibrated_inputs_write_none(
+    checkpoint, isbi, tmp_path
+):
+    from biounet.io import read_images
+
+    stack = isbi[0][:2, :40, :56]
+    calibration = {"axes": "ZYX", "unit": "um"}  # 0.25 µm pixels, as Fiji saves them
+    tifffile.imwrite(tmp_path / "cal.tif", stack, imagej=True, resolution=(4.0, 4.0),
+                     metadata=calibration)  # fmt: skip
+    written = segment_files(checkpoint, tmp_path / "cal.tif", tmp_path / "o.tif",
+                            write_mask=True, write_instances=True, device="cpu")  # fmt: skip
+    for path in written[0]:
+        with tifffile.TiffFile(path) as tif:  # what Fiji reads: pixels per unit, and the unit
+            assert tif.pages[0].resolution == (4.0, 4.0)
+            assert tif.imagej_metadata["unit"] == "micron"
+        assert read_images(path).pixel_sizes == [(0.25, 0.25, "µm")] * 2
+    tifffile.imwrite(tmp_path / "plain.tif", stack)
+    written = segment_files(checkpoint, tmp_path / "plain.tif", tmp_path / "p.tif",
+                            write_mask=True, device="cpu")  # fmt: skip
+    for path in written[0]:
+        with tifffile.TiffFile(path) as tif:
+            assert not tif.is_imagej and tif.pages[0].resolution == (1.0, 1.0)
+        assert read_images(path).pixel_sizes == [None, None]
+
+
+def test_folder_outputs_keep_input_names_and_each_files_pixel_size(checkpoint, isbi, tmp_path):
+    from PIL import Image
+
+    from biounet.io import read_images
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(isbi[0][0, :32, :40]).save(folder / "cell 7.png", dpi=(50800, 50800))
+    tifffile.imwrite(folder / "b.tif", isbi[0][1, :40, :32])
+    written = segment_files(checkpoint, folder, tmp_path / "out", device="cpu")
+    assert [g[0].name for g in written] == ["b.tif", "cell 7.tif"]
+    ((x, y, unit),) = read_images(tmp_path / "out" / "cell 7.tif").pixel_sizes
+    assert unit == "µm" and x == pytest.approx(0.5, rel=1e-3) and y == pytest.approx(0.5, rel=1e-3)
+    assert read_images(tmp_path / "out" / "b.tif").pixel_sizes == [None]

@@ -168,7 +168,8 @@ def segment_files(
     "@names.txt") picks images; ``overrides`` (InferenceConfig fields; None keeps the
     model's setting) change the checkpoint's inference configuration, and overriding a
     contour-only option (CONTOUR_OPTIONS) of another model is an InputError, named in
-    messages by ``label(field)``. Pages past 2 GiB of float32 go to a BigTIFF. Each output
+    messages by ``label(field)``. Pages past 2 GiB of float32 go to a BigTIFF. Outputs
+    carry their input's pixel size (ImageJ resolution and unit), if it has one. Each output
     and its companions are complete or not written at all; ``report`` is called with them
     once they are.
 
@@ -194,8 +195,9 @@ def segment_files(
         paths = {k: path.with_name(path.stem + suffix[k] + ".tif") if suffix[k] else path
                  for k in kinds}  # fmt: skip
         big = sum(images.arrays[i].size for i in members) * 4 > CLASSIC_TIFF_BYTES
+        pixel_size = images.pixel_sizes[members[0]] if members else None  # the input's
         with ExitStack() as stack:  # every file is complete, or none is written
-            writers = {k: stack.enter_context(StackWriter(p, bigtiff=big))
+            writers = {k: stack.enter_context(StackWriter(p, big, pixel_size))
                        for k, p in paths.items()}  # fmt: skip
             for i in members:
                 result = run(images.arrays[i], kinds, tile=tile, precision=precision,
