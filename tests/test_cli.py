@@ -605,3 +605,18 @@ def test_predict_and_export_take_the_same_inference_flags():
         "tta": True}  # fmt: skip
     with pytest.raises(ValueError, match=r"^--min-size must be >= 0 pixels, got -3$"):
         inference_overrides(parser.parse_args(["export", "m.pt", "o.pt", "--min-size", "-3"]))
+
+
+def test_predict_refuses_a_truncated_stack_in_one_line(tmp_path, capsys):
+    from conftest import DATA
+
+    src = DATA.parent / "isbi2012" / "test-volume.tif"  # 30 pages
+    data = src.read_bytes()
+    cut = tmp_path / "third.tif"
+    cut.write_bytes(data[: len(data) // 3])  # the first third: it once gave one page, exit 0
+    model = DATA.parents[1] / "models" / "isbi2012.pt"
+    out = tmp_path / "p.tif"
+    code, _, err = run(["predict", str(model), str(cut), "--out", str(out), "--no-progress"],
+                       capsys)  # fmt: skip
+    _one_line_error(code, err, "third.tif: truncated: ", " of 30 pages readable (file is ")
+    assert not out.exists()
