@@ -607,6 +607,149 @@ def test_predict_and_export_take_the_same_inference_flags():
         inference_overrides(parser.parse_args(["export", "m.pt", "o.pt", "--min-size", "-3"]))
 
 
+def _three_class_stack(tmp_path):
+    """A 4-image 64 x 64 stack whose labels are classes 0/1/2 (a bright disk of class 1, a
+    dimmer square of class 2, per image at its own place), as image and label TIFFs."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:64, :64]
+    images, labels = [], []
+    for i in range(4):
+        lab = np.zeros((64, 64), np.uint8)
+        lab[(yy - 20 - 4 * i) ** 2 + (xx - 22) ** 2 < 100] = 1
+        lab[36 + 2 * i : 54 + 2 * i, 34:56] = 2
+        img = np.choose(lab, [30, 200, 110]) + rng.normal(0, 8, lab.shape)
+        images.append(np.clip(img, 0, 255).astype(np.uint8))
+        labels.append(lab)
+    tifffile.imwrite(tmp_path / "img3.tif", np.stack(images), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "lab3.tif", np.stack(labels), photometric="minisblack")
+    return tmp_path / "img3.tif", tmp_path / "lab3.tif"
+
+
+def _by_hand(pred, gt, c):
+    """IoU and Dice of class c over the pixels whose reference is not 255."""
+    keep = gt != 255
+    p, g = (pred == c) & keep, (gt == c) & keep
+    both, either = np.sum(p & g), np.sum(p | g)
+    return both / either, 2 * both / (p.sum() + g.sum())
+
+
+def test_a_three_class_model_predicts_a_class_map_that_evaluate_scores_per_class(
+    tmp_path, capsys
+):
+    from biounet.checkpoint import save_checkpoint
+    from biounet.config import InferenceConfig, Preset, TrainConfig
+    from biounet.model import ModelConfig, UNet
+
+    img, lab = _three_class_stack(tmp_path)
+    torch.manual_seed(0)
+    model = UNet(ModelConfig(depth=2, base_channels=4, padding="same", batch_norm=False,
+                             dropout=0.0, out_channels=3))  # fmt: skip
+    preset = Preset("tiny", "test", model.config, TrainConfig(target="mask"), InferenceConfig())
+    ckpt = save_checkpoint(tmp_path / "three.pt", {"preset": preset.to_dict(),
+                                                   "model": model.state_dict()})  # fmt: skip
+    pred = tmp_path / "pred.tif"
+    code, out, err = run(["predict", str(ckpt), str(img), "--out", str(pred), "--probabilities",
+                          "--precision", "fp32", "--no-progress"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert f"wrote {pred}, {tmp_path / 'pred-probabilities.tif'}" in out
+    classes = tifffile.imread(pred)
+    probs = tifffile.imread(tmp_path / "pred-probabilities.tif")
+    assert classes.dtype == np.uint8 and classes.shape == (4, 64, 64)
+    assert probs.dtype == np.float32 and probs.shape == (4 * 3, 64, 64)
+    np.testing.assert_array_equal(classes, probs.reshape(4, 3, 64, 64).argmax(axis=1))
+    assert set(np.unique(classes)) <= {0, 1, 2}
+
+    labels = tifffile.imread(lab)
+    code, out, err = run(["evaluate", str(pred), str(lab), "--classes", "3", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    assert {"iou_per_class", "dice_per_class", "mean_iou", "mean_dice"} <= set(r)
+    expected = [_by_hand(classes, labels, c) for c in (1, 2)]
+    assert r["iou_per_class"] == pytest.approx([e[0] for e in expected], abs=1e-6)
+    assert r["dice_per_class"] == pytest.approx([e[1] for e in expected], abs=1e-6)
+    assert r["mean_iou"] == pytest.approx((expected[0][0] + expected[1][0]) / 2, abs=1e-6)
+    assert (r["classes"], r["images"], r["pixels"], r["ignored"]) == (3, 4, 4 * 64 * 64, 0)
+
+    # the reference labels scored against themselves, with an unlabelled (255) band that
+    # hides a wrong prediction: perfect
+    holes = labels.copy()
+    holes[:, :, :8] = 255
+    wrong = labels.copy()
+    wrong[:, :, :8] = 2
+    tifffile.imwrite(tmp_path / "holes.tif", holes, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "wrong.tif", wrong, photometric="minisblack")
+    code, out, _ = run(["evaluate", str(tmp_path / "wrong.tif"), str(tmp_path / "holes.tif"),
+                        "--classes", "3", "--json"], capsys)  # fmt: skip
+    r = json.loads(out)
+    assert r["iou_per_class"] == r["dice_per_class"] == [1.0, 1.0] and r["mean_iou"] == 1.0
+    assert r["ignored"] == 4 * 64 * 8
+    # a class in neither map: null, left out of the means; the text names every class
+    code, out, _ = run(["evaluate", str(lab), str(lab), "--classes", "4"], capsys)
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0] == f"{lab} against {lab}: 4 image(s), 4 classes, {4 * 64 * 64} pixels " \
+                       "scored (0 not labelled)"
+    assert lines[1:] == ["  IoU   class 1 1.0000  class 2 1.0000  class 3 n/a  mean 1.0000",
+                         "  Dice  class 1 1.0000  class 2 1.0000  class 3 n/a  mean 1.0000"]
+    code, out, _ = run(["evaluate", str(lab), str(lab), "--classes", "4", "--json"], capsys)
+    assert json.loads(out)["iou_per_class"] == [1.0, 1.0, None]
+
+
+def test_a_three_class_model_in_folders_and_its_one_line_refusals(tmp_path, capsys):
+    from biounet.checkpoint import save_checkpoint
+    from biounet.config import InferenceConfig, Preset, TrainConfig
+    from biounet.model import ModelConfig, UNet
+
+    img, lab = _three_class_stack(tmp_path)
+    images, labels = tifffile.imread(img), tifffile.imread(lab)
+    (tmp_path / "im").mkdir()
+    (tmp_path / "gt").mkdir()
+    for i, name in enumerate(("a", "b")):
+        tifffile.imwrite(tmp_path / "im" / f"{name}.tif", images[i])
+        tifffile.imwrite(tmp_path / "gt" / f"{name}.tif", labels[i])
+    model = UNet(ModelConfig(depth=2, base_channels=4, padding="same", batch_norm=False,
+                             dropout=0.0, out_channels=3))  # fmt: skip
+    preset = Preset("tiny", "test", model.config, TrainConfig(target="mask"), InferenceConfig())
+    ckpt = save_checkpoint(tmp_path / "three.pt", {"preset": preset.to_dict(),
+                                                   "model": model.state_dict()})  # fmt: skip
+    out = tmp_path / "pred"
+    code, _, err = run(["predict", str(ckpt), str(tmp_path / "im"), "--out", str(out),
+                        "--probabilities", "--no-progress"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["a-probabilities.tif", "a.tif",
+                                                     "b-probabilities.tif", "b.tif"]  # fmt: skip
+    assert tifffile.imread(out / "a-probabilities.tif").shape == (3, 64, 64)
+    # a predict folder: its class maps are scored, not the probabilities beside them
+    code, res, err = run(["evaluate", str(out), str(tmp_path / "gt"), "--classes", "3",
+                          "--json"], capsys)  # fmt: skip
+    assert code == 0, err
+    both = np.stack([tifffile.imread(out / "a.tif"), tifffile.imread(out / "b.tif")])
+    assert json.loads(res)["iou_per_class"] == pytest.approx(
+        [_by_hand(both, labels[:2], c)[0] for c in (1, 2)], abs=1e-6)
+
+    for extra, needle in ((["--instances"], "three.pt: a 3-class model gives a class map"),
+                          (["--threshold", "0.5"], "masks and instances need a binary or "
+                                                   "contour model")):  # fmt: skip
+        code, _, err = run(["predict", str(ckpt), str(img), "--out", str(tmp_path / "x.tif"),
+                            *extra], capsys)  # fmt: skip
+        _one_line_error(code, err, needle)
+    assert not (tmp_path / "x.tif").exists()
+    code, _, err = run(["evaluate", str(img), str(lab), "--classes", "3"], capsys)
+    _one_line_error(code, err, "img3.tif slice 0: mask values are not classes",
+                    "expected a class map 0..2 (predict's NAME.tif of a 3-class model)")
+    code, _, err = run(["evaluate", str(lab), str(lab), "--classes", "1"], capsys)
+    _one_line_error(code, err, "--classes must be in 2..255, got 1")
+    code, _, err = run(["evaluate", str(lab), str(lab), "--classes", "3", "--instances"], capsys)
+    _one_line_error(code, err, "--classes scores class maps, --instances instance labels")
+    code, _, err = run(["evaluate", str(lab), str(lab)], capsys)
+    _one_line_error(code, err, "lab3.tif slice 0: mask values are not classes",
+                    "(instance labels? add --instances; classes 0..C-1? add --classes C)")
+    binary = tmp_path / "binary.tif"
+    tifffile.imwrite(binary, (labels > 0).astype(np.uint8) * 255, photometric="minisblack")
+    code, _, err = run(["evaluate", str(lab), str(binary)], capsys)
+    _one_line_error(code, err, "8-bit values", "(a class map: add --classes C)")
+
+
 def test_predict_refuses_a_truncated_stack_in_one_line(tmp_path, capsys):
     from conftest import DATA
 

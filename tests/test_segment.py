@@ -98,9 +98,10 @@ def test_only_the_asked_outputs_are_made_and_bad_asks_are_refused(image):
         segment(model, image, outputs=("labels",))
     with pytest.raises(ValueError, match="method 'contour' needs a model with 3 outputs"):
         segment(model, image, InferenceConfig(method="contour"))
-    wide = _model(3)  # 3 outputs trained for masks: predict has no meaning for them
-    with pytest.raises(InputError, match="model: a 3-class model; predict handles binary"):
-        segment((wide, _preset(wide, "mask")), image)
+    wide = _model(3)  # 3 outputs trained for masks: a class map, no foreground mask
+    with pytest.raises(InputError, match="model: a 3-class model gives a class map and class "
+                                         "probabilities; masks and instances need a binary"):
+        segment((wide, _preset(wide, "mask")), image, outputs=("mask",))
 
 
 def test_a_checkpoint_path_segments_with_its_stored_settings(image, tmp_path):
@@ -207,6 +208,76 @@ def test_a_failure_midway_leaves_no_file_and_big_stacks_go_to_bigtiff(
     segment_files(checkpoint, tmp_path / "in.tif", tmp_path / "o.tif", device="cpu")
     with tifffile.TiffFile(tmp_path / "o.tif") as tif:
         assert tif.is_bigtiff and len(tif.pages) == 3
+
+
+@pytest.fixture
+def classes_checkpoint(tmp_path):
+    model = _model(3, seed=4)
+    return save_checkpoint(tmp_path / "k.pt", {"preset": _preset(model, "mask").to_dict(),
+                                               "model": model.state_dict()})  # fmt: skip
+
+
+def test_a_multiclass_model_gives_its_class_probabilities_and_their_argmax(image):
+    model = _model(3, seed=4)
+    probs = predict(model, image, precision="fp32")  # (3, H, W) softmax
+    got = segment((model, _preset(model, "mask")), image, precision="fp32")
+    np.testing.assert_array_equal(got.probabilities, probs)
+    assert got.probabilities.dtype == np.float32 and got.probabilities.shape == (3, 72, 60)
+    expected = np.zeros(image.shape, np.uint8)  # the most probable class, by comparisons
+    expected[(probs[1] > probs[0]) & (probs[1] >= probs[2])] = 1
+    expected[(probs[2] > probs[0]) & (probs[2] > probs[1])] = 2
+    np.testing.assert_array_equal(got.classes, expected)
+    assert got.classes.dtype == np.uint8 and set(np.unique(expected)) == {0, 1, 2}
+    assert got.mask is None and got.instances is None
+    only = segment((model, _preset(model, "mask")), image, precision="fp32", outputs=["classes"])
+    assert only.probabilities is None
+    np.testing.assert_array_equal(only.classes, expected)
+    # a bare UNet of more than 3 outputs is a multi-class model; a 2-output one is not
+    four = segment(_model(4, seed=5), image, precision="fp32")
+    assert four.probabilities.shape == (4, 72, 60) and four.classes.max() <= 3
+    with pytest.raises(InputError, match="model: a class map needs a multi-class model .* "
+                                         "this one has 2 outputs"):  # fmt: skip
+        segment(_model(2), image, outputs=("classes",))
+
+
+def test_a_multiclass_stack_gives_a_class_map_stack_and_c_probability_pages_per_image(
+    classes_checkpoint, isbi, tmp_path
+):
+    stack = isbi[0][:3, :40, :56]
+    tifffile.imwrite(tmp_path / "in.tif", stack, photometric="minisblack")
+    written = segment_files(classes_checkpoint, tmp_path / "in.tif", tmp_path / "out.tif",
+                            slices="1-2", write_probabilities=True, precision="fp32",
+                            device="cpu")  # fmt: skip
+    assert written == [[tmp_path / "out.tif", tmp_path / "out-probabilities.tif"]]
+    classes = tifffile.imread(tmp_path / "out.tif")
+    probs = tifffile.imread(tmp_path / "out-probabilities.tif")
+    assert classes.dtype == np.uint8 and classes.shape == (2, 40, 56)
+    assert probs.dtype == np.float32 and probs.shape == (2 * 3, 40, 56)  # image i, class c
+    for page, i in enumerate((1, 2)):
+        one = segment(classes_checkpoint, stack[i], precision="fp32")
+        np.testing.assert_array_equal(classes[page], one.classes)
+        np.testing.assert_array_equal(probs[3 * page : 3 * page + 3], one.probabilities)
+    np.testing.assert_allclose(probs.reshape(2, 3, 40, 56).sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_multiclass_folder_defaults_to_classes_and_refuses_masks_and_instances(
+    classes_checkpoint, checkpoint, isbi, tmp_path, monkeypatch
+):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", isbi[0][1, :32, :48])
+    monkeypatch.chdir(tmp_path)
+    written = segment_files(classes_checkpoint, folder, device="cpu")
+    assert [[p.resolve() for p in g] for g in written] == [[tmp_path / "images-classes" / "a.tif"]]
+    assert tifffile.imread(written[0][0]).dtype == np.uint8
+    for asked in ({"write_mask": True}, {"write_instances": True}):
+        with pytest.raises(InputError, match=r"k.pt: a 3-class model gives a class map"):
+            segment_files(classes_checkpoint, folder, tmp_path / "x", device="cpu", **asked)
+    with pytest.raises(InputError, match=r"c.pt: probabilities per class are written for "
+                                         r"multi-class models; this model's NAME.tif is its "
+                                         r"P\(foreground\)"):  # fmt: skip
+        segment_files(checkpoint, folder, tmp_path / "x", device="cpu", write_probabilities=True)
+    assert not (tmp_path / "x").exists()
 
 
 def test_outputs_carry_the_inputs_pixel_size_and_uncalibrated_inputs_write_none(

@@ -140,13 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("predict", help="overlap-tile prediction: probability TIFFs (1 = cell)")
+    s = sub.add_parser(
+        "predict",
+        help="overlap-tile prediction: probability TIFFs (1 = cell); class maps for "
+        "multi-class models",
+        description="Predict every image: NAME.tif is float32 P(foreground) for binary and "
+        "contour models; for a multi-class model (a mask model of C > 2 classes) it is the "
+        "uint8 class map 0..C-1 (the most probable class), and --probabilities adds the C "
+        "class probabilities.",
+    )
     s.add_argument("checkpoint", help="a biounet checkpoint (.pt)")
     s.add_argument("input", help="image, TIFF stack, or folder of images")
     s.add_argument(
         "--out",
         help="output TIFF (file input) or folder (folder input); "
-        "default: <input name>-prob.tif / <input>-prob/ in the current folder",
+        "default: <input name>-prob.tif / <input>-prob/ in the current folder "
+        "(multi-class models: -classes)",
     )
     s.add_argument("--slices", help="only these slices of a stack, e.g. 25-29")
     s.add_argument(
@@ -174,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
         "models: connected "
         "components; binary: components grown over the carved borders; contour: seeded "
         "watershed)",
+    )
+    s.add_argument(
+        "--probabilities",
+        action="store_true",
+        help="multi-class models: also write the class probabilities as *-probabilities.tif, "
+        "float32, C pages per image (P(class 0) .. P(class C-1)); for a stack input, image "
+        "i's class c is page i*C+c",
     )
     add_inference_flags(s, stored=False)
     s.add_argument("--device", default="auto")
@@ -213,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("evaluate", help="ISBI 2012 metrics, the paper's errors, IoU, Dice, SEG")
-    s.add_argument("pred", help="probability TIFF / stack / folder (1 = cell)")
+    s.add_argument("pred", help="probability TIFF / stack / folder (1 = cell); with --classes "
+                   "a class map")  # fmt: skip
     s.add_argument("gt", help="label TIFF / stack / folder (255 or 1 = cell, 0 = membrane)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument(
@@ -222,6 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="PRED and GT are instance labels (0 = background): DSB 2018 score, AP@0.5, F1, "
         "SEG, merges, splits, TP / FP / FN per IoU threshold (automatic for a folder "
         "of predict --instances output, whose NAME-instances.tif files it scores)",
+    )
+    s.add_argument(
+        "--classes",
+        type=int,
+        metavar="C",
+        help="PRED is a class map 0..C-1 (predict's output of a C-class model) and GT a "
+        "class mask: IoU and Dice of each class 1..C-1 and their means, over all pixels "
+        "together; GT pixels of the ignore value 255 are left out; a class in neither map "
+        "has no score (null in --json) and is left out of the means",
     )
     s.add_argument(
         "--metrics",
@@ -460,7 +486,8 @@ def cmd_predict(args) -> int:
                          "add --instances")  # fmt: skip
     segment_files(args.checkpoint, args.input, args.out, slices=args.slices,
                   overrides=overrides, write_mask=args.threshold is not None,
-                  write_instances=args.instances, tile=args.tile, precision=args.precision,
+                  write_instances=args.instances, write_probabilities=args.probabilities,
+                  tile=args.tile, precision=args.precision,
                   device=args.device, memory_mb=args.memory_mb, overlap=args.overlap,
                   progress=not args.no_progress, label=flag,
                   report=lambda paths: print("wrote " + ", ".join(map(str, paths))))  # fmt: skip
@@ -515,10 +542,13 @@ def cmd_evaluate(args) -> int:
             thresholds = tuple(float(t) for t in args.thresholds.split(","))
         except ValueError:
             raise InputError(f"--thresholds {args.thresholds!r}: expected numbers") from None
+    if args.classes is not None:
+        return evaluate_classes(args)
     if args.instances or instance_files(Path(args.pred)):
         return evaluate_instances(args)
     preds = read_images(args.pred)
-    gts = read_masks(args.gt, hint=" (instance labels? add --instances)")
+    gts = read_masks(args.gt, hint=" (instance labels? add --instances; classes 0..C-1? add "
+                     "--classes C)")  # fmt: skip
     gt_idx = list(range(len(gts)))
     if args.slices:
         gt_idx = parse_slices(args.slices, len(gts), f"{args.gt}: --slices", gts.names)
@@ -537,7 +567,8 @@ def cmd_evaluate(args) -> int:
         if p.min() < 0 or p.max() > 1:
             if preds.arrays[i].dtype == np.uint8:
                 raise InputError(f"{args.pred}: 8-bit values; expected float probabilities "
-                                 "in [0, 1] (1 = cell), as biounet predict writes")  # fmt: skip
+                                 "in [0, 1] (1 = cell), as biounet predict writes (a class "
+                                 "map: add --classes C)")  # fmt: skip
             raise InputError(f"{args.pred}: slice {i} has values outside [0, 1] "
                              f"({p.min():g} .. {p.max():g}); expected probabilities")  # fmt: skip
     result = isbi_scores(probs, labels, thresholds=thresholds, metrics=chosen)
@@ -553,6 +584,71 @@ def cmd_evaluate(args) -> int:
             extra = f"  split {result[key + '_split']:.4f}  merge {result[key + '_merge']:.4f}"
         where = f"  (threshold {at:g})" if at is not None else ""
         print(f"  {key:<14} {result[key]:.6f}{extra}{where}")
+    return 0
+
+
+PROBABILITIES_SUFFIX = "-probabilities"  # predict --probabilities writes NAME-probabilities.tif
+
+
+def evaluate_classes(args) -> int:
+    """``evaluate --classes C``: per-class IoU and Dice of class maps (metrics.class_scores)."""
+    from .dataset import parse_slices
+    from .io import IGNORE_INDEX, Images, check_pairs, list_image_files, read_masks
+    from .metrics import class_scores_many
+
+    c = args.classes
+    if not 2 <= c <= IGNORE_INDEX:
+        raise InputError(f"--classes must be in 2..{IGNORE_INDEX}, got {c}")
+    if args.instances:
+        raise InputError("--classes scores class maps, --instances instance labels: give one")
+    if args.thresholds:
+        raise InputError("--thresholds applies to probability maps; a class map (--classes) "
+                         "has none")  # fmt: skip
+    src = Path(args.pred)
+    hint = f"; expected a class map 0..{c - 1} (predict's NAME.tif of a {c}-class model)"
+    if src.is_dir():  # a predict output folder: its class maps, not NAME-probabilities.tif
+        files = [f for f in list_image_files(src) if not f.stem.endswith(PROBABILITIES_SUFFIX)]
+        parts = [read_masks(f, c, hint) for f in files]
+        preds = Images([a for p in parts for a in p.arrays], [n for p in parts for n in p.names],
+                       src)  # fmt: skip
+    else:
+        preds = read_masks(src, c, hint)
+    gts = read_masks(args.gt, c, f"; expected classes 0..{c - 1}, {IGNORE_INDEX} = not "
+                     "labelled", ignore=IGNORE_INDEX)  # fmt: skip
+    gt_idx = list(range(len(gts)))
+    if args.slices:
+        gt_idx = parse_slices(args.slices, len(gts), f"{args.gt}: --slices", gts.names)
+    if args.slices and len(preds) == len(gt_idx) < len(gts):
+        idx = list(range(len(preds)))  # PRED holds just the selected slices
+    else:
+        check_pairs(preds, gts)  # a GT folder is narrowed to the predicted names
+        idx = gt_idx = gt_idx if args.slices else list(range(len(gts)))
+    for i, j in zip(idx, gt_idx, strict=True):
+        p, g = preds.arrays[i], gts.arrays[j]
+        if p.shape != g.shape:
+            raise InputError(f"{args.pred}: slice {i} is {p.shape[0]} x {p.shape[1]}, "
+                             f"its label {g.shape[0]} x {g.shape[1]}")  # fmt: skip
+    r = class_scores_many([preds.arrays[i] for i in idx], [gts.arrays[j] for j in gt_idx],
+                          num_classes=c, ignore=IGNORE_INDEX)  # fmt: skip
+    total = sum(gts.arrays[j].size for j in gt_idx)
+
+    def score(v: float) -> float | None:  # NaN (no such class anywhere) -> null
+        return None if v != v else round(v, 6)
+
+    result = {"classes": c, "images": len(idx), "pixels": r["pixels"],
+              "ignored": total - r["pixels"],
+              **{k: [score(v) for v in r[k]] for k in ("iou_per_class", "dice_per_class")},
+              "mean_iou": score(r["mean_iou"]), "mean_dice": score(r["mean_dice"])}  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.pred} against {args.gt}: {len(idx)} image(s), {c} classes, {r['pixels']} "
+          f"pixels scored ({result['ignored']} not labelled)")  # fmt: skip
+    for name, key in (("IoU ", "iou"), ("Dice", "dice")):
+        shown = "  ".join(f"class {k} " + ("n/a" if v is None else f"{v:.4f}")
+                          for k, v in enumerate(result[f"{key}_per_class"], start=1))  # fmt: skip
+        mean = result[f"mean_{key}"]
+        print(f"  {name}  {shown}  mean {'n/a' if mean is None else f'{mean:.4f}'}")
     return 0
 
 

@@ -1,9 +1,14 @@
-"""Segmentation: a model's probabilities -> foreground probability, 0/255 mask, instances.
+"""Segmentation: a model's probabilities -> foreground probability, 0/255 mask, instances;
+or, for a multi-class model, a class map.
 
 - :func:`segment`: one (H, W) image array -> a :class:`Segmentation`.
 - :func:`segment_files`: an image, a stack or a folder -> TIFF files (what ``biounet
   predict`` writes): ``NAME.tif`` (float32 P(foreground)), ``NAME-mask.tif`` (uint8 0/255)
-  and ``NAME-instances.tif`` (uint16, uint32 past 65535).
+  and ``NAME-instances.tif`` (uint16, uint32 past 65535). A multi-class model (a "mask"
+  target with C > 2 outputs) writes its class map as ``NAME.tif`` (uint8 0..C-1, the argmax
+  over the C class probabilities) and, if asked, ``NAME-probabilities.tif`` (float32, C
+  pages per image: P(class 0) .. P(class C-1)); masks and instances are for binary and
+  contour models.
 
 How the probabilities become masks and instances is an :class:`InferenceConfig`; a
 checkpoint carries its own (``preset.inference``), which is used unless one is given. The
@@ -33,7 +38,10 @@ from .io import InputError, StackWriter, read_images
 from .model import UNet
 from .tiling import DEFAULT_MEMORY_MB, predict
 
-OUTPUTS = ("probabilities", "mask", "instances")
+OUTPUTS = ("probabilities", "mask", "instances", "classes")
+MAX_CLASSES = 255  # class maps are uint8; 255 is left for pixels to ignore
+BINARY_OUTPUTS = ("probabilities", "mask", "instances")  # what binary and contour models make
+CLASS_OUTPUTS = ("probabilities", "classes")  # what multi-class models make
 CLASSIC_TIFF_BYTES = 2**31  # past this, float32 pages go to a BigTIFF (classic: 4 GiB)
 
 
@@ -41,9 +49,14 @@ CLASSIC_TIFF_BYTES = 2**31  # past this, float32 pages go to a BigTIFF (classic:
 class Segmentation:
     """What :func:`segment` made of one (H, W) image; None where not asked for."""
 
-    probabilities: np.ndarray | None = None  # (H, W) float32 P(foreground), in [0, 1]
+    # (H, W) float32 P(foreground), in [0, 1]; multi-class models: (C, H, W) float32, the
+    # probability of each class (summing to 1 over C)
+    probabilities: np.ndarray | None = None
     mask: np.ndarray | None = None  # (H, W) uint8: 255 where P(foreground) > threshold
     instances: np.ndarray | None = None  # (H, W) uint16 (uint32 past 65535), 0 = background
+    # multi-class models: (H, W) uint8 class map 0..C-1, the most probable class (argmax;
+    # the lowest class index where two are equally probable)
+    classes: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -53,9 +66,17 @@ class _Segmenter:
     model: UNet
     config: InferenceConfig
     method: str  # one of config.INSTANCE_METHODS
+    multiclass: bool = False  # a "mask" model of C > 2 classes: class maps, not masks
 
     def __call__(self, image: np.ndarray, outputs: Iterable[str], **tiling) -> Segmentation:
         probs = predict(self.model, image, tta=self.config.tta, **tiling)  # (H, W) | (C, H, W)
+        if self.multiclass:  # probs (C, H, W)
+            made = {}
+            if "probabilities" in outputs:
+                made["probabilities"] = probs.astype(np.float32)
+            if "classes" in outputs:
+                made["classes"] = np.argmax(probs, axis=0).astype(np.uint8)
+            return Segmentation(**made)
         prob = 1.0 - probs[0] if probs.ndim == 3 else probs  # (H, W) P(foreground)
         made = {}
         if "probabilities" in outputs:
@@ -95,10 +116,27 @@ def _segmenter(
         if option in CONTOUR_OPTIONS and target != "contour":
             raise InputError(f"{name}: {label(option)} applies to contour models; "
                              f"this is a {target} model")  # fmt: skip
-    if outputs > 2 and target != "contour":
-        raise InputError(f"{name}: a {outputs}-class model; predict handles binary and "
-                         "contour models only")  # fmt: skip
-    return _Segmenter(unet, config, config.instance_method(target, outputs))
+    if outputs > 2 and target not in ("contour", "mask"):
+        raise InputError(f"{name}: a {outputs}-class {target} model; predict handles binary, "
+                         "contour and multi-class mask models")  # fmt: skip
+    multiclass = outputs > 2 and target == "mask"
+    if multiclass and outputs > MAX_CLASSES:
+        raise InputError(f"{name}: a {outputs}-class model; class maps are uint8, at most "
+                         f"{MAX_CLASSES} classes")  # fmt: skip
+    method = "components" if multiclass else config.instance_method(target, outputs)
+    return _Segmenter(unet, config, method, multiclass)
+
+
+def _check_outputs(run: _Segmenter, outputs: tuple[str, ...], name: str) -> None:
+    """InputError unless ``run``'s model makes every one of ``outputs``."""
+    classes = run.model.config.out_channels
+    if run.multiclass and set(outputs) - set(CLASS_OUTPUTS):
+        raise InputError(f"{name}: a {classes}-class model gives a class map and class "
+                         "probabilities; masks and instances need a binary or contour "
+                         "model")  # fmt: skip
+    if not run.multiclass and "classes" in outputs:
+        raise InputError(f"{name}: a class map needs a multi-class model (a mask model of "
+                         f"more than 2 classes); this one has {classes} outputs")  # fmt: skip
 
 
 def segment(
@@ -106,7 +144,7 @@ def segment(
     image: np.ndarray,
     config: InferenceConfig | None = None,
     *,
-    outputs: Iterable[str] = OUTPUTS,
+    outputs: Iterable[str] | None = None,
     tile: int | None = None,
     precision: str = "auto",
     device: str | torch.device = "cpu",
@@ -114,16 +152,19 @@ def segment(
     overlap: float = 0.25,
     progress: bool = False,
 ) -> Segmentation:
-    """Segment one image: its foreground probability, 0/255 mask and instance labels.
+    """Segment one image: its foreground probability, 0/255 mask and instance labels; or,
+    for a multi-class model, its class probabilities and class map.
 
     Args:
         model: a checkpoint path, the ``(UNet, Preset)`` pair of ``model_from_checkpoint``
             (its training target picks the instance method) or a bare :class:`UNet`
-            (3 outputs: a contour model, else a mask model).
+            (3 outputs: a contour model, else a mask model; past 3, a multi-class one).
         image: (H, W) array of any dtype and size.
         config: threshold, TTA, instance method and options; default the checkpoint's own
             (``preset.inference``), or ``InferenceConfig()`` for a bare UNet.
-        outputs: which of "probabilities", "mask", "instances" to make.
+        outputs: which of "probabilities", "mask", "instances" (binary and contour
+            models) or "probabilities", "classes" (multi-class models) to make; default
+            all the model makes. Asking a model for what it does not make is an InputError.
         tile, precision, memory_mb, overlap, progress: overlap-tile inference, as in
             :func:`biounet.predict`.
         device: where to run a checkpoint path's model (a loaded model runs where it is).
@@ -132,11 +173,17 @@ def segment(
     ``biounet predict`` writes for the image. For many images load the checkpoint once
     (``model_from_checkpoint``) and pass the pair.
     """
-    outputs = tuple(outputs)
-    unknown = sorted(set(outputs) - set(OUTPUTS))
-    if unknown:
-        raise ValueError(f"outputs must be among {OUTPUTS}, got {', '.join(map(repr, unknown))}")
+    if outputs is not None:
+        outputs = tuple(outputs)
+        unknown = sorted(set(outputs) - set(OUTPUTS))
+        if unknown:
+            raise ValueError(f"outputs must be among {OUTPUTS}, got "
+                             f"{', '.join(map(repr, unknown))}")  # fmt: skip
+    name = str(model) if isinstance(model, str | Path) else "model"
     run = _segmenter(model, config, {}, device, str)
+    if outputs is None:
+        outputs = CLASS_OUTPUTS if run.multiclass else BINARY_OUTPUTS
+    _check_outputs(run, outputs, name)
     return run(image, outputs, tile=tile, precision=precision, memory_mb=memory_mb,
                overlap=overlap, progress=progress)  # fmt: skip
 
@@ -150,6 +197,7 @@ def segment_files(
     overrides: Mapping[str, object] | None = None,
     write_mask: bool = False,
     write_instances: bool = False,
+    write_probabilities: bool = False,
     tile: int | None = None,
     precision: str = "auto",
     device: str = "auto",
@@ -173,28 +221,45 @@ def segment_files(
     and its companions are complete or not written at all; ``report`` is called with them
     once they are.
 
-    Returns the files written, one list per output (probabilities, then mask, instances).
+    A multi-class model writes its uint8 class map in place of the probabilities (default
+    names ``<source stem>-classes.tif`` / ``<source name>-classes``) and, with
+    ``write_probabilities``, ``-probabilities.tif`` beside it: float32, the C class
+    probabilities of each image as C pages (a stack: image i's class c at page i * C + c);
+    ``write_mask`` and ``write_instances`` are InputErrors for it, ``write_probabilities``
+    for any other model (its ``NAME.tif`` is P(foreground)).
+
+    Returns the files written, one list per output (probabilities or class map, then mask,
+    instances or class probabilities).
     """
     source = Path(source)
     images = read_images(source)  # input errors first: cheaper than loading the model
     run = _segmenter(checkpoint, None, overrides or {}, select_device(device), label)
+    main = "classes" if run.multiclass else "probabilities"
+    asked = (main, *(("mask",) if write_mask else ()),
+             *(("instances",) if write_instances else ()))  # fmt: skip
+    _check_outputs(run, asked, str(checkpoint))
+    if write_probabilities and not run.multiclass:
+        raise InputError(f"{checkpoint}: probabilities per class are written for multi-class "
+                         "models; this model's NAME.tif is its P(foreground)")  # fmt: skip
+    default = "classes" if run.multiclass else "prob"
     idx = list(range(len(images)))
     if slices:
         idx = parse_slices(slices, len(images), f"{source}: --slices", images.names)
     if source.is_dir():  # one output file per input file
-        folder = Path(out) if out else Path(f"{source.resolve().name}-prob")
+        folder = Path(out) if out else Path(f"{source.resolve().name}-{default}")
         groups = [(folder / f"{images.names[i]}.tif", [i]) for i in idx]
     else:  # one output stack for the input stack
-        groups = [(Path(out) if out else Path(f"{source.stem}-prob.tif"), idx)]
-    kinds = ("probabilities", *(("mask",) if write_mask else ()),
-             *(("instances",) if write_instances else ()))  # fmt: skip
-    suffix = {"probabilities": "", "mask": "-mask", "instances": "-instances"}
+        groups = [(Path(out) if out else Path(f"{source.stem}-{default}.tif"), idx)]
+    kinds = (*asked, *(("probabilities",) if write_probabilities else ()))
+    suffix = {main: "", "mask": "-mask", "instances": "-instances",
+              **({"probabilities": "-probabilities"} if run.multiclass else {})}  # fmt: skip
+    pages = run.model.config.out_channels if write_probabilities else 1  # per image
     written = []
     bar = tqdm(total=len(idx), desc="predict", unit="image", disable=not progress)
     for path, members in groups:
         paths = {k: path.with_name(path.stem + suffix[k] + ".tif") if suffix[k] else path
                  for k in kinds}  # fmt: skip
-        big = sum(images.arrays[i].size for i in members) * 4 > CLASSIC_TIFF_BYTES
+        big = sum(images.arrays[i].size for i in members) * 4 * pages > CLASSIC_TIFF_BYTES
         pixel_size = images.pixel_sizes[members[0]] if members else None  # the input's
         with ExitStack() as stack:  # every file is complete, or none is written
             writers = {k: stack.enter_context(StackWriter(p, big, pixel_size))
@@ -203,7 +268,9 @@ def segment_files(
                 result = run(images.arrays[i], kinds, tile=tile, precision=precision,
                              memory_mb=memory_mb, overlap=overlap, progress=progress)  # fmt: skip
                 for k, writer in writers.items():
-                    writer.write(getattr(result, k))
+                    data = getattr(result, k)  # (H, W), or (C, H, W) class probabilities
+                    for page in (data if data.ndim == 3 else [data]):
+                        writer.write(page)
                 bar.update(1)
         written.append(list(paths.values()))
         if report is not None:
