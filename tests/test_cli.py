@@ -163,9 +163,9 @@ def test_bad_inputs_give_one_line_errors(isbi_crops, tmp_path, capsys):
     _one_line_error(code, err, "grey.tif", "not classes")
 
     corrupt = tmp_path / "corrupt.tif"
-    corrupt.write_bytes(img.read_bytes()[:300])
+    corrupt.write_bytes(img.read_bytes()[:300])  # a cut stack: refused, naming what is left
     code, _, err = run([*base, "--images", str(corrupt), "--labels", str(lab)], capsys)
-    _one_line_error(code, err, "corrupt.tif", "not a readable TIFF")
+    _one_line_error(code, err, "corrupt.tif", "truncated: 0 of 6 pages readable")
 
     code, _, err = run(
         [
