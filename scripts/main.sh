@@ -8,7 +8,7 @@ OUT=${OUT:-runs/main}
 if [ -f "$OUT/last.pt" ]; then
   .venv/bin/biounet train --resume "$OUT" "$@"   # finish (or re-report) an earlier run
 else
-  .venv/bin/biounet train --out "$OUT" "$@"
+  .venv/bin/biounet train --out "$OUT" --val-slices 25-29 "$@"   # slices 25-29 held out
 fi
 .venv/bin/biounet predict "$OUT/best.pt" data/isbi2012/train-volume.tif --slices 25-29 \
   --tta --out "$OUT/pred-25-29.tif"

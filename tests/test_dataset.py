@@ -143,3 +143,126 @@ def test_sampler_for_targets_after_the_warp_cuts_instances_with_label_context(ds
     assert inst.region == 32 + 2 * (aug.margin(32) + math.ceil(2 * math.sqrt(2)))
     _, y, _ = inst.sample(8)
     assert y.numpy().max() > 2  # instance ids
+
+
+def _write_folder(folder, images, masks):
+    """images/ and masks/ TIFF folders named im00, im01, ...: (images dir, masks dir)."""
+    import tifffile
+
+    img_dir, lab_dir = folder / "images", folder / "masks"
+    img_dir.mkdir(parents=True)
+    lab_dir.mkdir()
+    for i, (img, m) in enumerate(zip(images, masks, strict=True)):
+        tifffile.imwrite(img_dir / f"im{i:02d}.tif", img, photometric="minisblack")
+        tifffile.imwrite(lab_dir / f"im{i:02d}.tif", m, photometric="minisblack")
+    return img_dir, lab_dir
+
+
+def _random_pairs(rng, n, size=24):
+    images = [rng.integers(0, 255, (size, size), dtype=np.uint8) for _ in range(n)]
+    masks = [np.where(im > 127, 255, 0).astype(np.uint8) for im in images]
+    return images, masks
+
+
+@pytest.mark.parametrize(("n", "held"), [(7, 1), (20, 3), (2, 1)])
+def test_auto_validation_holds_out_a_seeded_share_by_name(tmp_path, rng, caplog, n, held):
+    import logging
+
+    from biounet.config import TrainConfig
+    from biounet.dataset import auto_validation, load_data
+
+    img, lab = _write_folder(tmp_path, *_random_pairs(rng, n))
+    cfg = TrainConfig(images=img, labels=lab, seed=3)  # val_slices "auto" by default
+    with caplog.at_level(logging.INFO, logger="biounet"):
+        data = load_data(cfg, 2)
+    chosen = auto_validation(n, 3)
+    assert len(chosen) == held and len(data.val_images) == held
+    assert len(data.train_images) == n - held
+    assert data.val_slices == ",".join(map(str, chosen))  # the list a run stores
+    names = [f"im{i:02d}" for i in chosen]
+    assert data.val_names == names
+    assert f"validation: {held} of {n} images held out: {', '.join(names)}" in caplog.text
+    again = load_data(cfg, 2)  # the same seed, the same images
+    assert again.val_names == names
+    seeds = {tuple(auto_validation(20, s)) for s in range(10)}
+    assert len(seeds) > 1  # and the seed chooses them
+    assert auto_validation(20, 5) == auto_validation(20, 5)
+
+
+def test_auto_validation_of_one_image_holds_none_out_with_a_warning(tmp_path, rng, caplog):
+    from biounet.config import TrainConfig
+    from biounet.dataset import load_data
+
+    img, lab = _write_folder(tmp_path, *_random_pairs(rng, 1))
+    data = load_data(TrainConfig(images=img, labels=lab), 2)
+    assert data.val_images == [] and len(data.train_images) == 1 and data.val_slices == "none"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "holds one image: none held out for validation" in warnings[0]
+
+
+def test_auto_validation_holds_out_among_the_images_not_trained_on(tmp_path, rng):
+    from biounet.config import TrainConfig
+    from biounet.dataset import load_data
+
+    img, lab = _write_folder(tmp_path, *_random_pairs(rng, 10))
+    data = load_data(TrainConfig(images=img, labels=lab, train_slices="0-3"), 2)
+    assert len(data.train_images) == 4
+    assert {int(i) for i in data.val_slices.split(",")} <= set(range(4, 10))
+
+
+def test_label_threshold_ignore_label_and_classes_found_in_the_masks(tmp_path, rng):
+    from biounet.config import TrainConfig
+    from biounet.dataset import load_data
+    from biounet.io import IGNORE_INDEX
+
+    soft = [np.clip(rng.normal(128, 60, (16, 16)), 0, 254).astype(np.uint8) for _ in range(3)]
+    soft[0][:2] = 255  # pixels not labelled
+    img, lab = _write_folder(tmp_path / "soft", soft, soft)
+    data = load_data(TrainConfig(images=img, labels=lab, val_slices="2", label_threshold=127,
+                                 ignore_label=255), None)  # fmt: skip
+    assert data.num_classes == 2
+    expected = np.where(soft[0] > 127, 1, 0).astype(np.uint8)
+    expected[:2] = IGNORE_INDEX
+    np.testing.assert_array_equal(data.train_masks[0], expected)
+    np.testing.assert_array_equal(data.val_masks[0], (soft[2] > 127).astype(np.uint8))
+    with pytest.raises(InputError, match=r"masks/im00: mask values are not classes: .*"
+                       r"--label-threshold T"):  # fmt: skip
+        load_data(TrainConfig(images=img, labels=lab, val_slices="2"), None)
+
+    three = [np.zeros((16, 16), np.uint8) for _ in range(2)]
+    three[0][2:6, 2:6], three[1][8:12, 8:12] = 1, 2
+    three[1][0, :] = 7  # not labelled
+    img, lab = _write_folder(tmp_path / "three", three, three)
+    data = load_data(TrainConfig(images=img, labels=lab, val_slices="none", ignore_label=7), None)
+    assert data.num_classes == 3  # largest class + 1, the ignore label left out
+    assert set(np.unique(data.train_masks[1])) == {0, 2, IGNORE_INDEX}
+    with pytest.raises(InputError, match=r"--ignore-label 1 is also a class of .*masks/im00 "
+                       r"\(classes 0\.\.7\)"):  # fmt: skip
+        load_data(TrainConfig(images=img, labels=lab, val_slices="none", ignore_label=1), None)
+    with pytest.raises(InputError, match=r"masks/im01: mask values are not classes: 3 distinct "
+                       r"values \(0, 2, 7\b"):  # fmt: skip
+        load_data(TrainConfig(images=img, labels=lab, val_slices="none", classes=3), 3)
+
+
+def test_instance_labels_thresholded_into_components_and_ignored(tmp_path):
+    from biounet.config import TrainConfig
+    from biounet.dataset import load_data
+    from biounet.io import IGNORE_INDEX
+    from biounet.targets import contour_target
+
+    soft = np.zeros((20, 20), np.uint8)
+    soft[2:8, 2:8], soft[12:18, 3:9] = 200, 180  # two objects, anti-aliased edges
+    soft[1, 2:8] = soft[8, 2:8] = 60
+    soft[19, :] = 99  # not labelled
+    img, lab = _write_folder(tmp_path, [soft, soft], [soft, soft])
+    cfg = TrainConfig(images=img, labels=lab, target="contour", val_slices="1",
+                      label_threshold=100, ignore_label=99)  # fmt: skip
+    data = load_data(cfg, 3)
+    inst = data.train_instances[0]
+    assert inst.max() == 2 and np.count_nonzero(inst) == 36 + 36  # components of > 100
+    expected = contour_target(inst)
+    expected[19, :] = IGNORE_INDEX
+    np.testing.assert_array_equal(data.train_masks[0], expected)
+    with pytest.raises(InputError, match=r"--ignore-label 0 is the background of .*masks"):
+        load_data(TrainConfig(images=img, labels=lab, target="contour", val_slices="1",
+                              ignore_label=0), 3)  # fmt: skip

@@ -94,3 +94,52 @@ def test_soft_dice_is_zero_for_a_perfect_prediction_and_near_one_for_the_inverse
     wrong[:, 1][y == 0] = 30.0
     # no overlap: 1 - smooth / (48 + 16 + smooth)
     assert soft_dice_loss(wrong, y).item() == pytest.approx(1 - 1 / 65, abs=1e-6)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3])
+def test_ignored_pixels_change_neither_the_loss_nor_its_gradient(channels):
+    """A 1x1-conv network: each logit sees only its own pixel, so changing the image and the
+    label under ignored pixels may change only their own logits, whose loss weight is 0."""
+    from biounet.io import IGNORE_INDEX
+
+    g = torch.Generator().manual_seed(0)
+    net = torch.nn.Conv2d(1, channels, 1)
+    x = torch.randn(2, 1, 12, 12, generator=g)
+    y = torch.randint(0, max(2, channels), (2, 12, 12), generator=g)
+    w = torch.rand(2, 12, 12, generator=g) + 0.5
+    ignored = torch.zeros(2, 12, 12, dtype=torch.bool)
+    ignored[0, :4] = ignored[1, :, 7:] = True
+
+    def gradient(image, label):
+        net.zero_grad()
+        loss = segmentation_loss(net(image), label, w, dice=0.5, ignore_index=IGNORE_INDEX)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in net.parameters()]
+
+    labelled = torch.where(ignored, IGNORE_INDEX, y)
+    other_x = torch.where(ignored[:, None], torch.randn(2, 1, 12, 12, generator=g) * 9, x)
+    loss_a, grad_a = gradient(x, labelled)
+    loss_b, grad_b = gradient(other_x, labelled)
+    assert torch.equal(loss_a, loss_b)
+    for a, b in zip(grad_a, grad_b, strict=True):
+        assert torch.equal(a, b)
+    # the reference: the labelled pixels alone, in the usual formulas (class 0 under the rest)
+    logits = net(x).float()
+    keep = (~ignored).float()
+    y0 = torch.where(ignored, 0, y)
+    if channels == 1:
+        ce = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y0.float(),
+                                                                  reduction="none")  # fmt: skip
+        fg = torch.sigmoid(logits[:, 0])
+    else:
+        ce = torch.nn.functional.cross_entropy(logits, y0, reduction="none")
+        fg = 1 - torch.softmax(logits, 1)[:, 0]
+    t = (y0 > 0).float() * keep
+    fg = fg * keep
+    dice = 1 - (2 * (fg * t).sum((1, 2)) + 1) / (fg.sum((1, 2)) + t.sum((1, 2)) + 1)
+    torch.testing.assert_close(loss_a, (ce * w * keep).mean() + 0.5 * dice.mean())
+    # and without the ignore label the same change does move the gradient
+    net.zero_grad()
+    segmentation_loss(net(other_x), y, w).backward()
+    moved = [p.grad.clone() for p in net.parameters()]
+    assert not all(torch.allclose(a, b) for a, b in zip(grad_a, moved, strict=True))

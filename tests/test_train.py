@@ -1,4 +1,6 @@
+import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -374,3 +376,118 @@ def test_instance_targets_made_after_the_warp_train_and_preview(dsb_crops, tmp_p
     x, y = preview_tiles(preset, n=4)
     assert x.shape == (4, 32, 32) and y.shape[0] == 4 and y.shape[1] == y.shape[2] <= 32
     assert set(np.unique(y)) <= {0, 1, 2} and (y == 2).any()
+
+
+def three_class_set(folder, n=8, size=64, seed=0):
+    """A TIFF stack pair of ``n`` noisy images (float32) holding squares (class 1, bright)
+    and discs (class 2, dimmer, drawn over the squares) on class 0: (images, masks) paths."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images, masks = [], []
+    for _ in range(n):
+        m = np.zeros((size, size), np.uint8)
+        for _ in range(3):
+            y, x, r = rng.integers(8, size - 8, 2).tolist() + [int(rng.integers(4, 8))]
+            m[max(0, y - r) : y + r, max(0, x - r) : x + r] = 1
+            y, x = rng.integers(8, size - 8, 2)
+            m[(yy - y) ** 2 + (xx - x) ** 2 <= r * r] = 2
+        img = rng.normal(0, 0.3, (size, size)) + np.array([0.0, 3.0, 1.5])[m]
+        images.append(img.astype(np.float32))
+        masks.append(m)
+    folder.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(folder / "img.tif", np.stack(images))
+    tifffile.imwrite(folder / "lab.tif", np.stack(masks))
+    return folder / "img.tif", folder / "lab.tif"
+
+
+def test_three_classes_found_in_the_masks_train_to_a_high_mean_iou(tmp_path):
+    from biounet.dataset import auto_validation
+    from biounet.presets import FAST, customise
+
+    img, lab = three_class_set(tmp_path / "data")
+    small = replace(FAST, model=replace(FAST.model, base_channels=8, depth=2))
+    preset = customise(small, images=img, labels=lab, tile=64, batch_size=4, epochs=2,
+                       steps_per_epoch=20, warmup_steps=0, time_limit=0, precision="fp32",
+                       isbi_every=0, lr=2e-2)  # fmt: skip
+    assert preset.train.val_slices == "auto" and preset.model.out_channels == 2
+    preset = preset.with_train(augment=AugmentConfig())  # flips and quarter turns
+    result = train(preset, tmp_path / "run", progress=False)
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["model"]["out_channels"] == 3  # the classes found, stored for predict
+    held = auto_validation(8, preset.train.seed)
+    assert len(held) == 1 and cfg["train"]["val_slices"] == str(held[0])  # stored as chosen
+    model, stored = model_from_checkpoint(tmp_path / "run" / "best.pt")
+    assert stored.model.out_channels == 3 and model.head.out_channels == 3
+    assert result["val_mean_iou"] > 0.7
+    log_csv = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert "val_mean_iou" in log_csv[0].split(",")
+
+
+def test_fine_tuning_starts_from_the_shipped_models_weights(dsb_crops, tmp_path, monkeypatch):
+    import importlib
+
+    from biounet.checkpoint import inference_weights
+    from biounet.presets import customise, init_preset
+
+    class Stop(Exception):
+        pass
+
+    first = {}
+
+    def stop(learner, *args, **kwargs):  # the weights that the first step would update
+        first.update({k: v.detach().clone() for k, v in learner.model.state_dict().items()})
+        first["lr"] = learner.optimizer.param_groups[0]["lr"]
+        raise Stop
+
+    train_module = importlib.import_module("biounet.train")  # the module, not the function
+    monkeypatch.setattr(train_module, "_train_epoch", stop)
+    shipped = load_checkpoint("models/dsb2018-nuclei.pt")
+    base = init_preset("models/dsb2018-nuclei.pt")
+    preset = customise(base, images=dsb_crops[0], labels=dsb_crops[1], tile=32, batch_size=2,
+                       precision="fp32")  # fmt: skip
+    assert preset.model == Preset.from_dict(shipped["preset"]).model
+    assert preset.train.val_slices == "auto" and preset.train.init == "models/dsb2018-nuclei.pt"
+    with pytest.raises(Stop):
+        train(preset, tmp_path / "same", progress=False)
+    weights = inference_weights(shipped)
+    assert set(first) - {"lr"} == set(weights)
+    for k, v in weights.items():
+        assert torch.equal(first[k], v), k
+    cfg = json.loads((tmp_path / "same" / "config.json").read_text())
+    assert cfg["train"]["init"] == "models/dsb2018-nuclei.pt"
+
+    # another class count: the output layer alone starts afresh, with a notice
+    first.clear()
+    two = customise(base, images=dsb_crops[0], labels=dsb_crops[1], target="binary", tile=32,
+                    precision="fp32")  # fmt: skip
+    assert two.model.out_channels == 2
+    with pytest.raises(Stop):
+        train(two, tmp_path / "two", progress=False)
+    fresh = UNet(two.model)
+    fresh.reset_parameters(generator=torch.Generator().manual_seed(two.train.seed))
+    for k, v in weights.items():
+        if k.startswith("head."):
+            assert first[k].shape[0] == 2 and torch.equal(first[k], fresh.state_dict()[k])
+        else:
+            assert torch.equal(first[k], v), k
+
+
+def test_fine_tuning_refuses_another_channel_count_and_non_models(isbi_crops, tmp_path):
+    from biounet.checkpoint import save_checkpoint
+    from biounet.presets import init_preset
+
+    two = Preset("two", "", replace(TINY, in_channels=2), TrainConfig())
+    save_checkpoint(tmp_path / "two.pt", {"preset": two.to_dict(),
+                                          "model": UNet(two.model).state_dict()})  # fmt: skip
+    preset = tiny_preset(*isbi_crops, init=str(tmp_path / "two.pt"))
+    preset = replace(preset, model=two.model)
+    with pytest.raises(InputError, match=r"two\.pt: the model takes 2 input channels, the "
+                       r"images have 1$"):  # fmt: skip
+        train(preset, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    other = tiny_preset(*isbi_crops, init=str(tmp_path / "two.pt"))  # another network
+    with pytest.raises(InputError, match=r"two\.pt: the model takes 2 input channels"):
+        train(other, tmp_path / "run", progress=False)
+    (tmp_path / "not.pt").write_bytes(b"not a model")
+    with pytest.raises(InputError, match=r"not\.pt: not a readable biounet checkpoint"):
+        init_preset(str(tmp_path / "not.pt"))

@@ -157,3 +157,52 @@ def test_binary_masks_use_4_connected_components():
 def test_non_integer_labels_are_a_one_line_error():
     with pytest.raises(InputError, match="not integer"):
         weight_map(np.array([[0.0, 1.5], [2.0, 0.0]]))
+
+
+def test_class_map_cells_are_each_class_components_and_touching_classes_get_a_border():
+    classes = np.zeros((30, 40), np.uint8)
+    classes[5:15, 3:12] = 1  # two objects of class 1, apart
+    classes[5:15, 25:35] = 1
+    classes[17:27, 3:20] = 2  # one object of class 2, whose top part
+    classes[15:17, 3:12] = 2  # touches the first class-1 object along rows 14 / 15
+    inst = np.zeros(classes.shape, np.int32)  # the same objects as instance ids
+    inst[5:15, 3:12], inst[5:15, 25:35] = 1, 2
+    inst[17:27, 3:20], inst[15:17, 3:12] = 3, 3
+    w = weight_map(classes, class_map=True)
+    np.testing.assert_array_equal(w, weight_map(inst))
+    assert w[14, 6] > 5 and w[15, 6] > 5  # the carved edge between classes 1 and 2
+    # read as instance ids, the two class-1 objects would be one cell: no border between
+    assert not np.array_equal(weight_map(classes), w)
+
+
+def test_ignored_pixels_are_neither_cells_nor_background_and_weigh_nothing():
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:15, 5:15] = mask[5:15, 18:28] = 1
+    blob = np.zeros(mask.shape, bool)
+    blob[25:35, 10:20] = True  # would be a third cell near the first two
+    with_blob = np.where(blob, 1, mask)
+    w = weight_map(with_blob, background=1.0, ignored=blob)
+    reference = weight_map(mask, background=1.0)  # no such cell at all
+    np.testing.assert_array_equal(w, np.where(blob, 0.0, reference))
+    # what lies under ignored pixels does not matter
+    np.testing.assert_array_equal(w, weight_map(np.where(blob, 7, mask), background=1.0,
+                                                ignored=blob))  # fmt: skip
+    # class balance among the labelled pixels: 200 cell pixels of 1600 - 100 labelled
+    wc = weight_map(with_blob, w0=0, ignored=blob)
+    assert wc[0, 0] == pytest.approx(200 / 1300) and wc[6, 6] == 1 and wc[30, 15] == 0
+    dataset = background_weights([with_blob], "dataset", ignored=[blob])
+    assert dataset == [pytest.approx(200 / 1300)]
+
+
+def test_cached_maps_tell_ignored_pixels_and_class_maps_apart(tmp_path):
+    mask = np.zeros((20, 20), np.uint8)
+    mask[2:8, 2:8], mask[2:8, 9:15] = 1, 2
+    ignored = np.zeros(mask.shape, bool)
+    ignored[15:, :] = True
+    plain = cached_weight_maps([mask], 10.0, 5.0, tmp_path)[0]
+    classes = cached_weight_maps([mask], 10.0, 5.0, tmp_path, class_map=True)[0]
+    ig = cached_weight_maps([mask], 10.0, 5.0, tmp_path, class_map=True, ignored=[ignored])[0]
+    np.testing.assert_array_equal(classes, weight_map(mask, class_map=True))
+    np.testing.assert_array_equal(ig, weight_map(mask, class_map=True, ignored=ignored))
+    assert len(list(tmp_path.glob("weight-maps-*.npz"))) == 3
+    assert not np.array_equal(plain, ig) and (ig[15:] == 0).all()

@@ -20,6 +20,8 @@ SELECT_BY = ("train_loss", "val_loss", "val_pixel_error", "v_rand", "v_info", "l
 HIGHER_IS_BETTER = ("v_rand", "v_info")
 TARGETS = ("mask", "binary", "contour")  # see targets.py
 CLASS_BALANCES = ("image", "dataset", "none")  # see weights.background_weights
+MAX_CLASSES = 255  # class maps are uint8 and 255 marks ignored pixels (io.IGNORE_INDEX)
+MAX_FOUND_CLASSES = 16  # more classes than this are not guessed from masks: give classes
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,9 @@ class TrainConfig:
     # Off: on the nuclei preset (15 min, 2 seeds) AP@0.5 0.811 / 0.817 and DSB 0.601 / 0.611
     # against 0.829 / 0.611 warping the class map, with more merges (93 / 98 against 82)
     targets_after_warp: bool = False
-    val_slices: str = "25-29"  # held-out slices ("25-29", "28,29", "" for none, "@names.txt")
+    # held-out slices: "auto" (a seeded ~15 % of the images, at least one, none of a single
+    # image; a run stores the resolved list), "25-29", "28,29", "" for none, "@names.txt"
+    val_slices: str = "auto"
     train_slices: str | None = None  # None = every slice not in val_slices
     tile: int = 256  # input tile edge; must be a valid input size of the model
     batch_size: int = 8  # tiles per step
@@ -148,9 +152,19 @@ class TrainConfig:
     select_by: str = "val_loss"
     isbi_every: int = 1  # validation V_rand / V_info every N epochs (0 = never)
     val_every: int = 1  # validate every N epochs (0 = never; held-out images stay unused)
+    # "mask" target: binarise soft or anti-aliased masks, value > label_threshold is
+    # foreground (instance targets: the binary mask's components); None = masks hold classes
+    label_threshold: float | None = None
+    # labels of this stored value are "not labelled": zero loss weight, left out of the
+    # weight map and of validation scores (None = every pixel is labelled)
+    ignore_label: int | None = None
+    # "mask" target: the classes 0..C-1 of the masks; None = found from the training masks
+    # (largest class + 1, at least 2; at most MAX_FOUND_CLASSES)
+    classes: int | None = None
+    init: str | None = None  # start from this model's weights (a checkpoint); None = random
 
     def __post_init__(self):
-        for name in ("images", "labels"):  # Paths are welcome, config.json stores text
+        for name in ("images", "labels", "init"):  # Paths are welcome, config.json stores text
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, str(getattr(self, name)))
         if self.step_epochs < 1:
@@ -193,6 +207,16 @@ class TrainConfig:
             raise ValueError(f"time_limit must be >= 0 minutes, got {self.time_limit}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.classes is not None and not 2 <= self.classes <= MAX_CLASSES:
+            raise ValueError(f"classes must be in 2..{MAX_CLASSES}, got {self.classes}")
+        if self.label_threshold is not None and not math.isfinite(self.label_threshold):
+            raise ValueError(f"label_threshold must be a finite number, got "
+                             f"{self.label_threshold}")  # fmt: skip
+        if self.ignore_label is not None and self.ignore_label < 0:
+            raise ValueError(f"ignore_label must be >= 0, got {self.ignore_label}")
+        if self.ignore_label is not None and self.targets_after_warp:
+            raise ValueError("ignore_label needs class maps warped as such: it does not work "
+                             "with targets_after_warp")  # fmt: skip
 
 
 # How the network's probabilities become instance labels (instances.py): "components"

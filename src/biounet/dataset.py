@@ -16,18 +16,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .config import MAX_FOUND_CLASSES, TrainConfig
 from .io import (
+    IGNORE_INDEX,
+    THRESHOLD_HINT,
+    Images,
     InputError,
+    as_instances,
     check_pairs,
     find_data,
+    mask_to_classes,
     normalize,
     read_images,
-    read_instances,
-    read_pairs,
     resolve_data_path,
+    where_of,
 )
-from .targets import label_context, make_target
+from .labels import labels_to_instances
+from .targets import NUM_CLASSES, label_context, make_target
 from .weights import cached_weight_maps
 
 log = logging.getLogger("biounet")
@@ -36,7 +41,8 @@ log = logging.getLogger("biounet")
 @dataclass
 class Data:
     """A run's images split in two: training images (H, W) float32, normalised; validation
-    images as stored (prediction normalises them); masks (H, W) uint8 class indices."""
+    images as stored (prediction normalises them); masks (H, W) uint8 class indices,
+    :data:`biounet.io.IGNORE_INDEX` (255) where a pixel is not labelled."""
 
     train_images: list[np.ndarray]
     train_masks: list[np.ndarray]
@@ -44,21 +50,31 @@ class Data:
     val_masks: list[np.ndarray]
     val_names: list[str]
     train_instances: list[np.ndarray] | None = None  # (H, W) int32, instance targets only
+    num_classes: int = 2  # the classes 0..C-1 the masks may hold
+    val_slices: str = "none"  # the held-out images as a spec ("auto" resolved to indices)
 
 
-def load_data(cfg: TrainConfig, num_classes: int, normalization: str = "zscore") -> Data:
+VAL_SHARE = 0.15  # the share of images val_slices="auto" holds out
+
+
+def load_data(
+    cfg: TrainConfig, num_classes: int | None, normalization: str = "zscore"
+) -> Data:
     """Read the configured images and labels (default: the bundled ISBI 2012 stacks), turn
     the labels into the configured target's class maps and split them.
 
     Args:
-        cfg: ``images``, ``labels``, ``target`` (and its widths), ``val_slices``,
-            ``train_slices``.
-        num_classes: the classes a mask may hold (2 for a 1-output network).
+        cfg: ``images``, ``labels``, ``target`` (and its widths), ``val_slices`` ("auto":
+            seeded by ``seed``), ``train_slices``, ``label_threshold``, ``ignore_label``.
+        num_classes: the classes a mask may hold (2 for a 1-output network); None: found
+            from the masks (mask target: the largest class + 1, at least 2, at most
+            MAX_FOUND_CLASSES).
         normalization: how training images are normalised (:func:`biounet.io.normalize`).
 
     InputError naming the value or file for a lone ``images`` / ``labels``, unreadable or
-    unpaired files, a split that leaves nothing to train on, or training masks holding one
-    class only.
+    unpaired files, mask values that are not classes, an ignore label that is also a
+    class, a threshold outside a mask's values, a split that leaves nothing to train on,
+    or training masks holding one class only.
     """
     if (cfg.images is None) != (cfg.labels is None):
         given = "--images" if cfg.images is not None else "--labels"
@@ -69,17 +85,35 @@ def load_data(cfg: TrainConfig, num_classes: int, normalization: str = "zscore")
     else:
         images_path, labels_path = resolve_data_path(cfg.images), resolve_data_path(cfg.labels)
     instances = None
+    images = read_images(images_path)
+    masks = read_images(labels_path, mask=True)
+    check_pairs(images, masks)
     if cfg.target == "mask":
-        images, masks = read_pairs(images_path, labels_path, num_classes)
+        if num_classes is None:
+            num_classes = found_classes(masks.arrays, cfg)
+        hint = ""
+        if num_classes == MAX_FOUND_CLASSES and cfg.classes is None:
+            hint = f"{THRESHOLD_HINT}, or --classes C for more than {MAX_FOUND_CLASSES} classes"
+        masks.arrays = [
+            mask_to_classes(m, num_classes, where_of(masks, i), hint,
+                            threshold=cfg.label_threshold, ignore=cfg.ignore_label)  # fmt: skip
+            for i, m in enumerate(masks.arrays)
+        ]
     else:  # instance labels -> the target's class maps
-        images, masks = read_images(images_path), read_instances(labels_path)
-        check_pairs(images, masks)
-        instances = masks.arrays
+        num_classes = NUM_CLASSES[cfg.target]
+        instances, ignored = instance_labels(masks, cfg)
         masks.arrays = [
             make_target(inst, cfg.target, cfg.boundary_width, cfg.touch_width) for inst in instances
         ]
-    train_idx, val_idx = split(len(images), cfg.val_slices, cfg.train_slices, images.names)
+        for m, ig in zip(masks.arrays, ignored, strict=True):
+            if ig is not None:
+                m[ig] = IGNORE_INDEX
+    train_idx, val_idx, val_spec = split_images(images, cfg)
     present = np.unique(np.concatenate([np.unique(masks.arrays[i]) for i in train_idx]))
+    present = present[present != IGNORE_INDEX]
+    if len(present) == 0:
+        raise InputError(f"{masks.source}: the training masks hold no labelled pixel "
+                         f"(every pixel is --ignore-label {cfg.ignore_label})")  # fmt: skip
     if len(present) < 2:
         raise InputError(
             f"{masks.source}: the training masks hold only class {present[0]}; "
@@ -92,7 +126,88 @@ def load_data(cfg: TrainConfig, num_classes: int, normalization: str = "zscore")
         val_masks=[masks.arrays[i] for i in val_idx],
         val_names=[images.names[i] for i in val_idx],
         train_instances=None if instances is None else [instances[i] for i in train_idx],
+        num_classes=num_classes,
+        val_slices=val_spec,
     )
+
+
+def found_classes(masks: list[np.ndarray], cfg: TrainConfig) -> int:
+    """The classes C of stored masks (H, W): 2 for binary masks (0/255, 0/65535, 0/1) or
+    with ``cfg.label_threshold``; else the largest whole value + 1 (pixels of
+    ``cfg.ignore_label`` left out), at least 2 and at most MAX_FOUND_CLASSES (a mask with
+    larger values is then refused by :func:`biounet.io.mask_to_classes`)."""
+    if cfg.label_threshold is not None:
+        return 2
+    top = 1
+    for m in masks:
+        values = np.unique(m)
+        if cfg.ignore_label is not None:
+            values = values[values != cfg.ignore_label]
+        binary = any(np.isin(values, (0, t)).all() for t in (1, 255, 65535))
+        if values.size and not binary and np.all(values == np.round(values)):
+            top = max(top, int(min(values.max(), MAX_FOUND_CLASSES)))
+    return min(top + 1, MAX_FOUND_CLASSES)
+
+
+def instance_labels(
+    labels: Images, cfg: TrainConfig
+) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+    """(instances, ignored) of stored instance labels: (H, W) int32 ids, 0 = background
+    (with ``cfg.label_threshold``, the 4-connected components of value > threshold), and
+    (H, W) bool pixels of ``cfg.ignore_label`` (id 0 in the instances), or None each."""
+    ignore, threshold = cfg.ignore_label, cfg.label_threshold
+    if ignore is not None and threshold is None and ignore == 0:
+        raise InputError(f"--ignore-label 0 is the background of {labels.source}")
+    if threshold is None and ignore is None:
+        return as_instances(labels).arrays, [None] * len(labels)
+    instances, ignored = [], []
+    for i, raw in enumerate(labels.arrays):
+        where = where_of(labels, i)
+        if threshold is not None:  # 0/1 and IGNORE_INDEX
+            classes = mask_to_classes(raw, 2, where, threshold=threshold, ignore=ignore)
+            ig = classes == IGNORE_INDEX
+            kept = np.where(ig, 0, classes)
+        else:
+            ig = raw == ignore
+            kept = np.where(ig, 0, raw)
+        instances.append(labels_to_instances(kept, where)[0])
+        ignored.append(ig if ig.any() else None)
+    return instances, ignored
+
+
+def split_images(images: Images, cfg: TrainConfig) -> tuple[list[int], list[int], str]:
+    """(training indices, validation indices, the validation spec to store) of ``images``
+    under ``cfg.val_slices`` / ``cfg.train_slices``: "auto" holds out a share VAL_SHARE of
+    the images (at least one; none of a single image, with a warning), drawn with
+    ``cfg.seed`` and logged by name, and is stored as their indices."""
+    n, names = len(images), images.names
+    if cfg.val_slices.strip().lower() != "auto":
+        train_idx, val_idx = split(n, cfg.val_slices, cfg.train_slices, names)
+        return train_idx, val_idx, cfg.val_slices
+    pool = list(range(n))
+    if cfg.train_slices is not None:  # hold out among the images not trained on
+        chosen = set(parse_slices(cfg.train_slices, n, "training slices", names))
+        pool = [i for i in pool if i not in chosen]
+    val_idx = auto_validation(len(pool), cfg.seed)
+    val_idx = [pool[i] for i in val_idx]
+    if n == 1:
+        log.warning("warning: %s holds one image: none held out for validation", images.source)
+    elif val_idx:
+        log.info("validation: %d of %d images held out: %s", len(val_idx), n,
+                 ", ".join(names[i] for i in val_idx))  # fmt: skip
+    spec = ",".join(str(i) for i in val_idx) or "none"
+    train_idx, val_idx = split(n, spec, cfg.train_slices, names)
+    return train_idx, val_idx, spec
+
+
+def auto_validation(n: int, seed: int, share: float = VAL_SHARE) -> list[int]:
+    """Sorted indices of ``round(share * n)`` of ``n`` images (at least one; none when
+    ``n`` < 2), drawn without replacement by a generator seeded with ``seed``."""
+    if n < 2:
+        return []
+    k = max(1, round(share * n))
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(n, size=k, replace=False))
 
 
 def parse_slices(
@@ -242,7 +357,13 @@ def make_sampler(
     if cfg.weight_map:
         t = time.perf_counter()
         labels = data.train_instances or data.train_masks  # instances where there are some
-        weights = cached_weight_maps(labels, cfg.w0, cfg.sigma, cache, cfg.class_balance)
+        ignored = None
+        if cfg.ignore_label is not None:
+            ignored = [m == IGNORE_INDEX for m in data.train_masks]
+        # class maps of more than 2 classes: the objects are each class's components
+        class_map = data.train_instances is None and data.num_classes > 2
+        weights = cached_weight_maps(labels, cfg.w0, cfg.sigma, cache, cfg.class_balance,
+                                     class_map=class_map, ignored=ignored)  # fmt: skip
         log.info("weight maps (w0 %g, sigma %g, class balance %s): %.2fs", cfg.w0, cfg.sigma,
                  cfg.class_balance, time.perf_counter() - t)  # fmt: skip
     margin = cfg.augment.margin(cfg.tile)

@@ -228,11 +228,20 @@ def get_preset(name: str) -> Preset:
 def customise(preset: Preset, *, zoom: float | None = None, **train) -> Preset:
     """``preset`` reshaped by ``biounet train``'s flags.
 
-    ``train``: TrainConfig fields (None keeps the preset's). The binary target turns the
-    paper's weighted loss on (``weight_map=True``) unless ``weight_map`` is given; ``zoom``
-    R sets random zoom by a factor log-uniform in [1/(1+R), 1+R] (0: off); the network gets
-    as many outputs as the target needs (:func:`with_target_outputs`).
+    ``train``: TrainConfig fields (None keeps the preset's). Other ``images`` than the
+    preset's own make its held-out lists, which name its own data, fall back to
+    ``val_slices="auto"`` and every other image for training, unless ``val_slices`` /
+    ``train_slices`` are given. The binary target turns the paper's weighted loss on
+    (``weight_map=True``) unless ``weight_map`` is given; ``zoom`` R sets random zoom by a
+    factor log-uniform in [1/(1+R), 1+R] (0: off); the network gets as many outputs as the
+    target (or ``classes``) needs (:func:`with_target_outputs`).
     """
+    images = train.get("images")
+    if images is not None and str(images) != preset.train.images:  # data of the user's own
+        if train.get("val_slices") is None:
+            preset = replace(preset, train=replace(preset.train, val_slices="auto"))
+        if train.get("train_slices") is None:
+            preset = replace(preset, train=replace(preset.train, train_slices=None))
     preset = preset.with_train(**train)
     if train.get("target") == "binary" and train.get("weight_map") is None:
         preset = preset.with_train(weight_map=True)
@@ -245,14 +254,36 @@ def customise(preset: Preset, *, zoom: float | None = None, **train) -> Preset:
 
 
 def with_target_outputs(preset: Preset) -> Preset:
-    """The preset with as many network outputs as its target needs (a 1-output sigmoid
-    network stays as it is for the binary target)."""
+    """The preset with as many network outputs as its target needs: the target's classes,
+    or ``classes`` of the mask target (a 1-output sigmoid network stays as it is for two
+    classes). Without ``classes`` a mask network's outputs may grow once its training
+    masks are read (:func:`with_classes`)."""
     from .targets import NUM_CLASSES
 
-    t, m = preset.train.target, preset.model
-    need = NUM_CLASSES[t]
-    if m.out_channels == need or (t in ("mask", "binary") and m.out_channels == 1):
+    t, m, classes = preset.train.target, preset.model, preset.train.classes
+    need = classes if t == "mask" and classes is not None else NUM_CLASSES[t]
+    if m.out_channels == need or (t in ("mask", "binary") and need == 2 and m.out_channels == 1):
         return preset
-    if t == "mask" and m.out_channels > 2:  # an instance preset's 3 outputs, now 2 classes
-        need = 2
+    if t == "mask" and classes is None and m.out_channels > 2:  # e.g. an instance preset's
+        need = 2  # 3 outputs, now 2 classes
     return replace(preset, model=replace(m, out_channels=need))
+
+
+def with_classes(preset: Preset, classes: int) -> Preset:
+    """The preset's network with ``classes`` softmax outputs where its masks hold more
+    classes than it has outputs (found in the data); unchanged otherwise."""
+    if classes <= max(2, preset.model.out_channels):
+        return preset
+    return replace(preset, model=replace(preset.model, out_channels=classes))
+
+
+def init_preset(path: str, name: str | None = None) -> Preset:
+    """The preset a run fine-tuning the model ``path`` starts from: the model's own (its
+    network and its training configuration), or with ``name`` that preset's training and
+    inference settings around the model's network. InputError naming ``path`` if it is not
+    a biounet model."""
+    from .checkpoint import load_checkpoint
+
+    model = Preset.from_dict(load_checkpoint(path)["preset"])
+    base = model if name is None else replace(get_preset(name), model=model.model)
+    return replace(base, train=replace(base.train, init=str(path)))

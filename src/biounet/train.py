@@ -27,14 +27,16 @@ from tqdm.auto import tqdm
 
 from . import metrics
 from .augment import augment
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import inference_weights, load_checkpoint, save_checkpoint
 from .config import HIGHER_IS_BETTER, Preset, TrainConfig
 from .dataset import Data, TileSampler, load_data, make_sampler
 from .device import autocast, memory_format, resolve_precision, select_device
-from .io import InputError, write_text
+from .io import IGNORE_INDEX, InputError, write_text
 from .losses import segmentation_loss
+from .metrics.pixel import class_scores_many
 from .model import UNet, count_parameters, output_size
 from .plots import plot_curves, plot_panels
+from .presets import with_classes
 from .targets import NUM_CLASSES, label_context, tile_targets
 from .tiling import predict
 
@@ -49,6 +51,7 @@ LOG_COLUMNS = (
     "epoch", "step", "lr", "train_loss", "val_loss", "val_pixel_error", "v_rand", "v_info",
     "seconds",
 )  # fmt: skip
+CLASS_COLUMNS = ("val_mean_iou",)  # in log.csv only for runs of more than 2 mask classes
 
 
 def learning_rate(
@@ -112,23 +115,43 @@ def validate(
     model: UNet, data: Data, precision: str, isbi: bool = True
 ) -> tuple[dict, list[np.ndarray]]:
     """Predictions of the validation images: loss, pixel error, IoU, Dice and, if ``isbi``,
-    the ISBI 2012 V_rand and V_info (thinned, maximal over thresholds 0, 0.1, ..., 1)."""
+    the ISBI 2012 V_rand and V_info (thinned, maximal over thresholds 0, 0.1, ..., 1), of
+    the foreground (every class but 0) against class 0; for masks of more than 2 classes
+    also ``val_mean_iou``, the mean IoU of classes 1..C-1 (argmax, pooled over the images).
+    Pixels that are not labelled (IGNORE_INDEX) are left out of every score (V_rand and
+    V_info: counted as reference background, which their foreground-restricted tables
+    leave out)."""
     probs = [predict(model, img, precision=precision) for img in data.val_images]
     masks = data.val_masks
+    scores = {}
+    if probs and probs[0].ndim == 3 and data.train_instances is None and data.num_classes > 2:
+        classes = [p.argmax(0).astype(np.uint8) for p in probs]
+        mean_iou = class_scores_many(classes, masks, num_classes=data.num_classes,
+                                     ignore=IGNORE_INDEX)["mean_iou"]  # fmt: skip
+        scores["val_mean_iou"] = mean_iou
     if probs and probs[0].ndim == 3:  # more than 2 classes: foreground (not 0) vs class 0
         probs = [1.0 - p[0] for p in probs]
-        masks = [(m != 0).astype(np.uint8) for m in masks]
-    pairs = list(zip(probs, masks, strict=True))
-    scores = {
+        masks = [np.where(m == IGNORE_INDEX, m, m != 0).astype(np.uint8) for m in masks]
+    pairs = [_labelled(p, m) for p, m in zip(probs, masks, strict=True)]
+    if isbi:  # not labelled: reference background
+        masks = [np.where(m == IGNORE_INDEX, 0, m).astype(np.uint8) for m in masks]
+    scores.update({
         "val_loss": np.mean([metrics.binary_cross_entropy(p, m) for p, m in pairs]),
         "val_pixel_error": np.mean([metrics.pixel_error(p, m) for p, m in pairs]),
         "val_iou": np.mean([metrics.iou(p > 0.5, m) for p, m in pairs]),
         "val_dice": np.mean([metrics.dice(p > 0.5, m) for p, m in pairs]),
-    }
+    })  # fmt: skip
     if isbi:
         r = metrics.isbi_scores(probs, masks, metrics=("v_rand", "v_info"))
         scores.update(v_rand=r["v_rand"], v_info=r["v_info"])
     return {k: float(v) for k, v in scores.items()}, probs
+
+
+def _labelled(prob: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(prob, mask) at the labelled pixels only (1-D) where ``mask`` holds IGNORE_INDEX;
+    as they are otherwise."""
+    keep = mask != IGNORE_INDEX
+    return (prob, mask) if keep.all() else (prob[keep], mask[keep])
 
 
 def selection_score(row: dict, select_by: str) -> float | None:
@@ -190,11 +213,14 @@ def _set_rng_state(state: dict, np_rng: np.random.Generator, gen: torch.Generato
 
 
 def _write_log(path: Path, history: list[dict]) -> None:
+    columns = LOG_COLUMNS
+    if any(k in row for row in history for k in CLASS_COLUMNS):
+        columns = (*LOG_COLUMNS[:-1], *CLASS_COLUMNS, LOG_COLUMNS[-1])
     buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in LOG_COLUMNS})
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
     write_text(path, buf.getvalue())
 
 
@@ -269,8 +295,12 @@ def train(
     np_rng = np.random.default_rng(cfg.seed)  # tile positions
     gen = torch.Generator().manual_seed(cfg.seed)  # initial weights, augmentation
 
-    # 3. Data: read, made into class maps and split; then the run directory, the sampler.
-    data = load_data(cfg, max(2, preset.model.out_channels), preset.model.normalization)
+    # 3. Data: read, made into class maps and split (the network grows to the classes
+    # found, the held-out images are stored as chosen); then the run directory, the sampler.
+    data = load_data(cfg, _classes(preset), preset.model.normalization)
+    preset = with_classes(preset, data.num_classes).with_train(val_slices=data.val_slices)
+    cfg = preset.train
+    init = _init_weights(preset, data) if ckpt is None and cfg.init else None
     select_by = _selection_rule(cfg, data)
     out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be good
     write_text(out / "config.json", json.dumps(preset.to_dict(), indent=2) + "\n")
@@ -278,7 +308,7 @@ def train(
     steps = cfg.steps_per_epoch or math.ceil(len(data.train_images) / cfg.batch_size)
 
     # 4. Network, optimiser, weight average and the run's state (restored when resuming).
-    learner = _build(preset, dev, precision, gen, ckpt)
+    learner = _build(preset, dev, precision, gen, ckpt, init)
     if ckpt is None:
         state = RunState(plan=cfg.epochs)
     else:
@@ -338,6 +368,46 @@ def _configure(
     return preset, ckpt, out_tile
 
 
+def _classes(preset: Preset) -> int | None:
+    """The classes the masks may hold: ``classes`` or the target's; None for the mask
+    target without ``classes`` (found from the masks, :func:`biounet.dataset.load_data`)."""
+    cfg = preset.train
+    if cfg.target == "mask":
+        return cfg.classes
+    return max(2, preset.model.out_channels)
+
+
+def _init_weights(preset: Preset, data: Data) -> dict:
+    """The state_dict a fine-tuning run starts from: ``preset.train.init``'s weights (its
+    averaged weights where it kept them), without the output layer where its class count
+    differs (a notice says so). InputError naming the file if it is not a biounet model,
+    takes another number of input channels than the images have, or is another network."""
+    path = preset.train.init
+    ckpt = load_checkpoint(path)
+    weights = dict(inference_weights(ckpt))
+    theirs = Preset.from_dict(ckpt["preset"]).model
+    mine = preset.model
+    channels = 1 if data.train_images[0].ndim == 2 else data.train_images[0].shape[0]
+    if theirs.in_channels != channels:
+        raise InputError(f"{path}: the model takes {theirs.in_channels} input channels, the "
+                         f"images have {channels}")  # fmt: skip
+    if theirs.out_channels != mine.out_channels:
+        log.info("%s: the model has %d outputs, this run %d: its output layer starts afresh",
+                 path, theirs.out_channels, mine.out_channels)  # fmt: skip
+        weights = {k: v for k, v in weights.items() if not k.startswith("head.")}
+    with torch.device("meta"):  # shapes only: no memory, no draw from the RNGs
+        expected = UNet(mine).state_dict()
+    for k, v in expected.items():
+        if k.startswith("head.") and theirs.out_channels != mine.out_channels:
+            continue
+        if k not in weights or tuple(weights[k].shape) != tuple(v.shape):
+            got = tuple(weights[k].shape) if k in weights else "nothing"
+            raise InputError(f"{path}: another network than this run's ({k}: {got}, this run "
+                             f"needs {tuple(v.shape)})")  # fmt: skip
+    log.info("starting from the weights of %s", path)
+    return weights
+
+
 def _selection_rule(cfg: TrainConfig, data: Data) -> str:
     """What best.pt is chosen by: ``cfg.select_by``, or the training loss where nothing
     is validated. InputError if it needs ISBI metrics that are never computed."""
@@ -354,13 +424,17 @@ def _build(
     precision: str,
     gen: torch.Generator,
     ckpt: dict | None,
+    init: dict | None = None,
 ) -> Learner:
     """The network initialised from ``gen`` in the layout for ``device`` and
     ``precision``, its optimiser and weight average; weights, average and optimiser state
-    restored from ``ckpt`` if given."""
+    restored from ``ckpt`` if given. ``init``: a (partial) state_dict loaded over the
+    random initialisation, e.g. a model to fine-tune (:func:`_init_weights`)."""
     cfg = preset.train
     model = UNet(preset.model)
     model.reset_parameters(generator=gen)
+    if init is not None:
+        model.load_state_dict(init, strict=False)
     layout = memory_format(device, precision)
     model = model.to(device).to(memory_format=layout)
     optimizer = make_optimizer(model, cfg)
@@ -473,7 +547,8 @@ def _train_epoch(
         x = x.contiguous(memory_format=learner.layout)
         with autocast(learner.device, learner.precision):
             logits = model(x)
-        loss = segmentation_loss(logits, y, w, dice=cfg.dice)
+        ignore = IGNORE_INDEX if cfg.ignore_label is not None else None
+        loss = segmentation_loss(logits, y, w, dice=cfg.dice, ignore_index=ignore)
         value = loss.item()
         if not math.isfinite(value):  # stop before a NaN reaches the weights
             kept = f"; last.pt keeps epoch {state.epoch}" if state.epoch else ""
