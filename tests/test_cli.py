@@ -763,3 +763,33 @@ def test_predict_refuses_a_truncated_stack_in_one_line(tmp_path, capsys):
                        capsys)  # fmt: skip
     _one_line_error(code, err, "third.tif: truncated: ", " of 30 pages readable (file is ")
     assert not out.exists()
+
+
+def test_a_three_class_mask_stack_trains_predicts_a_class_map_and_evaluates_per_class(
+    tmp_path, capsys
+):
+    img, lab = _three_class_stack(tmp_path)
+    run_dir = tmp_path / "run"
+    code, out, err = run(["train", "--images", str(img), "--labels", str(lab), "--val-slices",
+                          "3", "--epochs", "1", "--steps-per-epoch", "2", "--tile", "64",
+                          "--batch-size", "2", "--precision", "fp32", "--no-progress",
+                          "--out", str(run_dir)], capsys)  # fmt: skip
+    assert code == 0, err
+    ckpt = load_checkpoint(run_dir / "best.pt")
+    assert ckpt["preset"]["model"]["out_channels"] == 3
+    assert ckpt["preset"]["train"]["target"] == "mask"
+    pred = tmp_path / "pred.tif"
+    code, _, err = run(["predict", str(run_dir / "best.pt"), str(img), "--out", str(pred),
+                        "--precision", "fp32", "--no-progress"], capsys)  # fmt: skip
+    assert code == 0, err
+    classes = tifffile.imread(pred)
+    assert classes.dtype == np.uint8 and classes.shape == (4, 64, 64)
+    assert set(np.unique(classes)) <= {0, 1, 2}
+    code, out, err = run(["evaluate", str(pred), str(lab), "--classes", "3", "--json"], capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    labels = tifffile.imread(lab)
+    expected = [_by_hand(classes, labels, c) for c in (1, 2)]
+    assert r["iou_per_class"] == pytest.approx([e[0] for e in expected], abs=1e-6)
+    assert r["dice_per_class"] == pytest.approx([e[1] for e in expected], abs=1e-6)
+    assert r["mean_iou"] == pytest.approx(np.mean([e[0] for e in expected]), abs=1e-6)
