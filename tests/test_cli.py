@@ -765,6 +765,116 @@ def test_predict_refuses_a_truncated_stack_in_one_line(tmp_path, capsys):
     assert not out.exists()
 
 
+def _soft_mask_folder(folder, sizes, seed=0):
+    """PNG images and anti-aliased PNG masks (blurred discs, 0..255) of the given (H, W)
+    sizes, paired by name: (images dir, masks dir)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    img_dir, lab_dir = folder / "images", folder / "masks"
+    img_dir.mkdir(parents=True)
+    lab_dir.mkdir()
+    for i, (h, w) in enumerate(sizes):
+        yy, xx = np.mgrid[:h, :w]
+        disc = np.zeros((h, w), bool)
+        for _ in range(4):
+            y, x, r = rng.integers(0, h), rng.integers(0, w), rng.integers(5, 12)
+            disc |= (yy - y) ** 2 + (xx - x) ** 2 <= r * r
+        soft = ndimage.gaussian_filter(disc * 255.0, 1.0).round().astype(np.uint8)
+        image = (disc * 120 + rng.normal(60, 20, (h, w))).clip(0, 255).astype(np.uint8)
+        Image.fromarray(image).save(img_dir / f"cells{i}.png")
+        Image.fromarray(soft).save(lab_dir / f"cells{i}.png")
+    return img_dir, lab_dir
+
+
+def test_a_folder_of_odd_sizes_and_soft_masks_trains_with_a_threshold_alone(tmp_path, capsys,
+                                                                          caplog):
+    sizes = [(61, 70), (89, 117), (75, 75), (97, 64), (66, 101), (80, 93), (71, 88)]
+    img, lab = _soft_mask_folder(tmp_path, sizes)
+    out = tmp_path / "run"
+    code, _, err = run(["train", "--images", str(img), "--labels", str(lab), "--out", str(out),
+                        "--epochs", "1", *TAIL], capsys)  # fmt: skip
+    _one_line_error(code, err, "masks/cells0: mask values are not classes",
+                    "add --label-threshold T (value > T is foreground)")
+    assert not out.exists()
+    with caplog.at_level(logging.INFO, logger="biounet"):
+        code, _, err = run(["train", "--images", str(img), "--labels", str(lab), "--out",
+                            str(out), "--label-threshold", "127", "--epochs", "1", *TAIL],
+                           capsys)  # fmt: skip
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["label_threshold"] == 127 and cfg["model"]["out_channels"] == 2
+    held = [int(i) for i in cfg["train"]["val_slices"].split(",")]
+    assert len(held) == 1  # 1 of 7, chosen with the run's seed and stored
+    assert f"validation: 1 of 7 images held out: cells{held[0]}\n" in caplog.text
+    code, _, err = run(["predict", str(out / "last.pt"), str(img / f"cells{held[0]}.png"),
+                        "--out", str(tmp_path / "p.tif"), "--no-progress"], capsys)  # fmt: skip
+    assert code == 0, err
+    assert tifffile.imread(tmp_path / "p.tif").shape == sizes[held[0]]
+
+
+def test_new_training_flags_fail_in_one_line_and_write_nothing(isbi_crops, tmp_path, capsys):
+    from biounet.checkpoint import save_checkpoint
+    from biounet.config import Preset, TrainConfig
+    from biounet.model import ModelConfig, UNet
+
+    img, lab = isbi_crops
+    out = tmp_path / "r"
+    base = ["train", "--images", str(img), "--labels", str(lab), "--out", str(out), *SMALL]
+
+    def refused(flags, *needles):
+        code, _, err = run([*base, *flags], capsys)
+        _one_line_error(code, err, *needles)
+        assert not out.exists()
+
+    refused(["--ignore-label", "1"], "--ignore-label 1 is also a class of", "lab.tif slice 0",
+            "(classes 0..1)")
+    refused(["--label-threshold", "300"], "lab.tif slice 0: --label-threshold 300 is outside the "
+            "mask's values 0..255: every pixel would be background")  # fmt: skip
+    refused(["--classes", "1"], "classes must be in 2..255, got 1")
+    three = tmp_path / "three.tif"
+    labels = (tifffile.imread(lab) == 255).astype(np.uint8)
+    labels[:, :10] = 2
+    tifffile.imwrite(three, labels)
+    code, _, err = run([*base[:4], str(three), *base[5:], "--classes", "2"], capsys)
+    _one_line_error(code, err, "three.tif slice 0: mask values are not classes", "expected 0/255 "
+                    "or 0/1")  # fmt: skip
+    assert not out.exists()
+
+    notmodel = tmp_path / "notes.pt"
+    notmodel.write_text("not a model")
+    refused(["--init", str(notmodel)], "notes.pt: not a readable biounet checkpoint")
+    refused(["--init", str(img)], "img.tif: not a readable biounet checkpoint")
+    two = ModelConfig(in_channels=2, depth=2, base_channels=4, padding="same")
+    save_checkpoint(tmp_path / "two.pt", {"preset": Preset("t", "", two, TrainConfig()).to_dict(),
+                                          "model": UNet(two).state_dict()})  # fmt: skip
+    refused(["--init", str(tmp_path / "two.pt")], "two.pt: the model takes 2 input channels, "
+            "the images have 1")  # fmt: skip
+    code, _, err = run(["train", "--resume", str(out), "--init", str(tmp_path / "two.pt")], capsys)
+    _one_line_error(code, err, "--resume keeps the run's settings; drop --init")
+
+
+def test_init_fine_tunes_the_shipped_nuclei_model_on_a_few_images(dsb_crops, tmp_path, capsys):
+    from biounet.presets import FAST, init_preset
+
+    out = tmp_path / "tuned"
+    code, _, err = run(["train", "--init", "models/dsb2018-nuclei.pt", "--images",
+                        str(dsb_crops[0]), "--labels", str(dsb_crops[1]), "--out", str(out),
+                        "--epochs", "1", *TAIL], capsys)  # fmt: skip
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    shipped = load_checkpoint("models/dsb2018-nuclei.pt")["preset"]
+    assert cfg["model"] == shipped["model"]  # the model's network ...
+    assert cfg["train"]["target"] == "contour" and cfg["train"]["dice"] == 0.5  # ... and preset
+    assert cfg["train"]["init"] == "models/dsb2018-nuclei.pt"
+    assert cfg["train"]["val_slices"] != shipped["train"]["val_slices"]  # its data's, not mine
+    assert load_checkpoint(out / "last.pt")["preset"]["train"]["init"] == "models/dsb2018-nuclei.pt"
+    # --preset: that preset's training settings around the model's network
+    fast = init_preset("models/dsb2018-nuclei.pt", "fast")
+    assert fast.model == init_preset("models/dsb2018-nuclei.pt").model
+    assert fast.train.target == FAST.train.target and fast.train.dice == FAST.train.dice
+
+
 def test_a_three_class_mask_stack_trains_predicts_a_class_map_and_evaluates_per_class(
     tmp_path, capsys
 ):

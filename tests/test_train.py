@@ -491,3 +491,19 @@ def test_fine_tuning_refuses_another_channel_count_and_non_models(isbi_crops, tm
     (tmp_path / "not.pt").write_bytes(b"not a model")
     with pytest.raises(InputError, match=r"not\.pt: not a readable biounet checkpoint"):
         init_preset(str(tmp_path / "not.pt"))
+
+
+def test_customise_keeps_data_specific_splits_for_the_presets_own_data_only():
+    from biounet.presets import BLOG, FAST, NUCLEI, customise
+
+    assert customise(FAST).train.val_slices == "25-29"  # the bundled ISBI stacks
+    assert customise(FAST, images="mine", labels="m").train.val_slices == "auto"
+    assert customise(FAST, images="mine", labels="m", val_slices="0-2").train.val_slices == "0-2"
+    blog = customise(BLOG, images="mine", labels="m")
+    assert (blog.train.val_slices, blog.train.train_slices) == ("auto", None)
+    own = customise(NUCLEI, images=NUCLEI.train.images, labels=NUCLEI.train.labels)
+    assert own.train.val_slices == NUCLEI.train.val_slices
+    assert customise(FAST, classes=4).model.out_channels == 4
+    assert customise(BLOG, classes=2).model.out_channels == 1  # a sigmoid stays one
+    assert customise(NUCLEI, target="mask", classes=3).model.out_channels == 3
+    assert TrainConfig().val_slices == "auto"

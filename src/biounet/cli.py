@@ -67,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--val-slices",
-        help="held-out images: indices such as 25-29 or 28,29, none, or @FILE naming them",
+        help="held-out images: auto (a seeded 15%% of them, at least one; the preset's own "
+        "list for its bundled data), indices such as 25-29 or 28,29, none, or @FILE naming "
+        "them; a run stores the chosen ones in config.json",
     )
     s.add_argument("--train-slices", help="training slice indices (default: all others)")
     s.add_argument("--out", help="run directory (default: runs/latest)")
@@ -130,6 +132,34 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="R",
         help="random zoom by a factor log-uniform in [1/(1+R), 1+R] (0: off)",
+    )
+    s.add_argument(
+        "--label-threshold",
+        type=float,
+        metavar="T",
+        help="binarise soft or anti-aliased masks: value > T is foreground (instance targets: "
+        "the components of that mask)",
+    )
+    s.add_argument(
+        "--ignore-label",
+        type=int,
+        metavar="V",
+        help="pixels of mask value V are not labelled: no loss, left out of the weight map "
+        "and of validation scores (V must not be a class)",
+    )
+    s.add_argument(
+        "--classes",
+        type=int,
+        metavar="C",
+        help="mask target: the masks hold classes 0..C-1, learned with a C-way softmax "
+        "(default: found from the masks, largest class + 1, at least 2)",
+    )
+    s.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="start from the weights of MODEL (a shipped model or any checkpoint) with a fresh "
+        "optimiser and schedule; its preset unless --preset is given (then that preset's "
+        "training settings around the model's network)",
     )
     s.add_argument(
         "--resume",
@@ -428,15 +458,15 @@ def cmd_info(args) -> int:
 TRAIN_FLAGS = ("images", "labels", "val_slices", "train_slices", "steps_per_epoch",
                "batch_size", "tile", "lr", "seed", "precision", "select_by", "isbi_every",
                "val_every", "weight_map", "target", "ema", "dice", "w0", "class_balance",
-               "touch_width")  # fmt: skip
+               "touch_width", "label_threshold", "ignore_label", "classes")  # fmt: skip
 
 
 def cmd_train(args) -> int:
-    from .presets import DEFAULT, customise, get_preset
+    from .presets import DEFAULT, customise, get_preset, init_preset
     from .train import train
 
     if args.resume:  # the run's own config.json; only --epochs, --time-limit, --device change
-        fixed = ("preset", "out", "zoom", *TRAIN_FLAGS)
+        fixed = ("preset", "out", "zoom", "init", *TRAIN_FLAGS)
         given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) is not None]
         if given:
             raise InputError(f"--resume keeps the run's settings; drop {', '.join(given)}")
@@ -444,8 +474,11 @@ def cmd_train(args) -> int:
         result = train(None, out, resume=True, epochs=args.epochs, device=args.device,
                        time_limit=args.time_limit, progress=not args.no_progress)  # fmt: skip
     else:
-        preset = customise(get_preset(args.preset or DEFAULT), zoom=args.zoom,
-                           **{k: getattr(args, k) for k in TRAIN_FLAGS})  # fmt: skip
+        if args.init:  # the model's preset, or --preset's settings around its network
+            base = init_preset(args.init, args.preset)
+        else:
+            base = get_preset(args.preset or DEFAULT)
+        preset = customise(base, zoom=args.zoom, **{k: getattr(args, k) for k in TRAIN_FLAGS})
         out = Path(args.out or "runs/latest")
         result = train(preset, out, epochs=args.epochs, device=args.device,
                        time_limit=args.time_limit, progress=not args.no_progress)  # fmt: skip
@@ -468,6 +501,8 @@ def report(result: dict, out: Path) -> str:
             f"{result['val_pixel_error']:.4f}  IoU(cell) {result['val_iou']:.4f}  "
             f"Dice(cell) {result['val_dice']:.4f}"
         )
+        if result.get("val_mean_iou") is not None:
+            lines.append(f"  mean IoU of classes 1..C-1: {result['val_mean_iou']:.4f}")
         if result.get("v_rand") is not None:
             lines.append(
                 f"  ISBI 2012: V_rand {result['v_rand']:.4f}  V_info {result['v_info']:.4f}"
