@@ -507,3 +507,38 @@ def test_customise_keeps_data_specific_splits_for_the_presets_own_data_only():
     assert customise(BLOG, classes=2).model.out_channels == 1  # a sigmoid stays one
     assert customise(NUCLEI, target="mask", classes=3).model.out_channels == 3
     assert TrainConfig().val_slices == "auto"
+
+
+def test_ignored_pixels_train_and_stay_out_of_the_validation_scores(isbi_crops, tmp_path):
+    from biounet import metrics
+    from biounet.dataset import Data
+    from biounet.io import IGNORE_INDEX
+    from biounet.tiling import predict
+    from biounet.train import validate
+
+    images, labels = (tifffile.imread(p) for p in isbi_crops)
+    partial = labels.copy()
+    partial[:, :30] = 7  # the top 30 rows are not labelled
+    tifffile.imwrite(tmp_path / "partial.tif", partial)
+    preset = tiny_preset(isbi_crops[0], tmp_path / "partial.tif", ignore_label=7,
+                         weight_map=True, dice=0.5, epochs=1)  # fmt: skip
+    result = train(preset, tmp_path / "run", progress=False)
+    assert math.isfinite(result["train_loss"]) and math.isfinite(result["val_loss"])
+
+    model, _ = model_from_checkpoint(tmp_path / "run" / "last.pt")
+    masks = [np.where(m == 255, 1, 0).astype(np.uint8) for m in labels[4:]]
+    for m in masks:
+        m[:30] = IGNORE_INDEX
+    data = Data([], [], list(images[4:]), masks, ["4", "5"])
+    scores, _ = validate(model, data, "fp32", isbi=False)
+    probs = [predict(model, img, precision="fp32") for img in images[4:]]
+    keep = [m != IGNORE_INDEX for m in masks]
+    expected = np.mean([metrics.pixel_error(p[k], m[k]) for p, m, k in zip(probs, masks, keep)])
+    assert scores["val_pixel_error"] == pytest.approx(expected)
+    iou = np.mean([metrics.iou(p[k] > 0.5, m[k]) for p, m, k in zip(probs, masks, keep)])
+    assert scores["val_iou"] == pytest.approx(iou)
+    isbi = validate(model, data, "fp32", isbi=True)[0]  # not labelled: reference background
+    assert 0 <= isbi["v_rand"] <= 1 and isbi["val_pixel_error"] == scores["val_pixel_error"]
+    # labelled, the same pixels would count
+    labelled = [np.where(k, m, 0).astype(np.uint8) for m, k in zip(masks, keep)]
+    assert validate(model, replace(data, val_masks=labelled), "fp32", isbi=False)[0] != scores
