@@ -903,3 +903,24 @@ def test_a_three_class_mask_stack_trains_predicts_a_class_map_and_evaluates_per_
     assert r["iou_per_class"] == pytest.approx([e[0] for e in expected], abs=1e-6)
     assert r["dice_per_class"] == pytest.approx([e[1] for e in expected], abs=1e-6)
     assert r["mean_iou"] == pytest.approx(np.mean([e[0] for e in expected]), abs=1e-6)
+
+
+def test_evaluate_scores_a_prediction_folder_against_a_larger_reference_folder(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    import tifffile
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "pred").mkdir()
+    for i in range(3):  # three references, two predictions: the third is not scored
+        label = np.where(rng.random((32, 32)) > 0.3, 255, 0).astype(np.uint8)
+        tifffile.imwrite(tmp_path / "gt" / f"im{i}.tif", label)
+        if i < 2:
+            tifffile.imwrite(tmp_path / "pred" / f"im{i}.tif", (label / 255).astype(np.float32))
+    code = main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "--json",
+                 "--metrics", "iou,dice"])  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["iou"] == 1.0 and result["dice"] == 1.0

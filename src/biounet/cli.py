@@ -590,8 +590,8 @@ def cmd_evaluate(args) -> int:
     if args.slices and len(preds) == len(gt_idx) < len(gts):
         idx = list(range(len(preds)))  # PRED holds just the selected slices
     else:
-        check_pairs(preds, gts)
-        idx = gt_idx
+        check_pairs(preds, gts)  # a GT folder is narrowed to the predicted names
+        idx = gt_idx = gt_idx if args.slices else list(range(len(gts)))
     probs = [preds.arrays[i].astype(np.float32) for i in idx]
     labels = [gts.arrays[i] for i in gt_idx]
     for p, g, i in zip(probs, labels, idx, strict=True):
