@@ -562,8 +562,7 @@ def cmd_bench(args) -> int:
 def cmd_evaluate(args) -> int:
     import numpy as np
 
-    from .dataset import parse_slices
-    from .io import check_pairs, read_images, read_masks
+    from .io import read_images, read_masks
     from .metrics import DEFAULT_THRESHOLDS, isbi_scores
 
     chosen = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
@@ -584,14 +583,7 @@ def cmd_evaluate(args) -> int:
     preds = read_images(args.pred)
     gts = read_masks(args.gt, hint=" (instance labels? add --instances; classes 0..C-1? add "
                      "--classes C)")  # fmt: skip
-    gt_idx = list(range(len(gts)))
-    if args.slices:
-        gt_idx = parse_slices(args.slices, len(gts), f"{args.gt}: --slices", gts.names)
-    if args.slices and len(preds) == len(gt_idx) < len(gts):
-        idx = list(range(len(preds)))  # PRED holds just the selected slices
-    else:
-        check_pairs(preds, gts)  # a GT folder is narrowed to the predicted names
-        idx = gt_idx = gt_idx if args.slices else list(range(len(gts)))
+    idx, gt_idx = paired_indices(args, preds, gts)
     probs = [preds.arrays[i].astype(np.float32) for i in idx]
     labels = [gts.arrays[i] for i in gt_idx]
     for p, g, i in zip(probs, labels, idx, strict=True):
@@ -627,8 +619,7 @@ PROBABILITIES_SUFFIX = "-probabilities"  # predict --probabilities writes NAME-p
 
 def evaluate_classes(args) -> int:
     """``evaluate --classes C``: per-class IoU and Dice of class maps (metrics.class_scores)."""
-    from .dataset import parse_slices
-    from .io import IGNORE_INDEX, Images, check_pairs, list_image_files, read_masks
+    from .io import IGNORE_INDEX, Images, list_image_files, read_masks
     from .metrics import class_scores_many
 
     c = args.classes
@@ -650,14 +641,7 @@ def evaluate_classes(args) -> int:
         preds = read_masks(src, c, hint)
     gts = read_masks(args.gt, c, f"; expected classes 0..{c - 1}, {IGNORE_INDEX} = not "
                      "labelled", ignore=IGNORE_INDEX)  # fmt: skip
-    gt_idx = list(range(len(gts)))
-    if args.slices:
-        gt_idx = parse_slices(args.slices, len(gts), f"{args.gt}: --slices", gts.names)
-    if args.slices and len(preds) == len(gt_idx) < len(gts):
-        idx = list(range(len(preds)))  # PRED holds just the selected slices
-    else:
-        check_pairs(preds, gts)  # a GT folder is narrowed to the predicted names
-        idx = gt_idx = gt_idx if args.slices else list(range(len(gts)))
+    idx, gt_idx = paired_indices(args, preds, gts)
     for i, j in zip(idx, gt_idx, strict=True):
         p, g = preds.arrays[i], gts.arrays[j]
         if p.shape != g.shape:
@@ -685,6 +669,23 @@ def evaluate_classes(args) -> int:
         mean = result[f"mean_{key}"]
         print(f"  {name}  {shown}  mean {'n/a' if mean is None else f'{mean:.4f}'}")
     return 0
+
+
+def paired_indices(args, preds, gts) -> tuple[list[int], list[int]]:
+    """(PRED indices, GT indices) that evaluate scores against each other: every pair, or
+    the ``--slices`` of both stacks, or of GT alone when PRED holds just those slices. A GT
+    folder is narrowed to the predicted names (check_pairs)."""
+    from .dataset import parse_slices
+    from .io import check_pairs
+
+    gt_idx = list(range(len(gts)))
+    if args.slices:
+        gt_idx = parse_slices(args.slices, len(gts), f"{args.gt}: --slices", gts.names)
+    if args.slices and len(preds) == len(gt_idx) < len(gts):
+        return list(range(len(preds))), gt_idx  # PRED holds just the selected slices
+    check_pairs(preds, gts)
+    idx = gt_idx if args.slices else list(range(len(gts)))
+    return idx, idx
 
 
 INSTANCE_SUFFIX = "-instances"  # predict --instances writes NAME-instances.tif
