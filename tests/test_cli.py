@@ -636,17 +636,10 @@ def _by_hand(pred, gt, c):
 def test_a_three_class_model_predicts_a_class_map_that_evaluate_scores_per_class(
     tmp_path, capsys
 ):
-    from biounet.checkpoint import save_checkpoint
-    from biounet.config import InferenceConfig, Preset, TrainConfig
-    from biounet.model import ModelConfig, UNet
 
     img, lab = _three_class_stack(tmp_path)
     torch.manual_seed(0)
-    model = UNet(ModelConfig(depth=2, base_channels=4, padding="same", batch_norm=False,
-                             dropout=0.0, out_channels=3))  # fmt: skip
-    preset = Preset("tiny", "test", model.config, TrainConfig(target="mask"), InferenceConfig())
-    ckpt = save_checkpoint(tmp_path / "three.pt", {"preset": preset.to_dict(),
-                                                   "model": model.state_dict()})  # fmt: skip
+    ckpt = _three_class_checkpoint(tmp_path)
     pred = tmp_path / "pred.tif"
     code, out, err = run(["predict", str(ckpt), str(img), "--out", str(pred), "--probabilities",
                           "--precision", "fp32", "--no-progress"], capsys)  # fmt: skip
@@ -696,9 +689,6 @@ def test_a_three_class_model_predicts_a_class_map_that_evaluate_scores_per_class
 
 
 def test_a_three_class_model_in_folders_and_its_one_line_refusals(tmp_path, capsys):
-    from biounet.checkpoint import save_checkpoint
-    from biounet.config import InferenceConfig, Preset, TrainConfig
-    from biounet.model import ModelConfig, UNet
 
     img, lab = _three_class_stack(tmp_path)
     images, labels = tifffile.imread(img), tifffile.imread(lab)
@@ -707,11 +697,7 @@ def test_a_three_class_model_in_folders_and_its_one_line_refusals(tmp_path, caps
     for i, name in enumerate(("a", "b")):
         tifffile.imwrite(tmp_path / "im" / f"{name}.tif", images[i])
         tifffile.imwrite(tmp_path / "gt" / f"{name}.tif", labels[i])
-    model = UNet(ModelConfig(depth=2, base_channels=4, padding="same", batch_norm=False,
-                             dropout=0.0, out_channels=3))  # fmt: skip
-    preset = Preset("tiny", "test", model.config, TrainConfig(target="mask"), InferenceConfig())
-    ckpt = save_checkpoint(tmp_path / "three.pt", {"preset": preset.to_dict(),
-                                                   "model": model.state_dict()})  # fmt: skip
+    ckpt = _three_class_checkpoint(tmp_path)
     out = tmp_path / "pred"
     code, _, err = run(["predict", str(ckpt), str(tmp_path / "im"), "--out", str(out),
                         "--probabilities", "--no-progress"], capsys)  # fmt: skip
@@ -924,3 +910,16 @@ def test_evaluate_scores_a_prediction_folder_against_a_larger_reference_folder(t
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["iou"] == 1.0 and result["dice"] == 1.0
+
+
+def _three_class_checkpoint(tmp_path):
+    """An untrained 3-class mask model (depth 2, 4 base channels) saved as a checkpoint."""
+    from biounet.checkpoint import save_checkpoint
+    from biounet.config import InferenceConfig, Preset, TrainConfig
+    from biounet.model import ModelConfig, UNet
+
+    model = UNet(ModelConfig(depth=2, base_channels=4, padding="same", batch_norm=False,
+                             dropout=0.0, out_channels=3))  # fmt: skip
+    preset = Preset("tiny", "test", model.config, TrainConfig(target="mask"), InferenceConfig())
+    return save_checkpoint(tmp_path / "three.pt", {"preset": preset.to_dict(),
+                                                   "model": model.state_dict()})  # fmt: skip
