@@ -312,8 +312,8 @@ def test_a_predictor_answering_the_wrong_shape_is_named():
     plan = _small_plan("valid", (30, 30))
     with pytest.raises(ValueError, match=r"predictor returned \(1, 1, 44, 44\) for tiles"):
         tiled_probabilities(lambda x: x + 1, np.zeros((30, 30), np.float32), replace(plan, batch=1))
-    with pytest.raises(ValueError, match=r"non-empty \(H, W\) image, got shape \(2, 3, 4\)"):
-        tiled_probabilities(lambda x: x, np.zeros((2, 3, 4), np.float32), plan)
+    with pytest.raises(ValueError, match=r"or \(C, H, W\) image, got shape \(2, 3, 4, 5\)"):
+        tiled_probabilities(lambda x: x, np.zeros((2, 3, 4, 5), np.float32), plan)
 
 
 def test_a_tile_plan_refuses_gaps_and_inconsistent_edges():

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
         "them; a run stores the chosen ones in config.json",
     )
     s.add_argument("--train-slices", help="training slice indices (default: all others)")
+    s.add_argument("--channels", metavar="SPEC", help=CHANNELS_HELP + "; the network takes "
+                   "the channels read, and the model stores them")  # fmt: skip
     s.add_argument("--out", help="run directory (default: runs/latest)")
     s.add_argument("--epochs", type=int, help="at most this many epochs")
     s.add_argument(
@@ -188,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(multi-class models: -classes)",
     )
     s.add_argument("--slices", help="only these slices of a stack, e.g. 25-29")
+    s.add_argument("--channels", metavar="SPEC", help=CHANNELS_HELP + "; they must be as "
+                   "many as the model's input channels (biounet info MODEL)")  # fmt: skip
     s.add_argument(
         "--tile",
         type=int,
@@ -455,10 +459,17 @@ def cmd_info(args) -> int:
 
 
 # train's flags that map onto TrainConfig fields of the same name
+CHANNELS_HELP = (
+    "the image channels the network sees: indices such as 1 or 0,2 (in that order; one "
+    "index gives a gray image), or rgb (colour kept as 3 channels, alpha dropped). Default: "
+    "as stored: a TIFF's C axis (ImageJ hyperstack or OME metadata) gives channels, colour "
+    "is made gray, and TIFF pages without axes metadata are slices, not channels"
+)
 TRAIN_FLAGS = ("images", "labels", "val_slices", "train_slices", "steps_per_epoch",
                "batch_size", "tile", "lr", "seed", "precision", "select_by", "isbi_every",
                "val_every", "weight_map", "target", "ema", "dice", "w0", "class_balance",
-               "touch_width", "label_threshold", "ignore_label", "classes")  # fmt: skip
+               "touch_width", "label_threshold", "ignore_label", "classes",
+               "channels")  # fmt: skip
 
 
 def cmd_train(args) -> int:
@@ -520,7 +531,8 @@ def cmd_predict(args) -> int:
                          "--seed-dynamics, --split-solidity and --split-depth shape instances: "
                          "add --instances")  # fmt: skip
     segment_files(args.checkpoint, args.input, args.out, slices=args.slices,
-                  overrides=overrides, write_mask=args.threshold is not None,
+                  channels=args.channels, overrides=overrides,
+                  write_mask=args.threshold is not None,
                   write_instances=args.instances, write_probabilities=args.probabilities,
                   tile=args.tile, precision=args.precision,
                   device=args.device, memory_mb=args.memory_mb, overlap=args.overlap,

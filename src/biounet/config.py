@@ -162,8 +162,17 @@ class TrainConfig:
     # (largest class + 1, at least 2; at most MAX_FOUND_CLASSES)
     classes: int | None = None
     init: str | None = None  # start from this model's weights (a checkpoint); None = random
+    # which image channels the network sees (biounet.io.parse_channels): "1", "0,2" (in
+    # that order), "rgb" (colour as 3 channels); None = as stored: gray, colour made gray,
+    # a TIFF's C axis as channels. The network's in_channels follow the images read
+    channels: str | None = None
 
     def __post_init__(self):
+        if self.channels is not None:
+            from .io import parse_channels
+
+            parse_channels(self.channels)  # InputError for a spec that does not parse
+            object.__setattr__(self, "channels", str(self.channels))
         for name in ("images", "labels", "init"):  # Paths are welcome, config.json stores text
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, str(getattr(self, name)))

@@ -40,7 +40,8 @@ log = logging.getLogger("biounet")
 
 @dataclass
 class Data:
-    """A run's images split in two: training images (H, W) float32, normalised; validation
+    """A run's images split in two: training images (H, W) or (C, H, W) float32, normalised
+    (each channel on its own); validation
     images as stored (prediction normalises them); masks (H, W) uint8 class indices,
     :data:`biounet.io.IGNORE_INDEX` (255) where a pixel is not labelled."""
 
@@ -52,6 +53,7 @@ class Data:
     train_instances: list[np.ndarray] | None = None  # (H, W) int32, instance targets only
     num_classes: int = 2  # the classes 0..C-1 the masks may hold
     val_slices: str = "none"  # the held-out images as a spec ("auto" resolved to indices)
+    in_channels: int = 1  # the images' channels: (H, W) images 1, (C, H, W) images C
 
 
 VAL_SHARE = 0.15  # the share of images val_slices="auto" holds out
@@ -85,7 +87,7 @@ def load_data(
     else:
         images_path, labels_path = resolve_data_path(cfg.images), resolve_data_path(cfg.labels)
     instances = None
-    images = read_images(images_path)
+    images = read_images(images_path, channels=cfg.channels)
     masks = read_images(labels_path, mask=True)
     check_pairs(images, masks)
     if cfg.target == "mask":
@@ -128,6 +130,7 @@ def load_data(
         train_instances=None if instances is None else [instances[i] for i in train_idx],
         num_classes=num_classes,
         val_slices=val_spec,
+        in_channels=images.channels,
     )
 
 
@@ -275,12 +278,14 @@ def split(
 
 
 def mirror_pad(image: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-    """(H, W) -> (H + top + bottom, W + left + right), context mirrored at the borders.
+    """(..., H, W) -> (..., H + top + bottom, W + left + right), context mirrored at the
+    borders (each channel of a (C, H, W) image alike).
 
     Mirroring excludes the edge pixel (numpy "reflect"); pads wider than the image reflect
     again, so any image, however small, gets context.
     """
-    return np.pad(image, ((top, bottom), (left, right)), mode="reflect")
+    lead = [(0, 0)] * (image.ndim - 2)
+    return np.pad(image, (*lead, (top, bottom), (left, right)), mode="reflect")
 
 
 class TileSampler:
@@ -293,7 +298,7 @@ class TileSampler:
     position is uniform over the image, so every pixel is equally likely to be learned.
 
     Args:
-        images: (H, W) float32 normalised images.
+        images: (H, W) or (C, H, W) float32 normalised images (all of one C).
         masks: (H, W) uint8 class-index masks, same shapes.
         input_size, output_size: tile edges of the network (pixels).
         rng: the run's numpy Generator (tile positions).
@@ -309,7 +314,7 @@ class TileSampler:
         b = (input_size - output_size) // 2 + margin
         self.padded = []
         for i, img in enumerate(images):
-            H, W = img.shape
+            H, W = img.shape[-2:]
             eh, ew = max(0, output_size - H), max(0, output_size - W)  # grow small images
             pads = (b + eh // 2, b + eh - eh // 2, b + ew // 2, b + ew - ew // 2)
             arrays = [mirror_pad(img.astype(np.float32), *pads), mirror_pad(masks[i], *pads)]
@@ -320,7 +325,7 @@ class TileSampler:
     def sample(self, batch: int):
         """Regions of edge R = input_size + 2 margin, centred on a random output tile:
 
-        x (B, 1, R, R) float32, y (B, R, R) uint8, w (B, R, R) float32 or None, as CPU
+        x (B, C, R, R) float32, y (B, R, R) uint8, w (B, R, R) float32 or None, as CPU
         tensors (views when B == 1). The output tile's label is the centred
         (output_size)^2 square of y.
         """
@@ -328,15 +333,16 @@ class TileSampler:
         xs, ys, ws = [], [], []
         for _ in range(batch):
             arrays = self.padded[self.rng.integers(len(self.padded))]
-            Hp, Wp = arrays[0].shape
+            Hp, Wp = arrays[0].shape[-2:]
             y0 = int(self.rng.integers(0, Hp - R + 1))
             x0 = int(self.rng.integers(0, Wp - R + 1))
-            cut = [a[y0 : y0 + R, x0 : x0 + R] for a in arrays]
+            cut = [a[..., y0 : y0 + R, x0 : x0 + R] for a in arrays]
             xs.append(cut[0])
             ys.append(cut[1])
             if len(cut) > 2:
                 ws.append(cut[2])
-        x = torch.stack(xs)[:, None]
+        x = torch.stack(xs)
+        x = x[:, None] if x.ndim == 3 else x
         y = torch.stack(ys)
         w = torch.stack(ws) if ws else None
         return x, y, w

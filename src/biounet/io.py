@@ -1,9 +1,12 @@
 """Reading and writing images and masks, with validation that names the file and the problem.
 
-Images cross module boundaries as lists of (H, W) numpy arrays (a TIFF stack is a list of
-its slices; a folder is a list of its files, which may differ in size). Colour inputs are
-converted to gray; masks are checked to hold classes and mapped to class indices, so a
-0/255 mask can never be misread as "everything is class 0".
+Images cross module boundaries as lists of (H, W) numpy arrays, or (C, H, W) for images of
+several channels (a TIFF stack is a list of its slices; a folder is a list of its files,
+which may differ in size). A TIFF's axes come from its ImageJ, OME or tifffile metadata: a
+C (channel) axis gives each slice C channels, never C slices; without axes metadata every
+page is a slice. Colour inputs are converted to gray unless channels are asked for
+(:func:`parse_channels`: ``"rgb"`` or indices); masks are checked to hold classes and
+mapped to class indices, so a 0/255 mask can never be misread as "everything is class 0".
 
 Reading never silently drops data: a TIFF whose pages or page data end before what the
 file declares (ImageJ ``images=``, a tifffile shape, OME planes, the page chain, the page
@@ -41,7 +44,8 @@ class InputError(ValueError):
 
 @dataclass
 class Images:
-    """Images read from one path: ``arrays[i]`` is (H_i, W_i); ``names[i]`` names it;
+    """Images read from one path: ``arrays[i]`` is (H_i, W_i), or (C, H_i, W_i) for
+    images of C > 1 channels (every image of a set has the same C); ``names[i]`` names it;
     ``pixel_sizes[i]`` is its pixel size ``(x, y, unit)`` from the file's metadata (unit
     "µm", "nm", ...; a stack's slices share one), or None where the file has none (default:
     None for every array)."""
@@ -57,6 +61,42 @@ class Images:
 
     def __len__(self) -> int:
         return len(self.arrays)
+
+    @property
+    def channels(self) -> int:
+        """The images' channels (1 for (H, W) arrays)."""
+        return channels_of(self.arrays[0]) if self.arrays else 1
+
+
+Channels = str | tuple[int, ...] | None  # parse_channels' result: None, "rgb" or indices
+
+
+def channels_of(image: np.ndarray) -> int:
+    """Channels of an (H, W) (1) or (C, H, W) (C) image."""
+    return 1 if image.ndim == 2 else int(image.shape[0])
+
+
+def parse_channels(spec: str | None) -> Channels:
+    """``--channels`` text -> None (as stored: gray, or a TIFF's C axis), ``"rgb"`` (colour
+    kept as 3 channels, alpha dropped) or a tuple of channel indices in the order given
+    (``"1"`` -> (1,), ``"0,2"`` -> (0, 2)). InputError for anything else."""
+    if spec is None:
+        return None
+    text = str(spec).strip().lower()
+    if text in ("", "all", "none"):
+        return None
+    if text == "rgb":
+        return "rgb"
+    try:
+        picked = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        picked = ()
+    if not picked or min(picked) < 0:
+        raise InputError(f"--channels {spec!r}: expected channel indices such as 1 or 0,2, "
+                         "or rgb")  # fmt: skip
+    if len(set(picked)) != len(picked):
+        raise InputError(f"--channels {spec!r}: a channel is named twice")
+    return picked
 
 
 # ---------------------------------------------------------------------------------------
@@ -101,42 +141,81 @@ def list_image_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_images(path: str | Path, *, mask: bool = False) -> Images:
+def read_images(
+    path: str | Path, *, mask: bool = False, channels: Channels | str = None
+) -> Images:
     """Read a TIFF (single image or stack), a PNG, or a folder of them.
 
-    Returns gray (H, W) arrays in their stored dtype, with each file's pixel size when its
-    metadata has one. Colour images are converted to gray (equal channels: taken as is;
-    otherwise ITU-R 601 luma); an alpha channel is dropped. With ``mask=True`` palette PNGs
-    keep their indices and colour masks must have equal channels (a colour-coded mask is
-    an error, not a silently averaged one). InputError naming the file for a truncated or
-    damaged TIFF (fewer pages or less page data than the file declares) and for NaN or
-    infinite pixels.
+    Returns (H, W) arrays in their stored dtype, or (C, H, W) for a TIFF whose axes
+    metadata (ImageJ hyperstack, OME, tifffile) has a C axis of C > 1 channels; with each
+    file's pixel size when its metadata has one. Pages without axes metadata are slices.
+    Colour images are converted to gray (equal channels: taken as is; otherwise ITU-R 601
+    luma), an alpha channel dropped, unless ``channels`` asks for channels
+    (:func:`parse_channels`: ``"rgb"`` keeps colour as 3 channels; indices pick and order
+    the channels of colour or C-axis images, one index giving (H, W)). With ``mask=True``
+    channels are refused, palette PNGs keep their indices and colour masks must have equal
+    channels (a colour-coded mask is an error, not a silently averaged one). InputError
+    naming the file for a truncated or damaged TIFF (fewer pages or less page data than the
+    file declares), NaN or infinite pixels, a channel index the file lacks and, in a
+    folder, images of different channel counts.
     """
     path = Path(path)
+    picked = parse_channels(channels) if isinstance(channels, str) else channels
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
     if path.is_dir():
         arrays, names, sizes = [], [], []
+        first = None
         for f in list_image_files(path):
-            img = read_images(f, mask=mask)
+            img = read_images(f, mask=mask, channels=picked)
+            if first is None:
+                first = (f, img.channels)
+            elif img.channels != first[1]:
+                raise InputError(f"{f}: {_count(img.channels)}, but {first[0].name} has "
+                                 f"{first[1]}; every image of a set needs the same channels "
+                                 "(pick them with --channels)")  # fmt: skip
             arrays += img.arrays
             names += [f.stem] if len(img) == 1 else [f"{f.stem}[{i}]" for i in range(len(img))]
             sizes += img.pixel_sizes
         return Images(arrays, names, path, sizes)
     suffix = path.suffix.lower()
+    keep = picked is not None and not mask  # colour samples stay channels
     if suffix in (".tif", ".tiff"):
-        stack, pixel_size = _read_tiff(path, mask)
+        stack, pixel_size = _read_tiff(path, mask, keep)
     elif suffix == ".png":
-        image, pixel_size = _read_png(path, mask)
+        image, pixel_size = _read_png(path, mask, keep)
         stack = [image]
     else:
         raise InputError(f"{path}: unsupported file type {suffix!r} (use .tif, .tiff or .png)")
+    if keep:
+        stack = [_pick_channels(a, picked, path) for a in stack]
     for i, a in enumerate(stack):
         if a.size == 0:
-            raise InputError(f"{path}: slice {i} is empty ({a.shape[0]} x {a.shape[1]})")
+            raise InputError(f"{path}: slice {i} is empty ({a.shape[-2]} x {a.shape[-1]})")
         _check_finite(a, f"{path}: slice {i}" if len(stack) > 1 else f"{path}: image")
     names = [path.stem] if len(stack) == 1 else [f"{path.stem}[{i}]" for i in range(len(stack))]
     return Images(stack, names, path, [pixel_size] * len(stack))
+
+
+def _count(channels: int) -> str:
+    return f"{channels} channel" + ("s" if channels != 1 else "")
+
+
+def _pick_channels(image: np.ndarray, picked: Channels, path: Path) -> np.ndarray:
+    """``image`` (H, W) or (C, H, W) with ``picked``'s channels (parse_channels), or
+    InputError naming ``path``: a gray image given ``"rgb"``, an index it lacks."""
+    n = channels_of(image)
+    if picked == "rgb":
+        if n != 3:
+            raise InputError(f"{path}: --channels rgb needs a colour image; this one has "
+                             f"{_count(n)}")  # fmt: skip
+        return image
+    if max(picked) >= n:
+        raise InputError(f"{path}: --channels {','.join(map(str, picked))}: the image has "
+                         f"{_count(n)} (0..{n - 1})")  # fmt: skip
+    stack = image[None] if image.ndim == 2 else image
+    out = stack[list(picked)]
+    return out[0] if len(picked) == 1 else out
 
 
 def _check_finite(a: np.ndarray, where: str) -> None:
@@ -152,7 +231,11 @@ def _check_finite(a: np.ndarray, where: str) -> None:
     raise InputError(f"{where} has NaN and infinite pixels ({what[0]}, {what[1]})")
 
 
-def _read_tiff(path: Path, mask: bool) -> tuple[list[np.ndarray], PixelSize | None]:
+def _read_tiff(
+    path: Path, mask: bool, keep_colour: bool = False
+) -> tuple[list[np.ndarray], PixelSize | None]:
+    """The slices of a TIFF, (H, W) or (C, H, W) (a C axis in its metadata, or colour
+    samples with ``keep_colour``), and its pixel size."""
     import logging
 
     import tifffile
@@ -180,13 +263,35 @@ def _read_tiff(path: Path, mask: bool) -> tuple[list[np.ndarray], PixelSize | No
         tiff_log.setLevel(level)
     pages: list[np.ndarray] = []
     for axes, data in series:
-        if "S" in axes:  # colour samples, interleaved (..YXS) or planar (..SYX)
-            data = _to_gray(np.moveaxis(data, axes.index("S"), -1), path, mask)
+        if len(axes) != data.ndim:  # no usable axes: pages are slices
+            axes = "Q" * (data.ndim - 2) + "YX"
+        colour = "S" in axes  # colour samples, interleaved (..YXS) or planar (..SYX)
+        if colour:
+            data = np.moveaxis(data, axes.index("S"), -1)
+            axes = axes.replace("S", "") + "S"
         elif data.ndim >= 3 and data.shape[-1] in (2, 3, 4) and data.shape[-3] > 4:
-            data = _to_gray(data, path, mask)  # (.., H, W, C) without a samples tag
+            colour = True  # (.., H, W, C) without a samples tag
+            axes = axes[:-3] + "YXS"
+        if colour and keep_colour:
+            if "C" in axes:
+                raise InputError(f"{path}: both a channel axis and colour samples "
+                                 f"(axes {axes}); save one or the other")  # fmt: skip
+            data = np.moveaxis(_drop_alpha(data, path), -1, -3)  # (.., C, H, W)
+            axes = axes[:-3] + "CYX"
+        elif colour:
+            data = _to_gray(data, path, mask)
+            axes = axes[:-1]
         if data.ndim < 2:
             raise InputError(f"{path}: expected a 2-D image or a stack, got shape {data.shape}")
-        pages.extend(data.reshape(-1, *data.shape[-2:]))  # leading axes (pages, Z, T) -> N
+        c = axes.find("C")
+        if c >= 0 and data.shape[c] > 1:  # channels: each slice is (C, H, W)
+            if mask:
+                raise InputError(f"{path}: a label image of {data.shape[c]} channels (axes "
+                                 f"{axes}); labels need one channel")  # fmt: skip
+            data = np.moveaxis(data, c, -3)
+            pages.extend(data.reshape(-1, *data.shape[-3:]))
+        else:
+            pages.extend(data.reshape(-1, *data.shape[-2:]))  # leading axes (pages, Z, T) -> N
     return pages, pixel_size
 
 
@@ -394,7 +499,9 @@ def _ome_pixel_size(xml: str | None) -> PixelSize | None:
     return (x, y, x_unit)
 
 
-def _read_png(path: Path, mask: bool) -> tuple[np.ndarray, PixelSize | None]:
+def _read_png(
+    path: Path, mask: bool, keep_colour: bool = False
+) -> tuple[np.ndarray, PixelSize | None]:
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -406,12 +513,24 @@ def _read_png(path: Path, mask: bool) -> tuple[np.ndarray, PixelSize | None]:
             data = np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputError(f"{path}: not a readable PNG ({e})") from None
-    if data.ndim == 3:
+    if data.ndim == 3 and keep_colour:  # (H, W, C) -> (C, H, W) colour, or gray
+        data = np.moveaxis(_drop_alpha(data, path), -1, 0)
+        data = data[0] if data.shape[0] == 1 else data
+    elif data.ndim == 3:
         data = _to_gray(data, path, mask)
     pixel_size = None
     if dpi and float(dpi[0]) > 0 and float(dpi[1]) > 0:
         pixel_size = (25400.0 / float(dpi[0]), 25400.0 / float(dpi[1]), "µm")
     return data, pixel_size
+
+
+def _drop_alpha(data: np.ndarray, path: Path) -> np.ndarray:
+    """(..., C) colour samples without alpha: gray + alpha -> (..., 1), RGBA -> RGB."""
+    c = data.shape[-1]
+    if c not in (1, 2, 3, 4):
+        raise InputError(f"{path}: {c} colour samples per pixel; expected gray, gray+alpha, "
+                         "RGB or RGBA")  # fmt: skip
+    return data[..., :1] if c in (1, 2) else data[..., :3]
 
 
 def _to_gray(data: np.ndarray, path: Path, mask: bool) -> np.ndarray:
@@ -595,10 +714,10 @@ def check_pairs(images: Images, masks: Images) -> None:
             f"{masks.source}: {len(masks)} slices, but {images.source} has {len(images)}"
         )
     for i, (img, m) in enumerate(zip(images.arrays, masks.arrays, strict=True)):
-        if img.shape != m.shape:
+        if img.shape[-2:] != m.shape:
             raise InputError(
                 f"{where_of(masks, i)}: mask is {m.shape[0]} x {m.shape[1]}, "
-                f"but its image is {img.shape[0]} x {img.shape[1]}"
+                f"but its image is {img.shape[-2]} x {img.shape[-1]}"
             )
 
 
@@ -613,13 +732,16 @@ def read_pairs(
 
 
 def normalize(image: np.ndarray, mode: str = "zscore") -> np.ndarray:
-    """(H, W) any dtype -> (H, W) float32 with zero mean and unit variance (per image).
+    """(H, W) any dtype -> (H, W) float32 with zero mean and unit variance (per image);
+    (C, H, W) -> (C, H, W), each channel on its own.
 
     ``mode`` "zscore-bright" also negates an image whose median exceeds its mean (a bright
     background dominating dark objects, as in inverted or stained images), so objects are
     bright in every image. A constant image maps to zeros. Works in place on one float32
     copy (large images).
     """
+    if image.ndim == 3:
+        return np.stack([normalize(c, mode) for c in image])
     x = image.astype(np.float32)  # always a copy
     mean = float(x.mean(dtype=np.float64))
     std = float(x.std(dtype=np.float64))

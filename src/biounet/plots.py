@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path
+from .io import atomic_path, normalize
 
 
 def _pyplot():
@@ -52,16 +52,20 @@ def plot_panels(
     path: str | Path,
     names: Sequence[str] | None = None,
 ) -> Path:
-    """One row per image: input | label | foreground probability (at most 5 rows)."""
+    """One row per image: input | label | foreground probability (at most 5 rows). An
+    input of C channels (C, H, W) shows the largest of its z-scored channels per pixel."""
     plt = _pyplot()
     n = min(len(images), 5)
     fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
     for i in range(n):
         name = names[i] if names else f"#{i}"
+        image, what = images[i], "input"
+        if image.ndim == 3:
+            image, what = normalize(image).max(axis=0), f"input (max of {len(image)} channels)"
         for ax, data, title, cmap in zip(
             axes[i],
-            (images[i], labels[i], probs[i]),
-            (f"{name}: input", "label (cell = white)", "prediction P(cell)"),
+            (image, labels[i], probs[i]),
+            (f"{name}: {what}", "label (cell = white)", "prediction P(cell)"),
             ("gray", "gray", "magma"),
             strict=True,
         ):

@@ -67,6 +67,7 @@ class _Segmenter:
     config: InferenceConfig
     method: str  # one of config.INSTANCE_METHODS
     multiclass: bool = False  # a "mask" model of C > 2 classes: class maps, not masks
+    channels: str | None = None  # the --channels it was trained with, if any
 
     def __call__(self, image: np.ndarray, outputs: Iterable[str], **tiling) -> Segmentation:
         probs = predict(self.model, image, tta=self.config.tta, **tiling)  # (H, W) | (C, H, W)
@@ -124,7 +125,8 @@ def _segmenter(
         raise InputError(f"{name}: a {outputs}-class model; class maps are uint8, at most "
                          f"{MAX_CLASSES} classes")  # fmt: skip
     method = "components" if multiclass else config.instance_method(target, outputs)
-    return _Segmenter(unet, config, method, multiclass)
+    channels = preset.train.channels if preset is not None else None
+    return _Segmenter(unet, config, method, multiclass, channels)
 
 
 def _check_outputs(run: _Segmenter, outputs: tuple[str, ...], name: str) -> None:
@@ -159,7 +161,8 @@ def segment(
         model: a checkpoint path, the ``(UNet, Preset)`` pair of ``model_from_checkpoint``
             (its training target picks the instance method) or a bare :class:`UNet`
             (3 outputs: a contour model, else a mask model; past 3, a multi-class one).
-        image: (H, W) array of any dtype and size.
+        image: (H, W) array of any dtype and size, or (C, H, W) for a model of C input
+            channels.
         config: threshold, TTA, instance method and options; default the checkpoint's own
             (``preset.inference``), or ``InferenceConfig()`` for a bare UNet.
         outputs: which of "probabilities", "mask", "instances" (binary and contour
@@ -194,6 +197,7 @@ def segment_files(
     out: str | Path | None = None,
     *,
     slices: str | None = None,
+    channels: str | None = None,
     overrides: Mapping[str, object] | None = None,
     write_mask: bool = False,
     write_instances: bool = False,
@@ -213,9 +217,11 @@ def segment_files(
     ``<source name>-prob`` in the working directory); an image or stack gives one stack,
     ``out`` (default ``<source stem>-prob.tif``). Beside each: ``-mask.tif`` with
     ``write_mask``, ``-instances.tif`` with ``write_instances``. ``slices`` (e.g. "25-29",
-    "@names.txt") picks images; ``overrides`` (InferenceConfig fields; None keeps the
-    model's setting) change the checkpoint's inference configuration, and overriding a
-    contour-only option (CONTOUR_OPTIONS) of another model is an InputError, named in
+    "@names.txt") picks images, ``channels`` their channels
+    (:func:`biounet.io.parse_channels`; default as stored), which must be the model's input
+    channels; ``overrides`` (InferenceConfig fields; None keeps the model's setting) change
+    the checkpoint's inference configuration, and overriding a contour-only option
+    (CONTOUR_OPTIONS) of another model is an InputError, named in
     messages by ``label(field)``. Pages past 2 GiB of float32 go to a BigTIFF. Outputs
     carry their input's pixel size (ImageJ resolution and unit), if it has one. Each output
     and its companions are complete or not written at all; ``report`` is called with them
@@ -232,8 +238,14 @@ def segment_files(
     instances or class probabilities).
     """
     source = Path(source)
-    images = read_images(source)  # input errors first: cheaper than loading the model
-    run = _segmenter(checkpoint, None, overrides or {}, select_device(device), label)
+    images = read_images(source, channels=channels)  # input errors first: cheaper than
+    run = _segmenter(checkpoint, None, overrides or {}, select_device(device), label)  # a model
+    takes = run.model.config.in_channels
+    if images.channels != takes:
+        trained = run.channels and f" (it was trained with --channels {run.channels})"
+        raise InputError(f"{source}: {images.channels} channel{'s' * (images.channels != 1)}; "
+                         f"the model {checkpoint} takes {takes}{trained or ''}; pick them "
+                         "with --channels")  # fmt: skip
     main = "classes" if run.multiclass else "probabilities"
     asked = (main, *(("mask",) if write_mask else ()),
              *(("instances",) if write_instances else ()))  # fmt: skip

@@ -38,7 +38,7 @@ from .augment import dihedral, inverse_dihedral
 from .checkpoint import model_from_checkpoint
 from .dataset import mirror_pad
 from .device import autocast, memory_format, resolve_precision
-from .io import normalize
+from .io import InputError, channels_of, normalize
 from .model import (
     ModelConfig,
     UNet,
@@ -226,15 +226,18 @@ def tiled_probabilities(
     tta: bool = False,
     progress: bool = False,
 ) -> np.ndarray:
-    """(H, W) float32 image -> (K, H, W) float32 ``predictor`` output, tiled as ``plan`` says.
+    """(H, W) or (C, H, W) float32 image -> (K, H, W) float32 ``predictor`` output, tiled as
+    ``plan`` says; the predictor gets (B, C, S, S) tiles (C = 1 for an (H, W) image).
 
     The image is passed to the predictor as it is (normalise it first). With ``tta``, the
     mean over the 8 flips / quarter turns of the image, each mapped back (the plan, chosen
     from max(H, W) and H * W, serves the transposed image as well).
     """
     image = np.asarray(image, dtype=np.float32)
-    if image.ndim != 2 or min(image.shape) < 1:
-        raise ValueError(f"expected a non-empty (H, W) image, got shape {image.shape}")
+    if image.ndim not in (2, 3) or min(image.shape) < 1:
+        raise ValueError(f"expected a non-empty (H, W) or (C, H, W) image, got shape "
+                         f"{image.shape}")  # fmt: skip
+    image = image[None] if image.ndim == 2 else image
     if not tta:
         return _stitched(predictor, image, plan, progress)
     total = None
@@ -251,8 +254,8 @@ def tiled_probabilities(
 
 
 def _stitched(predictor: Predictor, image: np.ndarray, plan: TilePlan, progress: bool):
-    """One tiled pass: (H, W) float32 -> (K, H, W) float32."""
-    H, W = image.shape
+    """One tiled pass: (C, H, W) float32 -> (K, H, W) float32."""
+    H, W = image.shape[-2:]
     S = plan.tile
     if plan.padding == "valid":
         b = (S - plan.out) // 2
@@ -296,7 +299,7 @@ def _tile_outputs(predictor, padded, oy, ox, plan, progress):
     with tqdm(total=len(coords), desc="tiles", unit="tile", disable=quiet, leave=False) as bar:
         for batch in _batches(coords, plan.batch):
             B = len(batch)
-            tiles = np.stack([padded[y : y + S, x : x + S] for y, x in batch])[:, None]
+            tiles = np.stack([padded[:, y : y + S, x : x + S] for y, x in batch])
             with torch.inference_mode():
                 probs = predictor(torch.from_numpy(tiles))  # (B, K, s, s)
             K = probs.shape[1] if K is None and probs.ndim == 4 else K
@@ -347,15 +350,17 @@ def unet_predictor(model: UNet, precision: str) -> Predictor:
 
 
 def whole_image_probabilities(model: UNet, image: np.ndarray, precision: str) -> np.ndarray:
-    """One pass over the whole mirror-padded (H, W) normalised image -> (K, H, W).
+    """One pass over the whole mirror-padded (H, W) or (C, H, W) normalised image ->
+    (K, H, W).
 
     The reference the tiling is tested against; memory grows with the image.
     """
     cfg = model.config
-    H, W = image.shape
+    image = image[None] if image.ndim == 2 else image
+    H, W = image.shape[-2:]
     (top, bottom), (left, right) = (padding_for(s, cfg.depth, cfg.padding) for s in (H, W))
     padded = mirror_pad(image, top, bottom, left, right)
-    probs = unet_predictor(model, precision)(torch.from_numpy(padded[None, None]))[0]
+    probs = unet_predictor(model, precision)(torch.from_numpy(padded[None]))[0]
     oy, ox = (0, 0) if cfg.padding == "valid" else (top, left)
     return probs[:, oy : oy + H, ox : ox + W].numpy()
 
@@ -371,19 +376,32 @@ def probabilities(
     overlap: float = 0.25,
     progress: bool = False,
 ) -> np.ndarray:
-    """(H, W) image, any dtype -> (K, H, W) float32 probabilities, K = 1 (foreground) for
-    1- and 2-output models, C for more. Normalises the image as in training."""
-    if image.ndim != 2 or min(image.shape) < 1:
-        raise ValueError(f"expected a non-empty (H, W) image, got shape {image.shape}")
+    """(H, W) or (C, H, W) image, any dtype -> (K, H, W) float32 probabilities, K = 1
+    (foreground) for 1- and 2-output models, C for more. Normalises the image as in
+    training. InputError if the image's channels are not the model's input channels."""
+    if image.ndim not in (2, 3) or min(image.shape) < 1:
+        raise ValueError(f"expected a non-empty (H, W) or (C, H, W) image, got shape "
+                         f"{image.shape}")  # fmt: skip
+    check_channels(model, image)
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     model.to(memory_format=memory_format(device, precision))  # in place; the same weights
     x = normalize(image, model.config.normalization)
-    plan = plan_tiles(model.config, x.shape, tile=tile, precision=precision,
+    plan = plan_tiles(model.config, x.shape[-2:], tile=tile, precision=precision,
                       memory_mb=memory_mb, overlap=overlap)  # fmt: skip
     with evaluating(model):
         return tiled_probabilities(unet_predictor(model, precision), x, plan, tta=tta,
                                    progress=progress)  # fmt: skip
+
+
+def check_channels(model: UNet, image: np.ndarray, where: str = "the image") -> None:
+    """InputError ``"WHERE has 2 channels; the model takes 1 ..."`` unless the (H, W) or
+    (C, H, W) image has the model's input channels."""
+    has = channels_of(image)
+    takes = model.config.in_channels
+    if has != takes:
+        raise InputError(f"{where} has {has} channel{'s' * (has != 1)}; the model takes "
+                         f"{takes} (pick them with --channels)")  # fmt: skip
 
 
 def predict(
@@ -402,7 +420,8 @@ def predict(
 
     Args:
         model_or_checkpoint: a :class:`UNet` or the path of a biounet checkpoint.
-        image: (H, W) array of any dtype and size.
+        image: (H, W) array of any dtype and size, or (C, H, W) for a model of C input
+            channels.
         tile: input tile edge in pixels (rounded to the nearest valid size); default: the
             tile within ``memory_mb`` that computes the fewest pixels (see plan_tiles).
         precision: "auto" (bf16 where fast), "bf16" or "fp32".

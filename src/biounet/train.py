@@ -298,7 +298,11 @@ def train(
     # 3. Data: read, made into class maps and split (the network grows to the classes
     # found, the held-out images are stored as chosen); then the run directory, the sampler.
     data = load_data(cfg, _classes(preset), preset.model.normalization)
+    if ckpt is not None and data.in_channels != preset.model.in_channels:
+        raise InputError(f"{cfg.images}: the images have {data.in_channels} channels; the "
+                         f"run in {out} takes {preset.model.in_channels}")  # fmt: skip
     preset = with_classes(preset, data.num_classes).with_train(val_slices=data.val_slices)
+    preset = replace(preset, model=replace(preset.model, in_channels=data.in_channels))
     cfg = preset.train
     init = _init_weights(preset, data) if ckpt is None and cfg.init else None
     select_by = _selection_rule(cfg, data)
@@ -387,10 +391,9 @@ def _init_weights(preset: Preset, data: Data) -> dict:
     weights = dict(inference_weights(ckpt))
     theirs = Preset.from_dict(ckpt["preset"]).model
     mine = preset.model
-    channels = 1 if data.train_images[0].ndim == 2 else data.train_images[0].shape[0]
-    if theirs.in_channels != channels:
+    if theirs.in_channels != data.in_channels:
         raise InputError(f"{path}: the model takes {theirs.in_channels} input channels, the "
-                         f"images have {channels}")  # fmt: skip
+                         f"images have {data.in_channels}")  # fmt: skip
     if theirs.out_channels != mine.out_channels:
         log.info("%s: the model has %d outputs, this run %d: its output layer starts afresh",
                  path, theirs.out_channels, mine.out_channels)  # fmt: skip
@@ -509,7 +512,7 @@ def training_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``n`` training tiles as the network sees them, on ``device`` (default: the CPU):
     regions drawn by ``sampler``, augmented with ``gen``, targets made after the warp
-    where configured. x (n, 1, S, S) float32, y (n, s, s) int64 class indices, w (n, s, s)
+    where configured. x (n, C, S, S) float32, y (n, s, s) int64 class indices, w (n, s, s)
     float32 loss weights or None; S = ``cfg.tile``, s = ``out_tile``."""
     context = label_context(cfg)
     x, y, w = (None if a is None else a.to(device) for a in sampler.sample(n))  # with margin
