@@ -314,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--images", help="image stack or folder (default: bundled ISBI 2012)")
     s.add_argument("--labels", help="mask stack or folder")
     s.add_argument("--out", required=True, help="PNG to write")
+    s.add_argument("--channels", metavar="SPEC", help=CHANNELS_HELP)
     s.add_argument("-n", type=int, default=12, help="number of tiles (default 12)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_augment_preview)
@@ -800,7 +801,8 @@ def cmd_augment_preview(args) -> int:
     from .presets import get_preset
     from .train import preview_tiles
 
-    preset = get_preset(args.preset).with_train(images=args.images, labels=args.labels)
+    preset = get_preset(args.preset).with_train(images=args.images, labels=args.labels,
+                                                 channels=args.channels)  # fmt: skip
     if args.n < 1:
         raise InputError(f"-n must be >= 1, got {args.n}")
     tiles, labels = preview_tiles(preset, args.n, args.seed)

@@ -659,12 +659,12 @@ def summary(history: list[dict], select_by: str = "val_loss") -> dict:
 
 
 def preview_tiles(preset: Preset, n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` training tiles exactly as the network sees them: (n, S, S) float32 inputs and
-    (n, s, s) int64 labels, after the preset's augmentation (seeded), drawn from all
+    """``n`` training tiles exactly as the network sees them: (n, S, S) float32 inputs (of
+    images of several channels, the largest per pixel) and (n, s, s) int64 labels, after the preset's augmentation (seeded), drawn from all
     images (no validation split)."""
     cfg = replace(preset.train, val_slices="none", train_slices=None)
     out_tile = check_tile(preset)
     data = load_data(cfg, max(2, preset.model.out_channels), preset.model.normalization)
     sampler = make_sampler(cfg, data, out_tile, np.random.default_rng(seed))
     x, y, _ = training_batch(sampler, cfg, out_tile, torch.Generator().manual_seed(seed), n)
-    return x[:, 0].numpy(), y.numpy()
+    return x.amax(dim=1).numpy(), y.numpy()
