@@ -210,6 +210,8 @@ def test_two_channels_train_to_high_iou_and_predict_one_page_per_stack(tmp_path,
                            "--no-progress"], capsys)  # fmt: skip
     assert code == 0, err
     assert json.loads((out / "config.json").read_text())["model"]["in_channels"] == 2
+    code, text, _ = run(["info", str(out / "best.pt")], capsys)
+    assert code == 0 and "\n  input        2 channels\n" in text
     pred = tmp_path / "im5-prob.tif"
     code, _, err = run(["predict", str(out / "best.pt"), str(images / "im5.tif"), "--out",
                         str(pred), "--no-tta", "--no-progress"], capsys)  # fmt: skip

@@ -1,6 +1,7 @@
 import json
 import math
 from dataclasses import replace
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -489,8 +490,15 @@ def test_fine_tuning_refuses_another_channel_count_and_non_models(isbi_crops, tm
     with pytest.raises(InputError, match=r"two\.pt: the model takes 2 input channels"):
         train(other, tmp_path / "run", progress=False)
     (tmp_path / "not.pt").write_bytes(b"not a model")
-    with pytest.raises(InputError, match=r"not\.pt: not a readable biounet checkpoint"):
+    with pytest.raises(InputError, match=r"not\.pt: not a readable biounet checkpoint \(not a "
+                       r"PyTorch file\)"):  # fmt: skip
         init_preset(str(tmp_path / "not.pt"))
+    # a pickle of Python objects is never unpickled (weights_only=True), and torch's advice
+    # to load it with weights_only=False is not passed on
+    torch.save({"model": {}, "preset": {}, "note": Fraction(1, 3)}, tmp_path / "obj.pt")
+    with pytest.raises(InputError, match=r"obj\.pt: not a readable biounet checkpoint \(it "
+                       r"holds Python objects beside tensors, which are never loaded\)$"):
+        init_preset(str(tmp_path / "obj.pt"))
 
 
 def test_customise_keeps_data_specific_splits_for_the_presets_own_data_only():

@@ -11,6 +11,7 @@ which validation and prediction use). Metadata never goes inside the state_dict.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import torch
@@ -38,6 +39,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for damaged or foreign files
+        if not zipfile.is_zipfile(path):  # torch.save writes zip archives
+            raise InputError(f"{path}: not a readable biounet checkpoint (not a PyTorch "
+                             "file)") from None  # fmt: skip
+        if "weights only load failed" in str(e).lower():  # torch's hint would be unsafe advice
+            raise InputError(f"{path}: not a readable biounet checkpoint (it holds Python "
+                             "objects beside tensors, which are never loaded)") from None  # fmt: skip
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"{path}: not a readable biounet checkpoint ({first[:200]})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "preset" not in ckpt:

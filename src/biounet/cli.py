@@ -19,6 +19,7 @@ from .config import (
     SELECT_BY,
     TARGETS,
     InferenceConfig,
+    Preset,
 )
 from .io import InputError
 from .metrics import METRICS as ALL_METRICS
@@ -50,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="biounet", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("info", help="show a preset: parameters, tile sizes, training settings")
+    s = sub.add_parser("info", help="show a preset or a model: parameters, tile sizes, "
+                       "input channels, training settings")  # fmt: skip
+    s.add_argument("model", nargs="?", help="a checkpoint (.pt): show its configuration "
+                   "instead of a preset's")  # fmt: skip
     s.add_argument("--preset", default=DEFAULT, choices=list(PRESETS))
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_info)
@@ -381,10 +385,14 @@ def inference_overrides(args) -> dict:
 
 
 def cmd_info(args) -> int:
+    from .checkpoint import load_checkpoint
     from .model import UNet, count_parameters, output_size
     from .presets import get_preset
 
-    preset = get_preset(args.preset)
+    if args.model:
+        preset = Preset.from_dict(load_checkpoint(args.model)["preset"])
+    else:
+        preset = get_preset(args.preset)
     m, t, i = preset.model, preset.train, preset.inference
     info = {
         "preset": preset.name,
@@ -402,6 +410,8 @@ def cmd_info(args) -> int:
         return 0
     print(f"{preset.name}: {preset.description}")
     print(f"  parameters   {info['parameters']:,}")
+    chosen = f" (--channels {t.channels})" if t.channels else ""
+    print(f"  input        {m.in_channels} channel{'s' * (m.in_channels != 1)}{chosen}")
     print(
         f"  tile         {t.tile} -> {info['output_size']} ({m.padding} padding, depth {m.depth})"
     )
