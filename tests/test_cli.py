@@ -797,6 +797,19 @@ def test_a_folder_of_odd_sizes_and_soft_masks_trains_with_a_threshold_alone(tmp_
                         "--out", str(tmp_path / "p.tif"), "--no-progress"], capsys)  # fmt: skip
     assert code == 0, err
     assert tifffile.imread(tmp_path / "p.tif").shape == sizes[held[0]]
+    # evaluated against its soft mask: refused as it is, binarised like training
+    gt = str(lab / f"cells{held[0]}.png")
+    code, _, err = run(["evaluate", str(tmp_path / "p.tif"), gt, "--json"], capsys)
+    _one_line_error(code, err, f"cells{held[0]}.png: mask values are not classes",
+                    "soft masks? add --label-threshold T")
+    code, text, err = run(["evaluate", str(tmp_path / "p.tif"), gt, "--json",
+                           "--label-threshold", "127"], capsys)  # fmt: skip
+    assert code == 0, err
+    soft = np.asarray(Image.open(gt))
+    prob = tifffile.imread(tmp_path / "p.tif")
+    fg, cells = prob > 0.5, soft > 127
+    expected = (fg & cells).sum() / (fg | cells).sum()
+    assert json.loads(text)["iou"] == pytest.approx(expected, abs=1e-9)
 
 
 def test_new_training_flags_fail_in_one_line_and_write_nothing(isbi_crops, tmp_path, capsys):

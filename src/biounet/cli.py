@@ -293,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of {','.join(ALL_METRICS)}",
     )
     s.add_argument("--thresholds", help="comma-separated thresholds (default 0, 0.1, ..., 1)")
+    s.add_argument("--label-threshold", type=float, metavar="T", help="GT masks are soft or "
+                   "anti-aliased: value > T is cell (as train --label-threshold)")  # fmt: skip
     s.add_argument(
         "--slices",
         help="only these slices, e.g. 25-29: of both stacks, or of GT "
@@ -599,13 +601,18 @@ def cmd_evaluate(args) -> int:
             thresholds = tuple(float(t) for t in args.thresholds.split(","))
         except ValueError:
             raise InputError(f"--thresholds {args.thresholds!r}: expected numbers") from None
+    instances = args.instances or instance_files(Path(args.pred))
+    if args.label_threshold is not None and (args.classes is not None or instances):
+        raise InputError("--label-threshold binarises GT masks for probability maps; class "
+                         "maps (--classes) and instance labels are scored as they are")  # fmt: skip
     if args.classes is not None:
         return evaluate_classes(args)
-    if args.instances or instance_files(Path(args.pred)):
+    if instances:
         return evaluate_instances(args)
     preds = read_images(args.pred)
     gts = read_masks(args.gt, hint=" (instance labels? add --instances; classes 0..C-1? add "
-                     "--classes C)")  # fmt: skip
+                     "--classes C; soft masks? add --label-threshold T)",
+                     threshold=args.label_threshold)  # fmt: skip
     idx, gt_idx = paired_indices(args, preds, gts)
     probs = [preds.arrays[i].astype(np.float32) for i in idx]
     labels = [gts.arrays[i] for i in gt_idx]
