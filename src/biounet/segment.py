@@ -238,8 +238,9 @@ def segment_files(
     instances or class probabilities).
     """
     source = Path(source)
-    images = read_images(source, channels=channels)  # input errors first: cheaper than
-    run = _segmenter(checkpoint, None, overrides or {}, select_device(device), label)  # a model
+    # input errors first: reading is cheaper than loading the model
+    images = read_images(source, channels=channels)
+    run = _segmenter(checkpoint, None, overrides or {}, select_device(device), label)
     takes = run.model.config.in_channels
     if images.channels != takes:
         trained = run.channels and f" (it was trained with --channels {run.channels})"

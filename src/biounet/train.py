@@ -299,8 +299,8 @@ def train(
     # found, the held-out images are stored as chosen); then the run directory, the sampler.
     data = load_data(cfg, _classes(preset), preset.model.normalization)
     if ckpt is not None and data.in_channels != preset.model.in_channels:
-        raise InputError(f"{cfg.images}: the images have {data.in_channels} channels; the "
-                         f"run in {out} takes {preset.model.in_channels}")  # fmt: skip
+        raise InputError(f"{cfg.images or 'the bundled images'}: {data.in_channels} "
+                         f"channels; the run in {out} takes {preset.model.in_channels}")  # fmt: skip
     preset = with_classes(preset, data.num_classes).with_train(val_slices=data.val_slices)
     preset = replace(preset, model=replace(preset.model, in_channels=data.in_channels))
     cfg = preset.train
@@ -660,8 +660,8 @@ def summary(history: list[dict], select_by: str = "val_loss") -> dict:
 
 def preview_tiles(preset: Preset, n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` training tiles exactly as the network sees them: (n, S, S) float32 inputs (of
-    images of several channels, the largest per pixel) and (n, s, s) int64 labels, after the preset's augmentation (seeded), drawn from all
-    images (no validation split)."""
+    images of several channels, the largest per pixel) and (n, s, s) int64 labels, after
+    the preset's augmentation (seeded), drawn from all images (no validation split)."""
     cfg = replace(preset.train, val_slices="none", train_slices=None)
     out_tile = check_tile(preset)
     data = load_data(cfg, max(2, preset.model.out_channels), preset.model.normalization)
