@@ -43,8 +43,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             raise InputError(f"{path}: not a readable biounet checkpoint (not a PyTorch "
                              "file)") from None  # fmt: skip
         if "weights only load failed" in str(e).lower():  # torch's hint would be unsafe advice
-            raise InputError(f"{path}: not a readable biounet checkpoint (it holds Python "
-                             "objects beside tensors, which are never loaded)") from None  # fmt: skip
+            why = "it holds Python objects beside tensors, which are never loaded"
+            raise InputError(f"{path}: not a readable biounet checkpoint ({why})") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"{path}: not a readable biounet checkpoint ({first[:200]})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "preset" not in ckpt:

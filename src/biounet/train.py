@@ -299,8 +299,9 @@ def train(
     # found, the held-out images are stored as chosen); then the run directory, the sampler.
     data = load_data(cfg, _classes(preset), preset.model.normalization)
     if ckpt is not None and data.in_channels != preset.model.in_channels:
-        raise InputError(f"{cfg.images or 'the bundled images'}: {data.in_channels} "
-                         f"channels; the run in {out} takes {preset.model.in_channels}")  # fmt: skip
+        where = cfg.images or "the bundled images"
+        raise InputError(f"{where}: {data.in_channels} channels; the run in {out} takes "
+                         f"{preset.model.in_channels}")  # fmt: skip
     preset = with_classes(preset, data.num_classes).with_train(val_slices=data.val_slices)
     preset = replace(preset, model=replace(preset.model, in_channels=data.in_channels))
     cfg = preset.train
