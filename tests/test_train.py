@@ -541,12 +541,13 @@ def test_ignored_pixels_train_and_stay_out_of_the_validation_scores(isbi_crops, 
     scores, _ = validate(model, data, "fp32", isbi=False)
     probs = [predict(model, img, precision="fp32") for img in images[4:]]
     keep = [m != IGNORE_INDEX for m in masks]
-    expected = np.mean([metrics.pixel_error(p[k], m[k]) for p, m, k in zip(probs, masks, keep)])
+    triples = list(zip(probs, masks, keep, strict=True))
+    expected = np.mean([metrics.pixel_error(p[k], m[k]) for p, m, k in triples])
     assert scores["val_pixel_error"] == pytest.approx(expected)
-    iou = np.mean([metrics.iou(p[k] > 0.5, m[k]) for p, m, k in zip(probs, masks, keep)])
+    iou = np.mean([metrics.iou(p[k] > 0.5, m[k]) for p, m, k in triples])
     assert scores["val_iou"] == pytest.approx(iou)
     isbi = validate(model, data, "fp32", isbi=True)[0]  # not labelled: reference background
     assert 0 <= isbi["v_rand"] <= 1 and isbi["val_pixel_error"] == scores["val_pixel_error"]
     # labelled, the same pixels would count
-    labelled = [np.where(k, m, 0).astype(np.uint8) for m, k in zip(masks, keep)]
+    labelled = [np.where(k, m, 0).astype(np.uint8) for m, k in zip(masks, keep, strict=True)]
     assert validate(model, replace(data, val_masks=labelled), "fp32", isbi=False)[0] != scores

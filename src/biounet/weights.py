@@ -33,7 +33,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-
 from scipy import ndimage
 
 from . import labels
@@ -154,7 +153,8 @@ def background_weights(
     carved = (labels.separate_touching(cells(m, class_map=class_map, ignored=ig))
               for m, ig in zip(masks, ignored, strict=True))  # fmt: skip
     fg = sum(int(np.count_nonzero(c)) for c in carved)
-    total = sum(m.size - (0 if ig is None else int(ig.sum())) for m, ig in zip(masks, ignored))
+    pairs = zip(masks, ignored, strict=True)
+    total = sum(m.size - (0 if ig is None else int(ig.sum())) for m, ig in pairs)
     return [fg / (total - fg) if 0 < fg < total else 1.0] * len(masks)
 
 
