@@ -258,3 +258,22 @@ def test_help_says_what_pages_and_channels_mean():
         text = " ".join(sub.format_help().split())
         assert "pages without axes metadata are slices" in text
         assert "C axis (ImageJ hyperstack or OME metadata) gives channels" in text
+
+
+def test_figures_show_a_multichannel_image_as_its_largest_channel(tmp_path, rng, capsys):
+    from biounet.plots import shown
+
+    image = np.stack([rng.normal(0, 1, (30, 40)), rng.normal(50, 10, (30, 40))])
+    np.testing.assert_array_equal(shown(image), np.maximum(normalize(image[0]),
+                                                           normalize(image[1])))  # fmt: skip
+    np.testing.assert_array_equal(shown(image[1]), image[1])  # gray: as it is
+    tifffile.imwrite(tmp_path / "im.tif", image.astype(np.float32), imagej=True,
+                     metadata={"axes": "CYX"})  # fmt: skip
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:15, 5:15] = mask[18:26, 20:35] = 255
+    tifffile.imwrite(tmp_path / "lab.tif", mask)
+    code, _, err = run(["weight-map", str(tmp_path / "lab.tif"), "--images",
+                        str(tmp_path / "im.tif"), "--out", str(tmp_path / "w.tif"), "--png"],
+                       capsys)  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "w.png").stat().st_size > 0

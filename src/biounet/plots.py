@@ -45,6 +45,11 @@ def plot_curves(history: Sequence[dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def shown(image: np.ndarray) -> np.ndarray:
+    """An (H, W) image as it is; a (C, H, W) one as the largest of its z-scored channels."""
+    return normalize(image).max(axis=0) if image.ndim == 3 else image
+
+
 def plot_panels(
     images: Sequence[np.ndarray],
     labels: Sequence[np.ndarray],
@@ -61,7 +66,7 @@ def plot_panels(
         name = names[i] if names else f"#{i}"
         image, what = images[i], "input"
         if image.ndim == 3:
-            image, what = normalize(image).max(axis=0), f"input (max of {len(image)} channels)"
+            image, what = shown(image), f"input (max of {len(image)} channels)"
         for ax, data, title, cmap in zip(
             axes[i],
             (image, labels[i], probs[i]),
@@ -99,7 +104,7 @@ def plot_weight_map(
     fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4.3))
     axes = list(axes)
     if image is not None:
-        axes.pop(0).imshow(image, cmap="gray")
+        axes.pop(0).imshow(shown(image), cmap="gray")
         fig.axes[0].set_title("input", fontsize=9)
     rng = np.random.default_rng(0)
     colours = rng.uniform(0.2, 1.0, (int(instances.max()) + 1, 3))
