@@ -115,7 +115,7 @@ def summarise(dirs: list[Path]) -> None:
         for f in sorted(d.glob("*/score.json")):
             row = next(r for r in json.loads(f.read_text()) if r["tta"])
             scores.setdefault(f.parent.name, []).append((row["ap50"], row["dsb_score"]))
-    kinds = (("scratch", "from scratch"), ("init", "`--init`, lr 0.002"),
+    kinds = (("scratch", "from scratch"), ("init", "`--init`, lr 0.002 (the preset's)"),
              ("initlow", "`--init`, lr 0.0002"))  # fmt: skip
 
     def cell(rows):
@@ -127,11 +127,11 @@ def summarise(dirs: list[Path]) -> None:
 
     print("| new-lab images | " + " | ".join(k for _, k in kinds) + " |")
     print("| --- " * (len(kinds) + 1) + "|")
-    print(f"| 0 (the base model as it is) | | {cell(scores.get('base', [])[:1])} | |")
     sizes = sorted({int(n.split("-")[1]) for n in scores if "-" in n})
     for k in sizes:
         print(f"| {k} | " + " | ".join(cell(scores.get(f"{kind}-{k}", [])) for kind, _ in kinds)
               + " |")  # fmt: skip
+    print(f"\nThe base model itself, before any new-lab image: {cell(scores['base'][:1])}.")
 
 
 def main() -> None:
