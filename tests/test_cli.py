@@ -729,7 +729,8 @@ def test_a_three_class_model_in_folders_and_its_one_line_refusals(tmp_path, caps
     _one_line_error(code, err, "--classes scores class maps, --instances instance labels")
     code, _, err = run(["evaluate", str(lab), str(lab)], capsys)
     _one_line_error(code, err, "lab3.tif slice 0: mask values are not classes",
-                    "(instance labels? add --instances; classes 0..C-1? add --classes C)")
+                    "(instance labels? add --instances; classes 0..C-1? add --classes C; "
+                    "soft masks? add --label-threshold T)")
     binary = tmp_path / "binary.tif"
     tifffile.imwrite(binary, (labels > 0).astype(np.uint8) * 255, photometric="minisblack")
     code, _, err = run(["evaluate", str(lab), str(binary)], capsys)
