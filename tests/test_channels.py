@@ -13,6 +13,7 @@ import tifffile
 import torch
 from PIL import Image
 
+from biounet import model_from_checkpoint
 from biounet.cli import build_parser, main
 from biounet.io import InputError, normalize, parse_channels, read_images
 from biounet.model import ModelConfig, UNet
@@ -227,8 +228,6 @@ def test_two_channels_train_to_high_iou_and_predict_one_page_per_stack(tmp_path,
     # the objects are learned from channel 1: without it, none are found where they are
     blind = read_images(images / "im5.tif").arrays[0].copy()
     blind[1] = np.random.default_rng(1).normal(0, 0.5, blind[1].shape)
-    from biounet import model_from_checkpoint
-
     model, _ = model_from_checkpoint(out / "best.pt", "cpu")
     fg_blind = probabilities(model, blind)[0] > 0.5
     assert (fg_blind & truth).sum() < 0.2 * truth.sum()
@@ -277,3 +276,34 @@ def test_figures_show_a_multichannel_image_as_its_largest_channel(tmp_path, rng,
                        capsys)  # fmt: skip
     assert code == 0, err
     assert (tmp_path / "w.png").stat().st_size > 0
+
+
+def test_predict_reads_images_as_the_model_was_trained_to_pick_them(tmp_path, rng, capsys):
+    images, labels = tmp_path / "im", tmp_path / "lb"
+    images.mkdir()
+    labels.mkdir()
+    for i in range(3):
+        mask = np.zeros((64, 72), np.uint8)
+        mask[10:40, 20:60] = 255
+        rgb = rng.integers(0, 60, (64, 72, 3), dtype=np.uint8)
+        rgb[..., 1][mask > 0] += 150
+        Image.fromarray(rgb).save(images / f"c{i}.png")
+        Image.fromarray(mask).save(labels / f"c{i}.png")
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "gray.png")
+    out = tmp_path / "run"
+    code, _, err = run(["train", "--images", str(images), "--labels", str(labels), "--channels",
+                        "rgb", "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2",
+                        "--tile", "64", "--precision", "fp32", "--out", str(out),
+                        "--no-progress"], capsys)  # fmt: skip
+    assert code == 0, err
+    code, _, err = run(["predict", str(out / "best.pt"), str(images), "--out",
+                        str(tmp_path / "p"), "--no-progress"], capsys)  # fmt: skip
+    assert code == 0, err  # colour PNGs read as RGB, not gray, without --channels
+    model, _ = model_from_checkpoint(out / "best.pt", "cpu")
+    expected = probabilities(model, read_images(images / "c1.png", channels="rgb").arrays[0])
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "p" / "c1.tif"), expected[0])
+    code, _, err = run(["predict", str(out / "best.pt"), str(tmp_path / "gray.png"), "--out",
+                        str(tmp_path / "g.tif")], capsys)  # fmt: skip
+    assert code == 2 and not (tmp_path / "g.tif").exists()
+    assert "gray.png: 1 channel; the model" in err
+    assert "takes 3 (it was trained with --channels rgb)" in err

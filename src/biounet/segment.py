@@ -20,6 +20,7 @@ as a contour model if it has 3 outputs and as a mask model otherwise.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -37,6 +38,8 @@ from .instances import instances
 from .io import InputError, StackWriter, read_images
 from .model import UNet
 from .tiling import DEFAULT_MEMORY_MB, predict
+
+log = logging.getLogger("biounet")
 
 OUTPUTS = ("probabilities", "mask", "instances", "classes")
 MAX_CLASSES = 255  # class maps are uint8; 255 is left for pixels to ignore
@@ -218,10 +221,11 @@ def segment_files(
     ``out`` (default ``<source stem>-prob.tif``). Beside each: ``-mask.tif`` with
     ``write_mask``, ``-instances.tif`` with ``write_instances``. ``slices`` (e.g. "25-29",
     "@names.txt") picks images, ``channels`` their channels
-    (:func:`biounet.io.parse_channels`; default as stored), which must be the model's input
-    channels; ``overrides`` (InferenceConfig fields; None keeps the model's setting) change
-    the checkpoint's inference configuration, and overriding a contour-only option
-    (CONTOUR_OPTIONS) of another model is an InputError, named in
+    (:func:`biounet.io.parse_channels`; default as stored or, where those are not the
+    model's input channels, as the model was trained to pick them), which must be the
+    model's input channels; ``overrides`` (InferenceConfig fields; None keeps the model's
+    setting) change the checkpoint's inference configuration, and overriding a
+    contour-only option (CONTOUR_OPTIONS) of another model is an InputError, named in
     messages by ``label(field)``. Pages past 2 GiB of float32 go to a BigTIFF. Outputs
     carry their input's pixel size (ImageJ resolution and unit), if it has one. Each output
     and its companions are complete or not written at all; ``report`` is called with them
@@ -242,6 +246,13 @@ def segment_files(
     images = read_images(source, channels=channels)
     run = _segmenter(checkpoint, None, overrides or {}, select_device(device), label)
     takes = run.model.config.in_channels
+    if channels is None and images.channels != takes and run.channels:
+        # the model's own --channels: a model trained on picked channels reads them again
+        try:
+            images = read_images(source, channels=run.channels)
+            log.info("%s: --channels %s, as the model was trained", source, run.channels)
+        except InputError:  # the images lack them: the mismatch below says so
+            pass
     if images.channels != takes:
         trained = run.channels and f" (it was trained with --channels {run.channels})"
         raise InputError(f"{source}: {images.channels} channel{'s' * (images.channels != 1)}; "
