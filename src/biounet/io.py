@@ -171,7 +171,7 @@ def read_images(
             if first is None:
                 first = (f, img.channels)
             elif img.channels != first[1]:
-                raise InputError(f"{f}: {_count(img.channels)}, but {first[0].name} has "
+                raise InputError(f"{f}: {channels_text(img.channels)}, but {first[0].name} has "
                                  f"{first[1]}; every image of a set needs the same channels "
                                  "(pick them with --channels)")  # fmt: skip
             arrays += img.arrays
@@ -197,7 +197,8 @@ def read_images(
     return Images(stack, names, path, [pixel_size] * len(stack))
 
 
-def _count(channels: int) -> str:
+def channels_text(channels: int) -> str:
+    """"1 channel", "3 channels"."""
     return f"{channels} channel" + ("s" if channels != 1 else "")
 
 
@@ -208,11 +209,11 @@ def _pick_channels(image: np.ndarray, picked: Channels, path: Path) -> np.ndarra
     if picked == "rgb":
         if n != 3:
             raise InputError(f"{path}: --channels rgb needs a colour image; this one has "
-                             f"{_count(n)}")  # fmt: skip
+                             f"{channels_text(n)}")  # fmt: skip
         return image
     if max(picked) >= n:
         raise InputError(f"{path}: --channels {','.join(map(str, picked))}: the image has "
-                         f"{_count(n)} (0..{n - 1})")  # fmt: skip
+                         f"{channels_text(n)} (0..{n - 1})")  # fmt: skip
     stack = image[None] if image.ndim == 2 else image
     out = stack[list(picked)]
     return out[0] if len(picked) == 1 else out

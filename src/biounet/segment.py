@@ -35,7 +35,7 @@ from .config import CONTOUR_OPTIONS, InferenceConfig, Preset
 from .dataset import parse_slices
 from .device import select_device
 from .instances import instances
-from .io import InputError, StackWriter, read_images
+from .io import InputError, StackWriter, channels_text, read_images
 from .model import UNet
 from .tiling import DEFAULT_MEMORY_MB, predict
 
@@ -255,7 +255,7 @@ def segment_files(
             pass
     if images.channels != takes:
         trained = run.channels and f" (it was trained with --channels {run.channels})"
-        raise InputError(f"{source}: {images.channels} channel{'s' * (images.channels != 1)}; "
+        raise InputError(f"{source}: {channels_text(images.channels)}; "
                          f"the model {checkpoint} takes {takes}{trained or ''}; pick them "
                          "with --channels")  # fmt: skip
     main = "classes" if run.multiclass else "probabilities"

@@ -38,7 +38,7 @@ from .augment import dihedral, inverse_dihedral
 from .checkpoint import model_from_checkpoint
 from .dataset import mirror_pad
 from .device import autocast, memory_format, resolve_precision
-from .io import InputError, channels_of, normalize
+from .io import InputError, channels_of, channels_text, normalize
 from .model import (
     ModelConfig,
     UNet,
@@ -400,7 +400,7 @@ def check_channels(model: UNet, image: np.ndarray, where: str = "the image") -> 
     has = channels_of(image)
     takes = model.config.in_channels
     if has != takes:
-        raise InputError(f"{where} has {has} channel{'s' * (has != 1)}; the model takes "
+        raise InputError(f"{where} has {channels_text(has)}; the model takes "
                          f"{takes} (pick them with --channels)")  # fmt: skip
 
 
