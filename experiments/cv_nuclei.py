@@ -36,6 +36,7 @@ import numpy as np
 
 from biounet import get_preset, model_from_checkpoint, segment, train
 from biounet.device import select_device
+from biounet.instances import equivalent_diameters
 from biounet.io import atomic_path, find_data, read_images, read_instances
 from biounet.metrics import instance_scores_many
 
@@ -86,18 +87,41 @@ def make_folds(groups: dict[str, dict], k: int = FOLDS, seed: int = FOLD_SEED) -
     return [sorted(f) for f in folds]
 
 
-def score_fold(checkpoint: Path, names: list[str], groups: dict) -> list[dict]:
-    """Per-image scores of the model on ``names``, with its stored inference settings."""
+def median_diameter(names: list[str]) -> float:
+    """The median equivalent diameter of the labelled nuclei of ``names``."""
+    labels = read_instances(find_data("dsb2018-fluo") / "labels")
+    lidx = {n: i for i, n in enumerate(labels.names)}
+    return float(np.median(np.concatenate([equivalent_diameters(labels.arrays[lidx[n]])
+                                           for n in names])))  # fmt: skip
+
+
+def score_fold(checkpoint: Path, names: list[str], groups: dict, diameter=None, invert=None,
+               tta=None, trained_diameter: float = 0.0) -> list[dict]:  # fmt: skip
+    """Per-image scores of the model on ``names``, with its stored inference settings but
+    for ``diameter`` (a number, "auto", or "labels": each image's own labelled median),
+    ``invert`` and ``tta`` where given. ``trained_diameter`` stands in for the model's
+    stored one where it has none."""
     root = find_data("dsb2018-fluo")
     images = read_images(root / "images")
     labels = read_instances(root / "labels")
     idx = {n: i for i, n in enumerate(images.names)}
     lidx = {n: i for i, n in enumerate(labels.names)}
-    pair = model_from_checkpoint(checkpoint, select_device("auto"))
+    unet, preset = model_from_checkpoint(checkpoint, select_device("auto"))
+    if not unet.config.diameter:
+        unet.config = replace(unet.config, diameter=trained_diameter)
     rows = []
     for name in names:
+        inference = preset.inference
+        if tta is not None:
+            inference = replace(inference, tta=tta)
+        if diameter == "labels":
+            own = float(np.median(equivalent_diameters(labels.arrays[lidx[name]])))
+            inference = replace(inference, diameter=own)
+        elif diameter is not None:
+            inference = replace(inference, diameter=diameter)
         t0 = time.perf_counter()
-        seg = segment(pair, images.arrays[idx[name]], outputs=["instances"])
+        seg = segment((unet, preset), images.arrays[idx[name]], inference,
+                      outputs=["instances"], invert=invert)  # fmt: skip
         seconds = time.perf_counter() - t0
         r = instance_scores_many([labels.arrays[lidx[name]]], [seg.instances])
         rows.append({"image": name, **groups[name], "ap50": r["ap50"], "dsb_score": r["dsb_score"],
@@ -139,19 +163,40 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=105)
     ap.add_argument("--seed", type=int, default=0, help="training seed (not the folds')")
     ap.add_argument("--out", default="runs/cv-nuclei")
+    ap.add_argument("--score", metavar="TAG", help="only score the trained folds again, with "
+                    "the settings below, into foldK/scores-TAG.json (and summarise them)")
+    ap.add_argument("--diameter", help="predict with this --diameter: pixels, auto, or "
+                    "labels (each image's labelled median: the best a diameter can do)")
+    ap.add_argument("--invert", choices=("auto", "yes", "no"), help="predict with --invert")
+    ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
     args = ap.parse_args()
+    diameter = args.diameter
+    if diameter not in (None, "auto", "labels"):
+        diameter = float(diameter)
     out = Path(args.out)
     groups = image_groups()
     folds = make_folds(groups)
     with atomic_path(out / "folds.json") as tmp:
         Path(tmp).write_text(json.dumps({"folds": folds, "groups": groups}, indent=1))
+    scores = f"scores-{args.score}.json" if args.score else "scores.json"
     for k in (int(f) for f in args.folds.split(",")):
-        run, done = out / f"fold{k}", out / f"fold{k}" / "scores.json"
+        run, done = out / f"fold{k}", out / f"fold{k}" / scores
+        train_names = [n for j, f in enumerate(folds) if j != k for n in f]
+        if args.score:
+            if done.exists() or not (run / "scores.json").exists():
+                continue
+            t0 = time.perf_counter()
+            rows = score_fold(run / "best.pt", folds[k], groups, diameter, args.invert,
+                              args.tta, median_diameter(train_names))  # fmt: skip
+            with atomic_path(done) as tmp:
+                Path(tmp).write_text(json.dumps(rows, indent=1))
+            print(f"fold {k} {args.score}: {json.dumps(summary(rows))} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+            continue
         if done.exists():
             continue
         t0 = time.perf_counter()
         names = folds[k]
-        train_names = [n for j, f in enumerate(folds) if j != k for n in f]
         lists = out / "splits"
         for what, members in (("train", train_names), ("test", names)):
             with atomic_path(lists / f"fold{k}-{what}.txt") as tmp:
@@ -171,8 +216,8 @@ def main() -> None:
             Path(tmp).write_text(json.dumps(rows, indent=1))
         print(f"fold {k}: {json.dumps(summary(rows))} ({time.perf_counter() - t0:.0f} s)",
               flush=True)  # fmt: skip
-    scored = {k: json.loads((out / f"fold{k}" / "scores.json").read_text())
-              for k in range(FOLDS) if (out / f"fold{k}" / "scores.json").exists()}  # fmt: skip
+    scored = {k: json.loads((out / f"fold{k}" / scores).read_text())
+              for k in range(FOLDS) if (out / f"fold{k}" / scores).exists()}  # fmt: skip
     rows = [r for k in sorted(scored) for r in scored[k]]
     if not rows:
         return

@@ -14,6 +14,7 @@ import tifffile
 import torch
 from PIL import Image
 from skimage.measure import label as measure_label
+from skimage.measure import regionprops
 
 from biounet.checkpoint import load_checkpoint
 from biounet.cli import main
@@ -387,15 +388,22 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     out = tmp_path / "nuc"
     code, text, _ = run(["train", "--images", str(img), "--labels", str(lab), "--target",
                          "contour", "--out", str(out), "--val-slices", "4", "--epochs", "2",
-                         "--touch-width", "2", *TAIL], capsys)  # fmt: skip
+                         "--touch-width", "2", "--invert", "yes", *TAIL], capsys)  # fmt: skip
     assert code == 0, text
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["target"] == "contour" and cfg["model"]["out_channels"] == 3
-    assert cfg["train"]["touch_width"] == 2
+    assert cfg["train"]["touch_width"] == 2 and cfg["model"]["normalization"] == "zscore-invert"
+    # the model knows the size of the nuclei it was trained on: their median equivalent
+    # diameter over the 4 training images (index 4 of the sorted names is held out)
+    names = sorted(p.stem for p in img.iterdir())
+    trained = [r.equivalent_diameter_area for n in names[:4]
+               for r in regionprops(tifffile.imread(lab / f"{n}.tif"))]  # fmt: skip
+    assert cfg["model"]["diameter"] == round(float(np.median(trained)), 2) > 5
+    code, text, _ = run(["info", str(out / "best.pt")], capsys)
+    assert f"1 channel, --invert yes, objects of {cfg['model']['diameter']:.3g} px" in text
     code, _, _ = run(["predict", str(out / "best.pt"), str(img), "--out", str(tmp_path / "p"),
                       "--instances", "--no-progress"], capsys)  # fmt: skip
     assert code == 0
-    names = sorted(p.stem for p in img.iterdir())
     inst = tifffile.imread(tmp_path / "p" / f"{names[0]}-instances.tif")
     prob = tifffile.imread(tmp_path / "p" / f"{names[0]}.tif")
     assert inst.dtype == np.uint16 and inst.shape == prob.shape == (80, 112)
@@ -430,6 +438,19 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--seed-dynamics", "0.2"],
                        capsys)  # fmt: skip
     _one_line_error(code, err, "add --instances")
+    # --diameter: images rescaled to the trained size, outputs at the input's
+    d = cfg["model"]["diameter"]
+    for diameter in (str(2 * d), "auto"):
+        code, _, err = run(["predict", str(out / "best.pt"), str(img), "--out",
+                            str(tmp_path / "d"), "--instances", "--diameter", diameter,
+                            "--invert", "no", "--no-progress"], capsys)  # fmt: skip
+        assert code == 0, err
+        assert tifffile.imread(tmp_path / "d" / f"{names[0]}-instances.tif").shape == (80, 112)
+    code, _, err = run(["predict", str(out / "best.pt"), str(img), "--diameter", str(5 * d)],
+                       capsys)  # fmt: skip
+    _one_line_error(code, err, f"--diameter {5 * d:g} would rescale the images by 0.2;")
+    code, _, err = run(["predict", str(out / "best.pt"), str(img), "--diameter", "-3"], capsys)
+    _one_line_error(code, err, "--diameter must be auto or >= 0 pixels, got -3.0")
     code, _, err = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"),
                         "--threshold", "1.5"], capsys)  # fmt: skip
     _one_line_error(code, err, "--threshold must be in [0, 1], got 1.5")
@@ -864,7 +885,12 @@ def test_init_fine_tunes_the_shipped_nuclei_model_on_a_few_images(dsb_crops, tmp
     assert code == 0, err
     cfg = json.loads((out / "config.json").read_text())
     shipped = load_checkpoint("models/dsb2018-nuclei.pt")["preset"]
-    assert cfg["model"] == shipped["model"]  # the model's network ...
+    # the model's network, and the size of the nuclei of the data it is tuned on ...
+    held = int(cfg["train"]["val_slices"])  # auto: one of the five
+    trained = [r.equivalent_diameter_area
+               for i, f in enumerate(sorted(dsb_crops[1].iterdir())) if i != held
+               for r in regionprops(tifffile.imread(f))]  # fmt: skip
+    assert cfg["model"] == {**shipped["model"], "diameter": round(float(np.median(trained)), 2)}
     assert cfg["train"]["target"] == "contour" and cfg["train"]["dice"] == 0.5  # ... and preset
     assert cfg["train"]["init"] == "models/dsb2018-nuclei.pt"
     assert cfg["train"]["val_slices"] != shipped["train"]["val_slices"]  # its data's, not mine

@@ -55,6 +55,7 @@ def test_inference_defaults_are_the_settings_models_predicted_with_before():
     assert InferenceConfig() == InferenceConfig(
         threshold=0.5, tta=False, method="auto", min_size=0, min_peak=0.0, min_fraction=0.0,
         seed_threshold=0.5, seed_dynamics=0.0, split_solidity=0.0, split_depth=3.0,
+        diameter=0.0,
     )  # fmt: skip
     with pytest.raises(AttributeError):
         InferenceConfig().threshold = 0.3  # frozen
@@ -63,8 +64,9 @@ def test_inference_defaults_are_the_settings_models_predicted_with_before():
 def test_training_configuration_holds_no_inference_setting():
     train = {f.name for f in fields(TrainConfig)}
     assert train.isdisjoint(LEGACY_INFERENCE_KEYS), train & set(LEGACY_INFERENCE_KEYS)
+    # every inference setting that once lived in TrainConfig (method and diameter never did)
     assert set(LEGACY_INFERENCE_KEYS.values()) == {f.name for f in fields(InferenceConfig)} - {
-        "method"
+        "method", "diameter"
     }
 
 

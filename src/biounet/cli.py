@@ -23,6 +23,7 @@ from .config import (
 )
 from .io import InputError
 from .metrics import METRICS as ALL_METRICS
+from .model import INVERT
 
 log = logging.getLogger("biounet")
 
@@ -139,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="random zoom by a factor log-uniform in [1/(1+R), 1+R] (0: off)",
     )
+    s.add_argument("--invert", choices=tuple(INVERT), help=INVERT_HELP + "; the model stores "
+                   "it (default: the preset's; nuclei: auto, the others: no)")  # fmt: skip
     s.add_argument(
         "--label-threshold",
         type=float,
@@ -229,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
         "float32, C pages per image (P(class 0) .. P(class C-1)); for a stack input, image "
         "i's class c is page i*C+c",
     )
+    s.add_argument("--invert", choices=tuple(INVERT), help=INVERT_HELP + "; default: as "
+                   "the model was trained (biounet info MODEL)")  # fmt: skip
     add_inference_flags(s, stored=False)
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
@@ -369,6 +374,13 @@ def add_inference_flags(parser: argparse.ArgumentParser, stored: bool) -> None:
                      "model's setting, 0.5 unless stored)")  # fmt: skip
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=tta)
     parser.add_argument("--threshold", type=float, metavar="T", help=threshold)
+    diameter = ("the objects' diameter in the images, in pixels: each image is rescaled so "
+                "they have the size the model was trained on (biounet info MODEL), and every "
+                "output back to its size; auto: measured in each image by a first pass; 0: "
+                "images as they are")  # fmt: skip
+    diameter += " (stored in the model as predict's default)" if stored else (
+        " (default: the model's setting, 0 unless stored)")  # fmt: skip
+    parser.add_argument("--diameter", type=diameter_value, metavar="D|auto", help=diameter)
     for field, (kind, metavar, what) in INFERENCE_FLAGS.items():
         scope = "--instances, contour models" if field in CONTOUR_OPTIONS else "--instances"
         what = (f"store in the model (predict {scope}): {what}" if stored
@@ -376,10 +388,21 @@ def add_inference_flags(parser: argparse.ArgumentParser, stored: bool) -> None:
         parser.add_argument(flag(field), type=kind, metavar=metavar, help=what)
 
 
+def diameter_value(text: str) -> float | str:
+    """--diameter: "auto" or a number of pixels (checked by InferenceConfig)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or pixels, got {text!r}") from None
+
+
 def inference_overrides(args) -> dict:
     """The inference flags given, as InferenceConfig fields (absent: keep the model's
     setting), each checked as InferenceConfig checks it; errors name the flag."""
-    given = {field: getattr(args, field) for field in ("tta", "threshold", *INFERENCE_FLAGS)
+    given = {field: getattr(args, field)
+             for field in ("tta", "threshold", "diameter", *INFERENCE_FLAGS)
              if getattr(args, field) is not None}  # fmt: skip
     for field, value in given.items():
         InferenceConfig.check(field, value, label=flag(field))
@@ -413,7 +436,10 @@ def cmd_info(args) -> int:
     print(f"{preset.name}: {preset.description}")
     print(f"  parameters   {info['parameters']:,}")
     chosen = f" (--channels {t.channels})" if t.channels else ""
-    print(f"  input        {m.in_channels} channel{'s' * (m.in_channels != 1)}{chosen}")
+    invert = next(k for k, v in INVERT.items() if v == m.normalization)
+    print(f"  input        {m.in_channels} channel{'s' * (m.in_channels != 1)}{chosen}"
+          + (f", --invert {invert}" if invert != "no" else "")
+          + (f", objects of {m.diameter:.3g} px (median diameter)" if m.diameter else ""))
     print(
         f"  tile         {t.tile} -> {info['output_size']} ({m.padding} padding, depth {m.depth})"
     )
@@ -468,7 +494,15 @@ def cmd_info(args) -> int:
               f"{seeds}objects kept: {', '.join(kept) or 'all'}")  # fmt: skip
     if i.tta:
         print("  predict      8x test-time averaging unless --no-tta")
+    if i.diameter:
+        print(f"  predict      --diameter {i.diameter}: images rescaled to the trained size")
     return 0
+
+
+INVERT_HELP = (
+    "auto: negate each image whose median exceeds its mean (dark objects on a bright "
+    "background), so the network sees bright objects; yes: negate every image; no: never"
+)
 
 
 # train's flags that map onto TrainConfig fields of the same name
@@ -490,7 +524,7 @@ def cmd_train(args) -> int:
     from .train import train
 
     if args.resume:  # the run's own config.json; only --epochs, --time-limit, --device change
-        fixed = ("preset", "out", "zoom", "init", *TRAIN_FLAGS)
+        fixed = ("preset", "out", "zoom", "invert", "init", *TRAIN_FLAGS)
         given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) is not None]
         if given:
             raise InputError(f"--resume keeps the run's settings; drop {', '.join(given)}")
@@ -502,7 +536,8 @@ def cmd_train(args) -> int:
             base = init_preset(args.init, args.preset)
         else:
             base = get_preset(args.preset or DEFAULT)
-        preset = customise(base, zoom=args.zoom, **{k: getattr(args, k) for k in TRAIN_FLAGS})
+        preset = customise(base, zoom=args.zoom, invert=args.invert,
+                           **{k: getattr(args, k) for k in TRAIN_FLAGS})  # fmt: skip
         out = Path(args.out or "runs/latest")
         result = train(preset, out, epochs=args.epochs, device=args.device,
                        time_limit=args.time_limit, progress=not args.no_progress)  # fmt: skip
@@ -549,7 +584,7 @@ def cmd_predict(args) -> int:
                   write_instances=args.instances, write_probabilities=args.probabilities,
                   tile=args.tile, precision=args.precision,
                   device=args.device, memory_mb=args.memory_mb, overlap=args.overlap,
-                  progress=not args.no_progress, label=flag,
+                  progress=not args.no_progress, label=flag, invert=args.invert,
                   report=lambda paths: print("wrote " + ", ".join(map(str, paths))))  # fmt: skip
     return 0
 

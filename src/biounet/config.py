@@ -248,6 +248,8 @@ _LIMITS = {
     "seed_dynamics": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "split_solidity": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     "split_depth": (lambda v: v > 0, "> 0 pixels"),
+    "diameter": (lambda v: v == "auto" or (not isinstance(v, str | bool) and 0 <= v < math.inf),
+                 "auto or >= 0 pixels"),
 }  # NaN fails every numeric test
 
 
@@ -287,6 +289,13 @@ class InferenceConfig:
     # (instances.split_seeds): two nuclei whose interiors meet at a neck
     split_solidity: float = 0.0
     split_depth: float = 3.0
+    # the objects' diameter in the images (pixels): with the model's training diameter
+    # (ModelConfig.diameter) known, each image is rescaled by model diameter / this before
+    # the network, so its objects have the size trained on, and every output back to the
+    # image's size (instances are found at the model's scale). "auto": each image's own,
+    # the median equivalent diameter of the instances of a first pass without TTA; 0: the
+    # images as they are
+    diameter: float | str = 0.0
 
     def __post_init__(self):
         for f in fields(self):

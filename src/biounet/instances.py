@@ -270,3 +270,28 @@ def instances(probs: np.ndarray, threshold: float = 0.5, **options) -> np.ndarra
     raise ValueError(
         f"expected (H, W) foreground or (3, H, W) contour probabilities, got {probs.shape}"
     )
+
+
+def equivalent_diameters(labels: np.ndarray) -> np.ndarray:
+    """The equivalent diameter sqrt(4 area / pi), in pixels, of each object of an instance
+    image (0 = background), in id order; ids with no pixels are left out."""
+    sizes = np.bincount(np.asarray(labels).ravel())[1:]
+    return np.sqrt(4.0 * sizes[sizes > 0] / np.pi)
+
+
+def resize_labels(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) instance labels -> ``shape`` by nearest neighbour (the pixel whose centre is
+    nearest), renumbered 1..N where objects vanished; the dtype is kept."""
+    H, W = labels.shape
+    h, w = shape
+    rows = np.minimum(((np.arange(h) + 0.5) * H / h).astype(np.intp), H - 1)
+    cols = np.minimum(((np.arange(w) + 0.5) * W / w).astype(np.intp), W - 1)
+    out = labels[rows[:, None], cols[None, :]]
+    had = np.bincount(labels.ravel()) > 0
+    present = np.bincount(out.ravel(), minlength=had.size) > 0
+    had[0] = present[0] = False
+    if present.sum() < had.sum():  # some vanished
+        new_id = np.zeros(present.size, labels.dtype)
+        new_id[present] = np.arange(1, int(present.sum()) + 1)
+        out = new_id[out]
+    return out

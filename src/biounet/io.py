@@ -738,7 +738,8 @@ def normalize(image: np.ndarray, mode: str = "zscore") -> np.ndarray:
 
     ``mode`` "zscore-bright" also negates an image whose median exceeds its mean (a bright
     background dominating dark objects, as in inverted or stained images), so objects are
-    bright in every image. A constant image maps to zeros. Works in place on one float32
+    bright in every image; "zscore-invert" negates every image (objects known to be dark).
+    A constant image maps to zeros. Works in place on one float32
     copy (large images).
     """
     if image.ndim == 3:
@@ -748,7 +749,7 @@ def normalize(image: np.ndarray, mode: str = "zscore") -> np.ndarray:
     std = float(x.std(dtype=np.float64))
     x -= mean
     x /= std if std > 1e-8 else 1.0
-    if mode == "zscore-bright" and float(np.median(x)) > 0:
+    if mode == "zscore-invert" or (mode == "zscore-bright" and float(np.median(x)) > 0):
         np.negative(x, out=x)
     return x
 

@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 PADDINGS = ("valid", "same")
-NORMALIZATIONS = ("zscore", "zscore-bright")
+NORMALIZATIONS = ("zscore", "zscore-bright", "zscore-invert")
+# --invert: whether images are negated so that objects are bright (the rule: io.normalize)
+INVERT = {"auto": "zscore-bright", "yes": "zscore-invert", "no": "zscore"}
 UPSAMPLINGS = ("transpose", "bilinear")
 
 
@@ -38,8 +40,13 @@ class ModelConfig:
     upsample: str = "transpose"  # "transpose" (2x2 up-conv, paper) | "bilinear" (+1x1 conv)
     # input normalisation (io.normalize): "zscore" (zero mean, unit variance per image) |
     # "zscore-bright" (the same, negated for images whose median exceeds their mean, i.e.
-    # dark objects on a bright background, so objects are always bright)
+    # dark objects on a bright background, so objects are always bright) | "zscore-invert"
+    # (the same, every image negated: dark objects on a bright background everywhere)
     normalization: str = "zscore"
+    # median equivalent diameter (pixels, sqrt(4 area / pi)) of the labelled objects the
+    # network was trained on, where it learnt instances; 0 = not known. Prediction with a
+    # diameter (InferenceConfig.diameter) rescales images so their objects have this size.
+    diameter: float = 0.0
     # feature channels of each level, top to bottleneck (depth + 1 values), where they should
     # not simply double: e.g. (16, 32, 64, 256, 512) widens only the cheap low-resolution
     # levels. None = base_channels doubled per level. base_channels follows channels[0].
@@ -78,6 +85,8 @@ def check_model_config(cfg: ModelConfig) -> None:
     for name in ("in_channels", "out_channels", "base_channels"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.diameter < math.inf:  # NaN fails too
+        raise ValueError(f"diameter must be >= 0 pixels, got {cfg.diameter}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.channels is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .config import AugmentConfig, InferenceConfig, Preset, TrainConfig
-from .model import ModelConfig
+from .model import INVERT, ModelConfig
 
 # The paper's augmentation: elastic deformation on a 3 x 3 grid with 10 px standard
 # deviation, composed with rotation, shift, flips and gray-value changes.
@@ -225,7 +225,9 @@ def get_preset(name: str) -> Preset:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
 
 
-def customise(preset: Preset, *, zoom: float | None = None, **train) -> Preset:
+def customise(
+    preset: Preset, *, zoom: float | None = None, invert: str | None = None, **train
+) -> Preset:
     """``preset`` reshaped by ``biounet train``'s flags.
 
     ``train``: TrainConfig fields (None keeps the preset's). Other ``images`` than the
@@ -233,8 +235,9 @@ def customise(preset: Preset, *, zoom: float | None = None, **train) -> Preset:
     ``val_slices="auto"`` and every other image for training, unless ``val_slices`` /
     ``train_slices`` are given. The binary target turns the paper's weighted loss on
     (``weight_map=True``) unless ``weight_map`` is given; ``zoom`` R sets random zoom by a
-    factor log-uniform in [1/(1+R), 1+R] (0: off); the network gets as many outputs as the
-    target (or ``classes``) needs (:func:`with_target_outputs`).
+    factor log-uniform in [1/(1+R), 1+R] (0: off); ``invert`` ("auto", "yes", "no": a key
+    of model.INVERT) how images are normalised, in training and by the model; the network
+    gets as many outputs as the target (or ``classes``) needs (:func:`with_target_outputs`).
     """
     images = train.get("images")
     if images is not None and str(images) != preset.train.images:  # data of the user's own
@@ -250,6 +253,8 @@ def customise(preset: Preset, *, zoom: float | None = None, **train) -> Preset:
         on = zoom != 0
         zoomed = replace(a, scale=on, scale_range=zoom if on else a.scale_range)
         preset = preset.with_train(augment=zoomed)
+    if invert is not None:
+        preset = replace(preset, model=replace(preset.model, normalization=INVERT[invert]))
     return with_target_outputs(preset)
 
 

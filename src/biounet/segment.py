@@ -28,15 +28,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .checkpoint import model_from_checkpoint
 from .config import CONTOUR_OPTIONS, InferenceConfig, Preset
 from .dataset import parse_slices
 from .device import select_device
-from .instances import instances
+from .instances import equivalent_diameters, instances, resize_labels
 from .io import InputError, StackWriter, channels_text, read_images
-from .model import UNet
+from .model import INVERT, UNet
 from .tiling import DEFAULT_MEMORY_MB, predict
 
 log = logging.getLogger("biounet")
@@ -62,6 +63,19 @@ class Segmentation:
     classes: np.ndarray | None = None
 
 
+MAX_RESCALE = 4.0  # --diameter rescales an image by at most this factor either way
+
+
+def rescale_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) or (C, H, W) image or probabilities -> float32 of the same layout at ``shape``:
+    bilinear, antialiased where it shrinks (pixel areas, not corners, aligned)."""
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    t = t[None] if t.ndim == 3 else t[None, None]
+    out = torch.nn.functional.interpolate(t, size=tuple(shape), mode="bilinear",
+                                          align_corners=False, antialias=True)  # fmt: skip
+    return out[0].numpy() if image.ndim == 3 else out[0, 0].numpy()
+
+
 @dataclass(frozen=True)
 class _Segmenter:
     """A loaded model with its settled configuration and instance method."""
@@ -71,25 +85,68 @@ class _Segmenter:
     method: str  # one of config.INSTANCE_METHODS
     multiclass: bool = False  # a "mask" model of C > 2 classes: class maps, not masks
     channels: str | None = None  # the --channels it was trained with, if any
+    normalization: str | None = None  # in place of the model's (predict --invert)
+
+    def _probabilities(self, image: np.ndarray, tta: bool, tiling: dict) -> np.ndarray:
+        return predict(self.model, image, tta=tta, normalization=self.normalization, **tiling)
+
+    def _instances(self, probs: np.ndarray) -> np.ndarray:
+        prob = 1.0 - probs[0] if probs.ndim == 3 else probs
+        options = self.config.instance_options(self.method)
+        return instances(probs if self.method == "contour" else prob, **options)
+
+    def measure(self, image: np.ndarray, tiling: dict) -> float | None:
+        """The objects' diameter in ``image`` as a first pass (without TTA) sees it: the
+        median equivalent diameter of the foreground's connected components of at least
+        config.min_size pixels (touching objects count as one: robust where the first pass
+        breaks objects into pieces, as it does in images of objects far from the training
+        size); None where there are none."""
+        probs = self._probabilities(image, False, tiling)
+        prob = 1.0 - probs[0] if probs.ndim == 3 else probs
+        labels, _ = ndimage.label(prob > self.config.threshold)
+        found = equivalent_diameters(labels)
+        found = found[found >= np.sqrt(4.0 * max(1, self.config.min_size) / np.pi)]
+        return float(np.median(found)) if found.size else None
+
+    def scale(self, image: np.ndarray, tiling: dict) -> float:
+        """The factor by which ``image`` is rescaled before the network: the model's
+        training diameter over the image's objects' (config.diameter; "auto": measured on a
+        first pass, :meth:`measure`), within [1 / MAX_RESCALE, MAX_RESCALE]; 1 without a
+        diameter."""
+        diameter = self.config.diameter
+        if not diameter:
+            return 1.0
+        if diameter == "auto":
+            diameter = self.measure(image, tiling)
+            if diameter is None:  # nothing found: nothing to measure
+                return 1.0
+        factor = self.model.config.diameter / diameter
+        return float(np.clip(factor, 1 / MAX_RESCALE, MAX_RESCALE))
 
     def __call__(self, image: np.ndarray, outputs: Iterable[str], **tiling) -> Segmentation:
-        probs = predict(self.model, image, tta=self.config.tta, **tiling)  # (H, W) | (C, H, W)
+        shape = image.shape[-2:]
+        factor = self.scale(image, tiling)
+        if factor != 1.0:
+            scaled = tuple(max(1, round(n * factor)) for n in shape)
+            image = rescale_image(image, scaled)
+        probs = self._probabilities(image, self.config.tta, tiling)  # (H, W) | (C, H, W)
+        made = {}
+        if "instances" in outputs and not self.multiclass:  # found at the model's scale
+            labels = self._instances(probs)
+            made["instances"] = labels if factor == 1.0 else resize_labels(labels, shape)
+        if factor != 1.0:
+            probs = rescale_image(probs, shape)
         if self.multiclass:  # probs (C, H, W)
-            made = {}
             if "probabilities" in outputs:
                 made["probabilities"] = probs.astype(np.float32)
             if "classes" in outputs:
                 made["classes"] = np.argmax(probs, axis=0).astype(np.uint8)
             return Segmentation(**made)
         prob = 1.0 - probs[0] if probs.ndim == 3 else probs  # (H, W) P(foreground)
-        made = {}
         if "probabilities" in outputs:
             made["probabilities"] = prob.astype(np.float32)
         if "mask" in outputs:
             made["mask"] = ((prob > self.config.threshold) * 255).astype(np.uint8)
-        if "instances" in outputs:
-            options = self.config.instance_options(self.method)
-            made["instances"] = instances(probs if self.method == "contour" else prob, **options)
         return Segmentation(**made)
 
 
@@ -99,10 +156,12 @@ def _segmenter(
     overrides: Mapping[str, object],
     device: str | torch.device,
     label: Callable[[str], str],
+    invert: str | None = None,
 ) -> _Segmenter:
     """Load ``model`` (a checkpoint path, ``model_from_checkpoint``'s pair or a bare UNet),
     settle its configuration (``config``, else the model's own, with ``overrides`` applied;
-    None values keep it) and its instance method."""
+    None values keep it), its instance method and, with ``invert`` (a key of INVERT), the
+    normalisation in place of the model's."""
     name = str(model) if isinstance(model, str | Path) else "model"
     if isinstance(model, str | Path):
         model = model_from_checkpoint(model, device)
@@ -129,7 +188,24 @@ def _segmenter(
                          f"{MAX_CLASSES} classes")  # fmt: skip
     method = "components" if multiclass else config.instance_method(target, outputs)
     channels = preset.train.channels if preset is not None else None
-    return _Segmenter(unet, config, method, multiclass, channels)
+    if config.diameter:
+        trained = unet.config.diameter
+        if not trained:
+            raise InputError(f"{name}: {label('diameter')} needs a model that knows the "
+                             "diameter of the objects it was trained on; this one does not "
+                             "(trained without instance labels, or before biounet stored "
+                             "it)")  # fmt: skip
+        if config.diameter != "auto" and not (
+            1 / MAX_RESCALE <= trained / config.diameter <= MAX_RESCALE
+        ):
+            raise InputError(f"{name}: {label('diameter')} {config.diameter:g} would rescale "
+                             f"the images by {trained / config.diameter:.3g}; the model was "
+                             f"trained on objects of {trained:.3g} px and rescales by at most "
+                             f"{MAX_RESCALE:g}x either way")  # fmt: skip
+    if invert is not None and invert not in INVERT:
+        raise ValueError(f"invert must be one of {tuple(INVERT)}, got {invert!r}")
+    normalization = INVERT[invert] if invert is not None else None
+    return _Segmenter(unet, config, method, multiclass, channels, normalization)
 
 
 def _check_outputs(run: _Segmenter, outputs: tuple[str, ...], name: str) -> None:
@@ -156,6 +232,7 @@ def segment(
     memory_mb: int = DEFAULT_MEMORY_MB,
     overlap: float = 0.25,
     progress: bool = False,
+    invert: str | None = None,
 ) -> Segmentation:
     """Segment one image: its foreground probability, 0/255 mask and instance labels; or,
     for a multi-class model, its class probabilities and class map.
@@ -174,6 +251,9 @@ def segment(
         tile, precision, memory_mb, overlap, progress: overlap-tile inference, as in
             :func:`biounet.predict`.
         device: where to run a checkpoint path's model (a loaded model runs where it is).
+        invert: "auto" (negate images whose median exceeds their mean: dark objects on a
+            bright background), "yes" (negate every image) or "no", in place of the
+            model's own normalisation (``model.config.normalization``); default the model's.
 
     Returns a :class:`Segmentation` with the asked-for arrays, the others None: the arrays
     ``biounet predict`` writes for the image. For many images load the checkpoint once
@@ -186,7 +266,7 @@ def segment(
             raise ValueError(f"outputs must be among {OUTPUTS}, got "
                              f"{', '.join(map(repr, unknown))}")  # fmt: skip
     name = str(model) if isinstance(model, str | Path) else "model"
-    run = _segmenter(model, config, {}, device, str)
+    run = _segmenter(model, config, {}, device, str, invert)
     if outputs is None:
         outputs = CLASS_OUTPUTS if run.multiclass else BINARY_OUTPUTS
     _check_outputs(run, outputs, name)
@@ -213,6 +293,7 @@ def segment_files(
     progress: bool = False,
     label: Callable[[str], str] = str,
     report: Callable[[list[Path]], None] | None = None,
+    invert: str | None = None,
 ) -> list[list[Path]]:
     """Segment the images at ``source`` with the model of ``checkpoint`` and write TIFFs.
 
@@ -226,7 +307,8 @@ def segment_files(
     model's input channels; ``overrides`` (InferenceConfig fields; None keeps the model's
     setting) change the checkpoint's inference configuration, and overriding a
     contour-only option (CONTOUR_OPTIONS) of another model is an InputError, named in
-    messages by ``label(field)``. Pages past 2 GiB of float32 go to a BigTIFF. Outputs
+    messages by ``label(field)``; ``invert`` is as in :func:`segment`. Pages past 2 GiB of
+    float32 go to a BigTIFF. Outputs
     carry their input's pixel size (ImageJ resolution and unit), if it has one. Each output
     and its companions are complete or not written at all; ``report`` is called with them
     once they are.
@@ -244,7 +326,7 @@ def segment_files(
     source = Path(source)
     # input errors first: reading is cheaper than loading the model
     images = read_images(source, channels=channels)
-    run = _segmenter(checkpoint, None, overrides or {}, select_device(device), label)
+    run = _segmenter(checkpoint, None, overrides or {}, select_device(device), label, invert)
     takes = run.model.config.in_channels
     if channels is None and images.channels != takes and run.channels:
         # the model's own --channels: a model trained on picked channels reads them again

@@ -375,10 +375,12 @@ def probabilities(
     memory_mb: int = DEFAULT_MEMORY_MB,
     overlap: float = 0.25,
     progress: bool = False,
+    normalization: str | None = None,
 ) -> np.ndarray:
     """(H, W) or (C, H, W) image, any dtype -> (K, H, W) float32 probabilities, K = 1
     (foreground) for 1- and 2-output models, C for more. Normalises the image as in
-    training. InputError if the image's channels are not the model's input channels."""
+    training (or by ``normalization``, one of model.NORMALIZATIONS, where given).
+    InputError if the image's channels are not the model's input channels."""
     if image.ndim not in (2, 3) or min(image.shape) < 1:
         raise ValueError(f"expected a non-empty (H, W) or (C, H, W) image, got shape "
                          f"{image.shape}")  # fmt: skip
@@ -386,7 +388,7 @@ def probabilities(
     device = next(model.parameters()).device
     precision = resolve_precision(precision, device)
     model.to(memory_format=memory_format(device, precision))  # in place; the same weights
-    x = normalize(image, model.config.normalization)
+    x = normalize(image, normalization or model.config.normalization)
     plan = plan_tiles(model.config, x.shape[-2:], tile=tile, precision=precision,
                       memory_mb=memory_mb, overlap=overlap)  # fmt: skip
     with evaluating(model):
@@ -415,6 +417,7 @@ def predict(
     memory_mb: int = DEFAULT_MEMORY_MB,
     overlap: float = 0.25,
     progress: bool = False,
+    normalization: str | None = None,
 ) -> np.ndarray:
     """Probability map of one image by overlap-tile inference.
 
@@ -431,6 +434,8 @@ def predict(
         overlap: share of a tile that overlaps its neighbour (same-padding networks only;
             valid-padding tiles abut exactly).
         progress: a progress bar over tiles.
+        normalization: how to normalise the image (model.NORMALIZATIONS); default the
+            model's own, as in training.
 
     Returns (H, W) float32 probability of the foreground (cell) class for 1- and 2-output
     networks, (C, H, W) class probabilities for more.
@@ -440,5 +445,6 @@ def predict(
     else:
         model, _ = model_from_checkpoint(model_or_checkpoint, device or "cpu")
     probs = probabilities(model, image, tile=tile, precision=precision, tta=tta,
-                          memory_mb=memory_mb, overlap=overlap, progress=progress)  # fmt: skip
+                          memory_mb=memory_mb, overlap=overlap, progress=progress,
+                          normalization=normalization)  # fmt: skip
     return probs[0] if probs.shape[0] == 1 else probs

@@ -31,6 +31,7 @@ from .checkpoint import inference_weights, load_checkpoint, save_checkpoint
 from .config import HIGHER_IS_BETTER, Preset, TrainConfig
 from .dataset import Data, TileSampler, load_data, make_sampler
 from .device import autocast, memory_format, resolve_precision, select_device
+from .instances import equivalent_diameters
 from .io import IGNORE_INDEX, InputError, write_text
 from .losses import segmentation_loss
 from .metrics.pixel import class_scores_many
@@ -259,6 +260,13 @@ class RunState:
     history: list[dict] = field(default_factory=list)
 
 
+def object_diameter(labels: list[np.ndarray]) -> float:
+    """The median equivalent diameter (pixels) of the objects of instance images; 0 for
+    none."""
+    found = np.concatenate([equivalent_diameters(a) for a in labels])
+    return round(float(np.median(found)), 2) if found.size else 0.0
+
+
 def train(
     preset: Preset | None,
     out_dir: str | Path,
@@ -303,7 +311,10 @@ def train(
         raise InputError(f"{where}: {data.in_channels} channels; the run in {out} takes "
                          f"{preset.model.in_channels}")  # fmt: skip
     preset = with_classes(preset, data.num_classes).with_train(val_slices=data.val_slices)
-    preset = replace(preset, model=replace(preset.model, in_channels=data.in_channels))
+    # the size of the objects it learns instances of: predict --diameter rescales to it
+    diameter = object_diameter(data.train_instances) if data.train_instances else 0.0
+    preset = replace(preset, model=replace(preset.model, in_channels=data.in_channels,
+                                           diameter=diameter))  # fmt: skip
     cfg = preset.train
     init = _init_weights(preset, data) if ckpt is None and cfg.init else None
     select_by = _selection_rule(cfg, data)
