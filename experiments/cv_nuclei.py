@@ -17,7 +17,12 @@ TP / (TP + FP + FN), the mean over images), DSB score (the mean over IoU thresho
 FP and FN over the images, StarDist's way), F1@0.5, merges and splits.
 
     .venv/bin/python experiments/cv_nuclei.py [--folds 0,1,2,3,4] [--epochs 105]
-        [--seed 0] [--out runs/cv-nuclei]
+        [--seed 0] [--zoom R] [--out runs/cv-nuclei]
+    .venv/bin/python experiments/cv_nuclei.py --score TAG [--diameter D|auto|labels]
+        [--invert auto|yes|no] [--tta | --no-tta] [--out runs/cv-nuclei]
+
+--score scores the trained folds again with other inference settings (a fold model that
+stores no training diameter gets its training images' median for --diameter).
 
 Resumable: a fold whose run directory holds last.pt continues from it; a scored fold keeps
 its per-image scores in scores.json. --folds runs some folds (e.g. one per machine); the
@@ -162,6 +167,8 @@ def main() -> None:
     ap.add_argument("--folds", default=",".join(map(str, range(FOLDS))))
     ap.add_argument("--epochs", type=int, default=105)
     ap.add_argument("--seed", type=int, default=0, help="training seed (not the folds')")
+    ap.add_argument("--zoom", type=float, default=0.0, metavar="R",
+                    help="train with random zoom (train --zoom R); 0: the preset's (none)")
     ap.add_argument("--out", default="runs/cv-nuclei")
     ap.add_argument("--score", metavar="TAG", help="only score the trained folds again, with "
                     "the settings below, into foldK/scores-TAG.json (and summarise them)")
@@ -206,6 +213,8 @@ def main() -> None:
                       val_slices=f"@{(lists / f'fold{k}-test.txt').resolve()}", val_every=0,
                       select_by="last", epochs=args.epochs, time_limit=0.0,
                       seed=args.seed)  # fmt: skip
+        if args.zoom:  # scale augmentation: random zoom log-uniform in [1/(1+R), 1+R]
+            cfg = replace(cfg, augment=replace(cfg.augment, scale=True, scale_range=args.zoom))
         preset = replace(p, name=f"nuclei-cv{k}", train=cfg)
         if (run / "last.pt").exists():
             train(None, run, resume=True, progress=False)
