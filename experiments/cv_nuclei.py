@@ -162,6 +162,37 @@ def table(title: str, parts: list[tuple[str, list[dict]]]) -> str:
     return "\n".join(lines)
 
 
+GROUPS = [("all", lambda r: True)] + [
+    (g, lambda r, g=g: r["size"] == g) for g in SIZE_GROUPS
+] + [("dark", lambda r: r["polarity"] == "dark")]
+
+
+def compare(specs: list[str]) -> str:
+    """One row per ``DIR[:TAG]`` (a cross-validation and its scores-TAG.json, default its
+    own scores.json): per-image AP@0.5 / DSB score over all images and per group, and
+    pooled AP@0.5 over all; only the folds every spec has scored."""
+    loaded = {}
+    for spec in specs:
+        run, _, tag = spec.partition(":")
+        name = f"scores-{tag}.json" if tag else "scores.json"
+        loaded[spec] = {k: json.loads((Path(run) / f"fold{k}" / name).read_text())
+                        for k in range(FOLDS) if (Path(run) / f"fold{k}" / name).exists()}
+    common = sorted(set.intersection(*(set(v) for v in loaded.values())))
+    head = " | ".join(f"{g} ({sum(f(r) for k in common for r in loaded[specs[0]][k])})"
+                      for g, f in GROUPS)  # fmt: skip
+    lines = [f"folds {','.join(map(str, common))}; per-image AP@0.5 / DSB score", "",
+             f"| scores | pooled AP@0.5 | {head} |", "| --- " * (len(GROUPS) + 2) + "|"]
+    for spec, folds in loaded.items():
+        rows = [r for k in common for r in folds[k]]
+        cells = []
+        for _, keep in GROUPS:
+            kept = [r for r in rows if keep(r)]
+            s = summary(kept) if kept else None
+            cells.append(f"{s['ap50']:.3f} / {s['dsb_score']:.3f}" if s else "-")
+        lines.append(f"| {spec} | {summary(rows)['pooled_ap50']:.3f} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--folds", default=",".join(map(str, range(FOLDS))))
@@ -176,7 +207,12 @@ def main() -> None:
                     "labels (each image's labelled median: the best a diameter can do)")
     ap.add_argument("--invert", choices=("auto", "yes", "no"), help="predict with --invert")
     ap.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--compare", nargs="+", metavar="DIR[:TAG]",
+                    help="print one row per scored cross-validation (and score tag) and stop")
     args = ap.parse_args()
+    if args.compare:
+        print(compare(args.compare))
+        return
     diameter = args.diameter
     if diameter not in (None, "auto", "labels"):
         diameter = float(diameter)
