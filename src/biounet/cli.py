@@ -21,6 +21,7 @@ from .config import (
     InferenceConfig,
     Preset,
 )
+from .exported import FORMATS, ONNX_OPSET
 from .io import InputError
 from .metrics import METRICS as ALL_METRICS
 from .model import INVERT
@@ -240,9 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_predict)
 
-    s = sub.add_parser("export", help="strip a checkpoint to configuration + weights for sharing")
+    s = sub.add_parser("export", help="a checkpoint for sharing: configuration + weights, or "
+                       "ONNX / TorchScript for other tools")  # fmt: skip
     s.add_argument("checkpoint", help="a checkpoint (e.g. runs/NAME/best.pt)")
-    s.add_argument("out", help="the file to write (e.g. models/NAME.pt)")
+    s.add_argument("out", help="the file to write (e.g. models/NAME.pt, NAME.onnx)")
+    s.add_argument("--format", default="biounet", metavar="{" + ",".join(FORMATS) + "}",
+                   help="biounet (default): a stripped checkpoint; onnx (opset "
+                   f"{ONNX_OPSET}, dynamic batch, height and width; needs biounet[onnx]) or "
+                   "torchscript (traced): the network with its configuration as metadata, "
+                   "which biounet predict runs like a checkpoint")  # fmt: skip
     add_inference_flags(s, stored=True)
     s.set_defaults(func=cmd_export)
 
@@ -414,8 +421,13 @@ def cmd_info(args) -> int:
     from .model import UNet, count_parameters, output_size
     from .presets import get_preset
 
-    if args.model:
-        preset = Preset.from_dict(load_checkpoint(args.model)["preset"])
+    if args.model:  # a checkpoint, ONNX or TorchScript file
+        from .exported import file_format, load_model
+
+        if file_format(args.model) == "biounet":
+            preset = Preset.from_dict(load_checkpoint(args.model)["preset"])
+        else:
+            preset = load_model(args.model)[1]
     else:
         preset = get_preset(args.preset)
     m, t, i = preset.model, preset.train, preset.inference
@@ -591,8 +603,15 @@ def cmd_predict(args) -> int:
 
 def cmd_export(args) -> int:
     from .checkpoint import export_model
+    from .exported import export
 
-    shipped = export_model(args.checkpoint, args.out, **inference_overrides(args))
+    overrides = inference_overrides(args)
+    if args.format != "biounet":
+        export(args.checkpoint, args.out, args.format, **overrides)
+        size = Path(args.out).stat().st_size / 2**20
+        print(f"wrote {args.out}: {args.format}, {size:.1f} MB (network and configuration)")
+        return 0
+    shipped = export_model(args.checkpoint, args.out, **overrides)
     size = Path(args.out).stat().st_size / 2**20
     print(f"wrote {args.out}: {shipped['preset']['name']} model, epoch {shipped['epoch']}, "
           f"{size:.1f} MB (weights and configuration only)")  # fmt: skip

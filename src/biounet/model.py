@@ -310,7 +310,11 @@ class Up(nn.Module):
         x = self.up(x)
         dy = (skip.shape[-2] - x.shape[-2]) // 2
         dx = (skip.shape[-1] - x.shape[-1]) // 2
-        return self.conv(_CropConcat.apply(skip, x, dy, dx))  # centre crop, concatenate
+        if torch.is_grad_enabled() and (skip.requires_grad or x.requires_grad):
+            return self.conv(_CropConcat.apply(skip, x, dy, dx))  # centre crop, concatenate
+        # no gradient (inference, export to ONNX / TorchScript): the same values, plain ops
+        h, w = x.shape[-2:]
+        return self.conv(torch.cat([skip[..., dy : dy + h, dx : dx + w], x], dim=1))
 
 
 class UNet(nn.Module):

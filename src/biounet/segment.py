@@ -31,10 +31,10 @@ import torch
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from .checkpoint import model_from_checkpoint
 from .config import CONTOUR_OPTIONS, InferenceConfig, Preset
 from .dataset import parse_slices
 from .device import select_device
+from .exported import load_model
 from .instances import equivalent_diameters, instances, resize_labels
 from .io import InputError, StackWriter, channels_text, read_images
 from .model import INVERT, UNet
@@ -163,8 +163,8 @@ def _segmenter(
     None values keep it), its instance method and, with ``invert`` (a key of INVERT), the
     normalisation in place of the model's."""
     name = str(model) if isinstance(model, str | Path) else "model"
-    if isinstance(model, str | Path):
-        model = model_from_checkpoint(model, device)
+    if isinstance(model, str | Path):  # a checkpoint, ONNX or TorchScript file
+        model = load_model(model, device)
     unet, preset = model if isinstance(model, tuple) else (model, None)
     outputs = unet.config.out_channels
     if preset is not None:

@@ -35,7 +35,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import dihedral, inverse_dihedral
-from .checkpoint import model_from_checkpoint
 from .dataset import mirror_pad
 from .device import autocast, memory_format, resolve_precision
 from .io import InputError, channels_of, channels_text, normalize
@@ -386,7 +385,7 @@ def probabilities(
                          f"{image.shape}")  # fmt: skip
     check_channels(model, image)
     device = next(model.parameters()).device
-    precision = resolve_precision(precision, device)
+    precision = getattr(model, "fixed_precision", None) or resolve_precision(precision, device)
     model.to(memory_format=memory_format(device, precision))  # in place; the same weights
     x = normalize(image, normalization or model.config.normalization)
     plan = plan_tiles(model.config, x.shape[-2:], tile=tile, precision=precision,
@@ -440,10 +439,12 @@ def predict(
     Returns (H, W) float32 probability of the foreground (cell) class for 1- and 2-output
     networks, (C, H, W) class probabilities for more.
     """
-    if isinstance(model_or_checkpoint, UNet):
+    if isinstance(model_or_checkpoint, torch.nn.Module):  # a UNet, or an exported one
         model = model_or_checkpoint
-    else:
-        model, _ = model_from_checkpoint(model_or_checkpoint, device or "cpu")
+    else:  # a checkpoint, ONNX or TorchScript file
+        from .exported import load_model
+
+        model, _ = load_model(model_or_checkpoint, device or "cpu")
     probs = probabilities(model, image, tile=tile, precision=precision, tta=tta,
                           memory_mb=memory_mb, overlap=overlap, progress=progress,
                           normalization=normalization)  # fmt: skip
