@@ -227,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
         "watershed)",
     )
     s.add_argument(
+        "--roi-zip",
+        action="store_true",
+        help="with --instances, also write the objects' outlines as an ImageJ ROI set, "
+        "*-rois.zip (one polygon per object, named by label; Fiji's ROI Manager opens it)",
+    )
+    s.add_argument(
         "--probabilities",
         action="store_true",
         help="multi-class models: also write the class probabilities as *-probabilities.tif, "
@@ -594,6 +600,7 @@ def cmd_predict(args) -> int:
                   channels=args.channels, overrides=overrides,
                   write_mask=args.threshold is not None,
                   write_instances=args.instances, write_probabilities=args.probabilities,
+                  write_rois=args.roi_zip,
                   tile=args.tile, precision=args.precision,
                   device=args.device, memory_mb=args.memory_mb, overlap=args.overlap,
                   progress=not args.no_progress, label=flag, invert=args.invert,

@@ -38,6 +38,7 @@ from .exported import load_model
 from .instances import equivalent_diameters, instances, resize_labels
 from .io import InputError, StackWriter, channels_text, read_images
 from .model import INVERT, UNet
+from .rois import rois_of, write_roi_zip
 from .tiling import DEFAULT_MEMORY_MB, predict
 
 log = logging.getLogger("biounet")
@@ -285,6 +286,7 @@ def segment_files(
     write_mask: bool = False,
     write_instances: bool = False,
     write_probabilities: bool = False,
+    write_rois: bool = False,
     tile: int | None = None,
     precision: str = "auto",
     device: str = "auto",
@@ -300,8 +302,9 @@ def segment_files(
     A folder gives one output per input file, ``out/NAME.tif`` (default folder
     ``<source name>-prob`` in the working directory); an image or stack gives one stack,
     ``out`` (default ``<source stem>-prob.tif``). Beside each: ``-mask.tif`` with
-    ``write_mask``, ``-instances.tif`` with ``write_instances``. ``slices`` (e.g. "25-29",
-    "@names.txt") picks images, ``channels`` their channels
+    ``write_mask``, ``-instances.tif`` with ``write_instances`` and, with ``write_rois``
+    too, ``-rois.zip``: the instances' outlines as an ImageJ ROI set (:mod:`biounet.rois`).
+    ``slices`` (e.g. "25-29", "@names.txt") picks images, ``channels`` their channels
     (:func:`biounet.io.parse_channels`; default as stored or, where those are not the
     model's input channels, as the model was trained to pick them), which must be the
     model's input channels; ``overrides`` (InferenceConfig fields; None keeps the model's
@@ -347,6 +350,8 @@ def segment_files(
     if write_probabilities and not run.multiclass:
         raise InputError(f"{checkpoint}: probabilities per class are written for multi-class "
                          "models; this model's NAME.tif is its P(foreground)")  # fmt: skip
+    if write_rois and not write_instances:
+        raise InputError(f"{checkpoint}: ImageJ ROIs outline instances: add --instances")
     default = "classes" if run.multiclass else "prob"
     idx = list(range(len(images)))
     if slices:
@@ -367,18 +372,24 @@ def segment_files(
                  for k in kinds}  # fmt: skip
         big = sum(images.arrays[i].size for i in members) * 4 * pages > CLASSIC_TIFF_BYTES
         pixel_size = images.pixel_sizes[members[0]] if members else None  # the input's
+        rois = []  # ImageJ ROIs of the group's instances
         with ExitStack() as stack:  # every file is complete, or none is written
             writers = {k: stack.enter_context(StackWriter(p, big, pixel_size))
                        for k, p in paths.items()}  # fmt: skip
-            for i in members:
+            for n, i in enumerate(members, 1):
                 result = run(images.arrays[i], kinds, tile=tile, precision=precision,
                              memory_mb=memory_mb, overlap=overlap, progress=progress)  # fmt: skip
                 for k, writer in writers.items():
                     data = getattr(result, k)  # (H, W), or (C, H, W) class probabilities
                     for page in (data if data.ndim == 3 else [data]):
                         writer.write(page)
+                if write_rois:
+                    rois += rois_of(result.instances, n if len(members) > 1 else None)
                 bar.update(1)
-        written.append(list(paths.values()))
+            if write_rois:  # inside the stack: should it fail, no TIFF is kept either
+                roi_path = path.with_name(path.stem + "-rois.zip")
+                write_roi_zip(roi_path, rois)
+        written.append(list(paths.values()) + ([roi_path] if write_rois else []))
         if report is not None:
             report(written[-1])
     bar.close()
