@@ -255,7 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="biounet (default): a stripped checkpoint; onnx (opset "
                    f"{ONNX_OPSET}, dynamic batch, height and width; needs biounet[onnx]) or "
                    "torchscript (traced): the network with its configuration as metadata, "
-                   "which biounet predict runs like a checkpoint")  # fmt: skip
+                   "which biounet predict runs like a checkpoint; bioimageio: a model zoo "
+                   "package (.zip; needs biounet[bioimageio])")  # fmt: skip
+    s.add_argument("--author", action="append", metavar="NAME",
+                   help="bioimageio: an author of the model (repeat for more; default biounet)")
+    s.add_argument("--license", default="MIT", help="bioimageio: SPDX license id (default MIT)")
+    s.add_argument("--cite", action="append", metavar="'TEXT|DOI'",
+                   help="bioimageio: a further citation, 'TEXT|DOI' or 'TEXT|URL' (the U-Net "
+                   "paper and the bundled training data are cited already)")  # fmt: skip
+    s.add_argument("--sample", metavar="IMAGE", help="bioimageio: the image whose crop makes "
+                   "the package's test tensors (default: the model's training data)")
     add_inference_flags(s, stored=True)
     s.set_defaults(func=cmd_export)
 
@@ -613,8 +622,13 @@ def cmd_export(args) -> int:
     from .exported import export
 
     overrides = inference_overrides(args)
+    package = {"authors": args.author, "license": args.license, "cite": args.cite,
+               "sample": args.sample}  # fmt: skip
+    if args.format != "bioimageio" and (args.author or args.cite or args.sample):
+        raise InputError("--author, --cite and --sample describe bioimageio packages: add "
+                         "--format bioimageio")  # fmt: skip
     if args.format != "biounet":
-        export(args.checkpoint, args.out, args.format, **overrides)
+        export(args.checkpoint, args.out, args.format, package=package, **overrides)
         size = Path(args.out).stat().st_size / 2**20
         print(f"wrote {args.out}: {args.format}, {size:.1f} MB (network and configuration)")
         return 0

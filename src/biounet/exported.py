@@ -37,7 +37,7 @@ from .io import InputError, atomic_path
 from .model import UNet, is_valid_input_size, min_input_size
 
 ONNX_OPSET = 18
-FORMATS = ("biounet", "onnx", "torchscript")
+FORMATS = ("biounet", "onnx", "torchscript", "bioimageio")
 METADATA_KEY = "biounet"  # ONNX metadata_props key; TorchScript extra file "biounet.json"
 EXTRA_FILE = "biounet.json"
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -222,9 +222,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     return model_from_checkpoint(path, device)
 
 
-def export(source: str | Path, dest: str | Path, fmt: str, **inference) -> Path:
+def export(source: str | Path, dest: str | Path, fmt: str, package: dict | None = None,
+           **inference) -> Path:  # fmt: skip
     """Export the biounet checkpoint ``source`` to ``dest`` as ``fmt`` (one of FORMATS);
-    ``inference`` (InferenceConfig fields, None ignored) replace its stored settings."""
+    ``inference`` (InferenceConfig fields, None ignored) replace its stored settings;
+    ``package``: :func:`biounet.bioimageio.export_bioimageio`'s metadata arguments."""
     from .checkpoint import export_model
 
     if fmt not in FORMATS:
@@ -234,6 +236,10 @@ def export(source: str | Path, dest: str | Path, fmt: str, **inference) -> Path:
     if fmt == "biounet":
         export_model(source, dest, **inference)
         return Path(dest)
+    if fmt == "bioimageio":
+        from .bioimageio import export_bioimageio
+
+        return export_bioimageio(source, dest, **(package or {}), **inference)
     ckpt = load_checkpoint(source)
     given = {k: v for k, v in inference.items() if v is not None}
     model, preset = model_from_checkpoint(ckpt, "cpu")
