@@ -1,0 +1,148 @@
+"""The napari plugin (manifest: ``biounet/napari.yaml``; install ``biounet[napari]``).
+
+- Widget *Segment* (Plugins > biounet): choose a model (a shipped one or a file: a
+  checkpoint, ONNX or TorchScript), an image layer and the inference options; *Segment*
+  runs :func:`biounet.segment` in a worker thread (the viewer stays responsive, a progress
+  bar runs) and adds the probability as an Image layer and the instances (or a
+  multi-class model's class map) as a Labels layer.
+- Sample data (File > Open Sample > biounet): an ISBI 2012 EM slice, a DSB 2018 nuclei
+  image.
+
+:func:`segment_layers` is the work itself, without Qt: the layers for an image array.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+SHIPPED = {"nuclei (models/dsb2018-nuclei.pt)": "dsb2018-nuclei.pt",
+           "EM membranes (models/isbi2012.pt)": "isbi2012.pt"}  # fmt: skip
+FILE = "a model file..."
+
+
+def shipped_path(name: str) -> Path:
+    """The shipped model file of a SHIPPED choice."""
+    from .io import InputError
+
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        path = root / "models" / SHIPPED[name]
+        if path.is_file():
+            return path
+    raise InputError(f"models/{SHIPPED[name]}: not found beside biounet or here")
+
+
+@lru_cache(maxsize=4)
+def _loaded(path: str):
+    from .exported import load_model
+
+    return load_model(path, "cpu")
+
+
+def segment_layers(
+    model: str | Path,
+    image: np.ndarray,
+    *,
+    name: str = "image",
+    tta: bool | None = None,
+    instances: bool = True,
+    diameter: float | str = 0.0,
+    invert: str | None = None,
+) -> list[tuple]:
+    """napari layer data tuples for ``image`` segmented by ``model`` (a path; loaded once
+    and kept): ``(P(foreground), {"name": ...}, "image")`` and, with ``instances``, the
+    instance labels as ``"labels"``; a multi-class model gives its class map as labels
+    and the class probabilities as a C-channel image. ``tta`` None: the model's setting."""
+    from dataclasses import replace
+
+    from .segment import segment
+
+    net, preset = _loaded(str(model))
+    config = preset.inference
+    if tta is not None:
+        config = replace(config, tta=tta)
+    if diameter:
+        config = replace(config, diameter=diameter)
+    multiclass = net.config.out_channels > 2 and preset.train.target == "mask"
+    outputs = ("probabilities", "classes") if multiclass else (
+        ("probabilities", "instances") if instances else ("probabilities",))  # fmt: skip
+    seg = segment((net, preset), np.asarray(image), config, outputs=outputs, invert=invert)
+    layers = [(seg.probabilities, {"name": f"{name} probabilities", "colormap": "magma",
+                                   "contrast_limits": (0.0, 1.0)}, "image")]  # fmt: skip
+    if multiclass:
+        layers.append((seg.classes, {"name": f"{name} classes"}, "labels"))
+    elif instances:
+        layers.append((seg.instances, {"name": f"{name} instances"}, "labels"))
+    return layers
+
+
+def sample_isbi() -> list[tuple]:
+    """Slice 0 of the bundled ISBI 2012 EM stack."""
+    from .io import find_data, read_images
+
+    image = read_images(find_data("isbi2012") / "train-volume.tif").arrays[0]
+    return [(image, {"name": "ISBI 2012 slice 0"}, "image")]
+
+
+def sample_nuclei() -> list[tuple]:
+    """A bundled DSB 2018 fluorescence image with touching nuclei."""
+    from .io import find_data, read_images
+
+    image = read_images(find_data("dsb2018-fluo") / "images" / "0ea221716cf13710.png")
+    return [(image.arrays[0], {"name": "DSB 2018 nuclei"}, "image")]
+
+
+def segment_widget(viewer: napari.viewer.Viewer):  # noqa: F821 (napari: the [napari] extra)
+    """The *Segment* dock widget for ``viewer`` (napari passes it)."""
+    import napari
+    from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, PushButton
+    from napari.qt.threading import thread_worker
+
+    images = ComboBox(label="image", choices=lambda _: [
+        layer.name for layer in viewer.layers if isinstance(layer, napari.layers.Image)])
+    model = ComboBox(label="model", choices=[*SHIPPED, FILE])
+    file = FileEdit(label="model file", filter="*.pt *.onnx *.ts", visible=False)
+    tta = CheckBox(text="test-time averaging (8 views)", value=True)
+    objects = CheckBox(text="instances", value=True)
+    diameter = LineEdit(label="diameter (px, auto, 0)", value="0")
+    invert = ComboBox(label="invert", choices=["model's", "auto", "yes", "no"])
+    run = PushButton(text="Segment")
+    widget = Container(widgets=[model, file, images, tta, objects, diameter, invert, run])
+    widget.status = ""
+    model.changed.connect(lambda v: setattr(file, "visible", v == FILE))
+    viewer.layers.events.inserted.connect(lambda _: images.reset_choices())
+    viewer.layers.events.removed.connect(lambda _: images.reset_choices())
+
+    def add(layers):
+        for data, kwargs, kind in layers:
+            getattr(viewer, f"add_{kind}")(data, **kwargs)
+        widget.status = "done"
+        run.enabled = True
+
+    def failed(error):
+        widget.status = f"error: {error}"
+        napari.utils.notifications.show_error(str(error))
+        run.enabled = True
+
+    def start():
+        if not images.value:
+            failed("no image layer to segment")
+            return
+        path = file.value if model.value == FILE else shipped_path(model.value)
+        d = diameter.value.strip() or "0"
+        layer = viewer.layers[images.value]
+        worker = thread_worker(segment_layers, progress={"desc": "biounet: segmenting"})(
+            path, layer.data, name=layer.name, tta=tta.value, instances=objects.value,
+            diameter=d if d == "auto" else float(d),
+            invert=None if invert.value == "model's" else invert.value)  # fmt: skip
+        worker.returned.connect(add)
+        worker.errored.connect(failed)
+        run.enabled = False
+        widget.status = "running"
+        widget.worker = worker
+        worker.start()
+
+    run.changed.connect(start)
+    return widget
