@@ -19,10 +19,10 @@ npe2 = pytest.importorskip("npe2")
 from biounet import model_from_checkpoint  # noqa: E402
 from biounet._napari import (  # noqa: E402
     SHIPPED,
+    SegmentWidget,
     sample_isbi,
     sample_nuclei,
     segment_layers,
-    segment_widget,
     shipped_path,
 )
 from biounet.segment import segment  # noqa: E402
@@ -68,12 +68,12 @@ def test_the_widget_segments_the_chosen_layer_in_a_worker(qtbot):
     viewer = ViewerModel()
     image = sample_nuclei()[0][0]
     viewer.add_image(image, name="nuclei")
-    widget = segment_widget(viewer)
+    widget = SegmentWidget(viewer)
     qtbot.addWidget(widget.native)
-    widget[0].value = NUCLEI  # model
-    widget[2].value = "nuclei"  # image layer
-    widget[3].value = False  # no TTA: faster
-    widget[-1].changed.emit(True)  # Segment
+    widget.model.value = NUCLEI
+    widget.images.value = "nuclei"
+    widget.tta.value = False  # faster
+    widget.run.changed.emit(True)  # Segment
     assert widget.status == "running"
     qtbot.waitUntil(lambda: widget.status != "running", timeout=120_000)
     assert widget.status == "done"
@@ -82,7 +82,7 @@ def test_the_widget_segments_the_chosen_layer_in_a_worker(qtbot):
     expected = segment_layers(shipped_path(NUCLEI), image, name="nuclei", tta=False)
     np.testing.assert_array_equal(viewer.layers["nuclei instances"].data, expected[1][0])
     viewer.layers.clear()  # nothing left to segment: one line, no worker
-    widget[-1].changed.emit(True)
+    widget.run.changed.emit(True)
     assert widget.status == "error: no image layer to segment"
 
 
@@ -107,7 +107,7 @@ def test_the_widget_docks_in_a_real_viewer(request, qtbot):
     viewer = request.getfixturevalue("make_napari_viewer")()
     viewer.open_sample("biounet", "nuclei")
     _, widget = viewer.window.add_plugin_dock_widget("biounet", "Segment")
-    widget[3].value = False
-    widget[-1].changed.emit(True)
+    widget.tta.value = False
+    widget.run.changed.emit(True)
     qtbot.waitUntil(lambda: widget.status != "running", timeout=120_000)
     assert widget.status == "done" and len(viewer.layers) == 3

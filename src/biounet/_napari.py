@@ -16,7 +16,10 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import napari  # this module is the plugin: only napari imports it (the [napari] extra)
 import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, PushButton
+from napari.qt.threading import thread_worker
 
 SHIPPED = {"nuclei (models/dsb2018-nuclei.pt)": "dsb2018-nuclei.pt",
            "EM membranes (models/isbi2012.pt)": "isbi2012.pt"}  # fmt: skip
@@ -94,55 +97,59 @@ def sample_nuclei() -> list[tuple]:
     return [(image.arrays[0], {"name": "DSB 2018 nuclei"}, "image")]
 
 
-def segment_widget(viewer: napari.viewer.Viewer):  # noqa: F821 (napari: the [napari] extra)
-    """The *Segment* dock widget for ``viewer`` (napari passes it)."""
-    import napari
-    from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, PushButton
-    from napari.qt.threading import thread_worker
+class SegmentWidget(Container):
+    """The *Segment* dock widget (napari passes its viewer as ``napari_viewer``)."""
 
-    images = ComboBox(label="image", choices=lambda _: [
-        layer.name for layer in viewer.layers if isinstance(layer, napari.layers.Image)])
-    model = ComboBox(label="model", choices=[*SHIPPED, FILE])
-    file = FileEdit(label="model file", filter="*.pt *.onnx *.ts", visible=False)
-    tta = CheckBox(text="test-time averaging (8 views)", value=True)
-    objects = CheckBox(text="instances", value=True)
-    diameter = LineEdit(label="diameter (px, auto, 0)", value="0")
-    invert = ComboBox(label="invert", choices=["model's", "auto", "yes", "no"])
-    run = PushButton(text="Segment")
-    widget = Container(widgets=[model, file, images, tta, objects, diameter, invert, run])
-    widget.status = ""
-    model.changed.connect(lambda v: setattr(file, "visible", v == FILE))
-    viewer.layers.events.inserted.connect(lambda _: images.reset_choices())
-    viewer.layers.events.removed.connect(lambda _: images.reset_choices())
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        self.viewer = viewer = napari_viewer
+        self.images = ComboBox(label="image", choices=lambda _: [
+            layer.name for layer in viewer.layers if isinstance(layer, napari.layers.Image)])
+        self.model = ComboBox(label="model", choices=[*SHIPPED, FILE])
+        self.file = FileEdit(label="model file", filter="*.pt *.onnx *.ts", visible=False)
+        self.tta = CheckBox(text="test-time averaging (8 views)", value=True)
+        self.objects = CheckBox(text="instances", value=True)
+        self.diameter = LineEdit(label="diameter (px, auto, 0)", value="0")
+        self.invert = ComboBox(label="invert", choices=["model's", "auto", "yes", "no"])
+        self.run = PushButton(text="Segment")
+        super().__init__(widgets=[self.model, self.file, self.images, self.tta, self.objects,
+                                  self.diameter, self.invert, self.run])  # fmt: skip
+        self.status = ""  # "", "running", "done" or "error: ..."
+        self.model.changed.connect(lambda v: setattr(self.file, "visible", v == FILE))
+        viewer.layers.events.inserted.connect(lambda _: self.images.reset_choices())
+        viewer.layers.events.removed.connect(lambda _: self.images.reset_choices())
+        self.run.changed.connect(self.start)
 
-    def add(layers):
+    def _add(self, layers: list[tuple]) -> None:
         for data, kwargs, kind in layers:
-            getattr(viewer, f"add_{kind}")(data, **kwargs)
-        widget.status = "done"
-        run.enabled = True
+            getattr(self.viewer, f"add_{kind}")(data, **kwargs)
+        self.status = "done"
+        self.run.enabled = True
 
-    def failed(error):
-        widget.status = f"error: {error}"
+    def _failed(self, error) -> None:
+        self.status = f"error: {error}"
         napari.utils.notifications.show_error(str(error))
-        run.enabled = True
+        self.run.enabled = True
 
-    def start():
-        if not images.value:
-            failed("no image layer to segment")
+    def start(self, *_) -> None:
+        """Segment the chosen layer in a worker thread; the layers follow when it ends."""
+        if not self.images.value:
+            self._failed("no image layer to segment")
             return
-        path = file.value if model.value == FILE else shipped_path(model.value)
-        d = diameter.value.strip() or "0"
-        layer = viewer.layers[images.value]
+        try:
+            path = self.file.value if self.model.value == FILE else shipped_path(self.model.value)
+            d = self.diameter.value.strip() or "0"
+            diameter = d if d == "auto" else float(d)
+        except (ValueError, OSError) as e:
+            self._failed(e)
+            return
+        layer = self.viewer.layers[self.images.value]
         worker = thread_worker(segment_layers, progress={"desc": "biounet: segmenting"})(
-            path, layer.data, name=layer.name, tta=tta.value, instances=objects.value,
-            diameter=d if d == "auto" else float(d),
-            invert=None if invert.value == "model's" else invert.value)  # fmt: skip
-        worker.returned.connect(add)
-        worker.errored.connect(failed)
-        run.enabled = False
-        widget.status = "running"
-        widget.worker = worker
+            path, layer.data, name=layer.name, tta=self.tta.value,
+            instances=self.objects.value, diameter=diameter,
+            invert=None if self.invert.value == "model's" else self.invert.value)  # fmt: skip
+        worker.returned.connect(self._add)
+        worker.errored.connect(self._failed)
+        self.run.enabled = False
+        self.status = "running"
+        self.worker = worker
         worker.start()
-
-    run.changed.connect(start)
-    return widget
