@@ -131,3 +131,15 @@ def test_inference_without_a_gradient_takes_the_plain_path_with_the_same_values(
         plain = model(x)
     traced = model(x.requires_grad_())  # the custom autograd function
     assert torch.equal(plain, traced.detach())
+
+
+@pytest.mark.parametrize("shipped,data", [("isbi2012", "isbi"), ("dsb2018-nuclei", "dsb")])
+def test_the_shipped_models_export_and_predict_as_they_do(shipped, data, images, tmp_path):
+    """The acceptance commands: export MODEL m.onnx / m.ts, then predict with the file
+    gives the checkpoint's fp32 probabilities within 1e-4 (here on a crop, both formats)."""
+    src = f"models/{shipped}.pt"
+    image = images[0] if data == "isbi" else images[1]
+    ref = predict(src, image, precision="fp32")
+    for fmt, name in (("onnx", "m.onnx"), ("torchscript", "m.ts")):
+        got = predict(export(src, tmp_path / name, fmt), image)
+        np.testing.assert_allclose(got, ref, atol=1e-4)
