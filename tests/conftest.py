@@ -60,3 +60,14 @@ def dsb_crops(tmp_path):
         Image.fromarray(img[:h, :w]).save(img_dir / f"{i}.png")
         tifffile.imwrite(lab_dir / f"{i}.tif", lab[:h, :w])
     return img_dir, lab_dir
+
+
+@pytest.fixture(autouse=True)
+def _torch_engine(monkeypatch):
+    """Checkpoints run through PyTorch in every test, whatever the CPU: predict's "auto"
+    engine would take onnxruntime on a CPU without native bf16, and outputs compared
+    exactly against PyTorch would then differ in the last bits. The engine's own test
+    undoes this."""
+    import biounet.exported
+
+    monkeypatch.setattr(biounet.exported, "_onnxruntime_available", lambda: False)

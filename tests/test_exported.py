@@ -143,3 +143,30 @@ def test_the_shipped_models_export_and_predict_as_they_do(shipped, data, images,
     for fmt, name in (("onnx", "m.onnx"), ("torchscript", "m.ts")):
         got = predict(export(src, tmp_path / name, fmt), image)
         np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
+def test_the_onnxruntime_engine_runs_a_checkpoint_through_its_cached_export(
+    checkpoint, images, tmp_path, monkeypatch
+):
+    import biounet.device
+    import biounet.exported
+    from biounet.exported import ExportedUNet
+
+    monkeypatch.setenv("BIOUNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(biounet.exported, "_onnxruntime_available", lambda: True)
+    src = checkpoint["biounet"]
+    ref = segment(src, images[1], precision="fp32", engine="torch").probabilities
+    got = segment(src, images[1], engine="onnxruntime").probabilities
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    (cached,) = (tmp_path / "cache" / "onnx").iterdir()
+    made = cached.stat().st_mtime_ns
+    net, _ = load_model(src, engine="onnxruntime")  # the export is made once
+    assert isinstance(net, ExportedUNet) and cached.stat().st_mtime_ns == made
+    # auto: onnxruntime where the CPU has no native bf16 (auto precision means fp32) ...
+    monkeypatch.setattr(biounet.device, "bf16_is_fast", lambda device: False)
+    assert isinstance(load_model(src, engine="auto")[0], ExportedUNet)
+    assert isinstance(load_model(src, engine="auto", precision="fp32")[0], UNet)  # asked
+    monkeypatch.setattr(biounet.device, "bf16_is_fast", lambda device: True)
+    assert isinstance(load_model(src, engine="auto")[0], UNet)  # ... torch's bf16 elsewhere
+    with pytest.raises(InputError, match="engine must be one of auto, torch, onnxruntime"):
+        load_model(src, engine="tvm")

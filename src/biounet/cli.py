@@ -21,7 +21,7 @@ from .config import (
     InferenceConfig,
     Preset,
 )
-from .exported import FORMATS, ONNX_OPSET
+from .exported import ENGINES, FORMATS, ONNX_OPSET
 from .io import InputError
 from .metrics import METRICS as ALL_METRICS
 from .model import INVERT
@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_inference_flags(s, stored=False)
     s.add_argument("--device", default="auto")
     s.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
+    s.add_argument("--engine", default="auto", choices=ENGINES,
+                   help="how a checkpoint runs: torch, onnxruntime (its ONNX export, made "
+                   "once and cached; needs biounet[onnx]) or auto (default: onnxruntime on "
+                   "a CPU without native bf16 where it is installed, else torch)")  # fmt: skip
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_predict)
 
@@ -613,6 +617,7 @@ def cmd_predict(args) -> int:
                   tile=args.tile, precision=args.precision,
                   device=args.device, memory_mb=args.memory_mb, overlap=args.overlap,
                   progress=not args.no_progress, label=flag, invert=args.invert,
+                  engine=args.engine,
                   report=lambda paths: print("wrote " + ", ".join(map(str, paths))))  # fmt: skip
     return 0
 

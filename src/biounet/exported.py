@@ -211,14 +211,68 @@ def _load_torchscript(path: Path, device: torch.device) -> tuple[ExportedUNet, P
     return ExportedUNet(preset.model, run, device), preset
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Preset]:
-    """A model file of any format (:func:`file_format`) as ``(network, Preset)``."""
+ENGINES = ("auto", "torch", "onnxruntime")
+
+
+def _onnxruntime_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cached_onnx(checkpoint: Path) -> Path:
+    """The ONNX export of a checkpoint, made once and kept in the cache folder
+    (``$BIOUNET_CACHE``, else ``$XDG_CACHE_HOME/biounet``, else ``~/.cache/biounet``) under
+    the hash of the checkpoint's bytes and this biounet's version."""
+    import hashlib
+    import os
+
+    from . import __version__
+
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:20]
+    root = os.environ.get("BIOUNET_CACHE") or Path(
+        os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "biounet"
+    path = Path(root) / "onnx" / f"{digest}-{__version__}.onnx"
+    if not path.is_file():
+        model, preset = model_from_checkpoint(checkpoint, "cpu")
+        export_onnx(model, preset, path)
+    return path
+
+
+def load_model(
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    engine: str = "torch",
+    precision: str = "auto",
+) -> tuple[nn.Module, Preset]:
+    """A model file of any format (:func:`file_format`) as ``(network, Preset)``.
+
+    ``engine`` decides how a biounet checkpoint runs: "torch"; "onnxruntime" (its ONNX
+    export, made once and cached: :func:`cached_onnx`); or "auto": onnxruntime on a CPU
+    where ``precision`` "auto" means fp32 (no native bf16; there onnxruntime predicts
+    about 3x faster than PyTorch in fp32, docs/usage.md) and onnxruntime is installed, else
+    torch. ONNX and TorchScript files run as they are."""
+    from .device import resolve_precision
+
     path, device = Path(path), torch.device(device)
+    if engine not in ENGINES:
+        raise InputError(f"{path}: engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     kind = file_format(path)
     if kind == "onnx":
         return _load_onnx(path, device)
     if kind == "torchscript":
         return _load_torchscript(path, device)
+    if engine == "auto":
+        fp32_cpu = (device.type == "cpu" and precision == "auto"
+                    and resolve_precision("auto", device) == "fp32")  # fmt: skip
+        engine = "onnxruntime" if fp32_cpu and _onnxruntime_available() else "torch"
+    if engine == "onnxruntime":
+        load_checkpoint(path)  # its problems named for the checkpoint, not the export
+        return _load_onnx(cached_onnx(path), device)
     return model_from_checkpoint(path, device)
 
 

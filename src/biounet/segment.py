@@ -158,6 +158,8 @@ def _segmenter(
     device: str | torch.device,
     label: Callable[[str], str],
     invert: str | None = None,
+    engine: str = "auto",
+    precision: str = "auto",
 ) -> _Segmenter:
     """Load ``model`` (a checkpoint path, ``model_from_checkpoint``'s pair or a bare UNet),
     settle its configuration (``config``, else the model's own, with ``overrides`` applied;
@@ -165,7 +167,7 @@ def _segmenter(
     normalisation in place of the model's."""
     name = str(model) if isinstance(model, str | Path) else "model"
     if isinstance(model, str | Path):  # a checkpoint, ONNX or TorchScript file
-        model = load_model(model, device)
+        model = load_model(model, device, engine, precision)
     unet, preset = model if isinstance(model, tuple) else (model, None)
     outputs = unet.config.out_channels
     if preset is not None:
@@ -234,6 +236,7 @@ def segment(
     overlap: float = 0.25,
     progress: bool = False,
     invert: str | None = None,
+    engine: str = "auto",
 ) -> Segmentation:
     """Segment one image: its foreground probability, 0/255 mask and instance labels; or,
     for a multi-class model, its class probabilities and class map.
@@ -255,6 +258,9 @@ def segment(
         invert: "auto" (negate images whose median exceeds their mean: dark objects on a
             bright background), "yes" (negate every image) or "no", in place of the
             model's own normalisation (``model.config.normalization``); default the model's.
+        engine: how a checkpoint path runs: "torch", "onnxruntime" (its cached ONNX
+            export) or "auto" (onnxruntime on a CPU without native bf16 where it is
+            installed; :func:`biounet.exported.load_model`).
 
     Returns a :class:`Segmentation` with the asked-for arrays, the others None: the arrays
     ``biounet predict`` writes for the image. For many images load the checkpoint once
@@ -267,7 +273,7 @@ def segment(
             raise ValueError(f"outputs must be among {OUTPUTS}, got "
                              f"{', '.join(map(repr, unknown))}")  # fmt: skip
     name = str(model) if isinstance(model, str | Path) else "model"
-    run = _segmenter(model, config, {}, device, str, invert)
+    run = _segmenter(model, config, {}, device, str, invert, engine, precision)
     if outputs is None:
         outputs = CLASS_OUTPUTS if run.multiclass else BINARY_OUTPUTS
     _check_outputs(run, outputs, name)
@@ -296,6 +302,7 @@ def segment_files(
     label: Callable[[str], str] = str,
     report: Callable[[list[Path]], None] | None = None,
     invert: str | None = None,
+    engine: str = "auto",
 ) -> list[list[Path]]:
     """Segment the images at ``source`` with the model of ``checkpoint`` and write TIFFs.
 
@@ -310,11 +317,10 @@ def segment_files(
     model's input channels; ``overrides`` (InferenceConfig fields; None keeps the model's
     setting) change the checkpoint's inference configuration, and overriding a
     contour-only option (CONTOUR_OPTIONS) of another model is an InputError, named in
-    messages by ``label(field)``; ``invert`` is as in :func:`segment`. Pages past 2 GiB of
-    float32 go to a BigTIFF. Outputs
-    carry their input's pixel size (ImageJ resolution and unit), if it has one. Each output
-    and its companions are complete or not written at all; ``report`` is called with them
-    once they are.
+    messages by ``label(field)``; ``invert`` and ``engine`` are as in :func:`segment`.
+    Pages past 2 GiB of float32 go to a BigTIFF. Outputs carry their input's pixel size
+    (ImageJ resolution and unit), if it has one. Each output and its companions are
+    complete or not written at all; ``report`` is called with them once they are.
 
     A multi-class model writes its uint8 class map in place of the probabilities (default
     names ``<source stem>-classes.tif`` / ``<source name>-classes``) and, with
@@ -329,7 +335,8 @@ def segment_files(
     source = Path(source)
     # input errors first: reading is cheaper than loading the model
     images = read_images(source, channels=channels)
-    run = _segmenter(checkpoint, None, overrides or {}, select_device(device), label, invert)
+    run = _segmenter(checkpoint, None, overrides or {}, select_device(device), label, invert,
+                     engine, precision)  # fmt: skip
     takes = run.model.config.in_channels
     if channels is None and images.channels != takes and run.channels:
         # the model's own --channels: a model trained on picked channels reads them again
