@@ -181,7 +181,8 @@ def compare(specs: list[str]) -> str:
     head = " | ".join(f"{g} ({sum(f(r) for k in common for r in loaded[specs[0]][k])})"
                       for g, f in GROUPS)  # fmt: skip
     lines = [f"folds {','.join(map(str, common))}; per-image AP@0.5 / DSB score", "",
-             f"| scores | pooled AP@0.5 | {head} |", "| --- " * (len(GROUPS) + 2) + "|"]
+             f"| scores | s / image | pooled AP@0.5 | {head} |",
+             "| --- " * (len(GROUPS) + 3) + "|"]
     for spec, folds in loaded.items():
         rows = [r for k in common for r in folds[k]]
         cells = []
@@ -189,7 +190,9 @@ def compare(specs: list[str]) -> str:
             kept = [r for r in rows if keep(r)]
             s = summary(kept) if kept else None
             cells.append(f"{s['ap50']:.3f} / {s['dsb_score']:.3f}" if s else "-")
-        lines.append(f"| {spec} | {summary(rows)['pooled_ap50']:.3f} | {' | '.join(cells)} |")
+        seconds = np.mean([r["seconds"] for r in rows])
+        lines.append(f"| {spec} | {seconds:.2f} | {summary(rows)['pooled_ap50']:.3f} | "
+                     f"{' | '.join(cells)} |")  # fmt: skip
     return "\n".join(lines)
 
 
