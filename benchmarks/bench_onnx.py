@@ -10,26 +10,22 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from biounet.bench import time_once
 from biounet.checkpoint import model_from_checkpoint
 from biounet.device import resolve_precision
 from biounet.exported import export, load_model
 from biounet.tiling import predict
 
 
-def timed(fn, repeat: int = 3) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+def timed(fn, repeat: int) -> float:
+    """Best of ``repeat`` calls after a warm-up call."""
+    fn()
+    return min(time_once(fn, torch.device("cpu")) for _ in range(repeat))
 
 
 def main() -> None:
