@@ -202,7 +202,8 @@ def test_bad_inputs_give_one_line_errors(isbi_crops, tmp_path, capsys):
     _one_line_error(code, err, "drop --out")
 
     code, _, err = run(["predict", str(img), str(img)], capsys)
-    _one_line_error(code, err, "img.tif", "not a readable biounet checkpoint")
+    _one_line_error(code, err, "img.tif", "not a biounet model (a biounet checkpoint, ONNX or "
+                    "TorchScript file)")  # fmt: skip
 
     five = tmp_path / "five.tif"
     tifffile.imwrite(five, np.zeros((16, 16, 5), np.uint8), photometric="minisblack",

@@ -118,8 +118,9 @@ def test_the_command_exports_and_predicts_with_an_exported_file(checkpoint, tmp_
     assert code == 0 and (tmp_path / "p.tif").is_file()
     code = main(["export", str(src), str(tmp_path / "x.bin"), "--format", "zip"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and err == ["biounet: error: " + f"{tmp_path / 'x.bin'}: unknown format "
-                                 "'zip'; one of biounet, onnx, torchscript"]  # fmt: skip
+    expected = (f"biounet: error: {tmp_path / 'x.bin'}: unknown format 'zip'; one of biounet, "
+                "onnx, torchscript, bioimageio")  # fmt: skip
+    assert code == 2 and err == [expected]
     assert not (tmp_path / "x.bin").exists()
 
 
