@@ -184,10 +184,10 @@ def _load_onnx(path: Path, device: torch.device) -> tuple[ExportedUNet, Preset]:
     providers = ["CPUExecutionProvider"]
     if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-    session = ort.InferenceSession(proto.SerializeToString(), providers=providers)
+    runtime = ort.InferenceSession(proto.SerializeToString(), providers=providers)
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        out = session.run([OUTPUT_NAME], {INPUT_NAME: x.detach().cpu().numpy()})[0]
+        out = runtime.run([OUTPUT_NAME], {INPUT_NAME: x.detach().cpu().numpy()})[0]
         return torch.from_numpy(np.ascontiguousarray(out))
 
     return ExportedUNet(preset.model, run, torch.device("cpu")), preset
