@@ -28,13 +28,13 @@ FILE = "a model file..."
 
 def shipped_path(name: str) -> Path:
     """The shipped model file of a SHIPPED choice."""
+    from .checkpoint import shipped_model
     from .io import InputError
 
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        path = root / "models" / SHIPPED[name]
-        if path.is_file():
-            return path
-    raise InputError(f"models/{SHIPPED[name]}: not found beside biounet or here")
+    path = shipped_model(SHIPPED[name])
+    if path is None:
+        raise InputError(f"models/{SHIPPED[name]}: not found beside biounet or here")
+    return path
 
 
 @lru_cache(maxsize=4)

@@ -61,11 +61,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-def shipped_model() -> Path | None:
-    """The trained ISBI 2012 model shipped with biounet (``models/isbi2012.pt`` of the
-    repository, or of the working directory), or None if it is not there."""
+def shipped_model(name: str = "isbi2012.pt") -> Path | None:
+    """A trained model shipped with biounet (``models/NAME`` of the repository, or of the
+    working directory; default the ISBI 2012 one), or None if it is not there."""
     for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        path = root / "models" / "isbi2012.pt"
+        path = root / "models" / name
         if path.is_file():
             return path
     return None
