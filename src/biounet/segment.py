@@ -77,6 +77,12 @@ def rescale_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return out[0].numpy() if image.ndim == 3 else out[0, 0].numpy()
 
 
+def _foreground(probs: np.ndarray) -> np.ndarray:
+    """(H, W) P(foreground) of a binary model's (H, W) or a contour model's (3, H, W)
+    probabilities (1 - P(background))."""
+    return 1.0 - probs[0] if probs.ndim == 3 else probs
+
+
 @dataclass(frozen=True)
 class _Segmenter:
     """A loaded model with its settled configuration and instance method."""
@@ -92,9 +98,8 @@ class _Segmenter:
         return predict(self.model, image, tta=tta, normalization=self.normalization, **tiling)
 
     def _instances(self, probs: np.ndarray) -> np.ndarray:
-        prob = 1.0 - probs[0] if probs.ndim == 3 else probs
         options = self.config.instance_options(self.method)
-        return instances(probs if self.method == "contour" else prob, **options)
+        return instances(probs if self.method == "contour" else _foreground(probs), **options)
 
     def measure(self, image: np.ndarray, tiling: dict) -> float | None:
         """The objects' diameter in ``image`` as a first pass (without TTA) sees it: the
@@ -102,8 +107,7 @@ class _Segmenter:
         config.min_size pixels (touching objects count as one; on the bundled nuclei this
         came closer to the labelled size than the first pass's instances, which split
         large nuclei); None where there are none."""
-        probs = self._probabilities(image, False, tiling)
-        prob = 1.0 - probs[0] if probs.ndim == 3 else probs
+        prob = _foreground(self._probabilities(image, False, tiling))
         labels, _ = ndimage.label(prob > self.config.threshold)
         found = equivalent_diameters(labels)
         found = found[found >= np.sqrt(4.0 * max(1, self.config.min_size) / np.pi)]
@@ -143,7 +147,7 @@ class _Segmenter:
             if "classes" in outputs:
                 made["classes"] = np.argmax(probs, axis=0).astype(np.uint8)
             return Segmentation(**made)
-        prob = 1.0 - probs[0] if probs.ndim == 3 else probs  # (H, W) P(foreground)
+        prob = _foreground(probs)
         if "probabilities" in outputs:
             made["probabilities"] = prob.astype(np.float32)
         if "mask" in outputs:
