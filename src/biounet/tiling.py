@@ -317,6 +317,152 @@ def _batches(items: list, size: int) -> Iterator[list]:
 
 
 # ---------------------------------------------------------------------------------------
+# Images larger than memory: the same tiles, block by block
+
+Reader = Callable[[int, int, int, int], np.ndarray]
+"""(y0, y1, x0, x1): image rows y0..y1 and columns x0..x1, which may reach past the image's
+edges -> (C, y1 - y0, x1 - x0) float32 normalised pixels, mirrored there as ``mirror_pad``
+mirrors them."""
+
+Writer = Callable[[int, int, np.ndarray], None]
+"""(y, x, (K, h, w) float32): the final probabilities of image rows y..y+h, columns
+x..x+w."""
+
+DEFAULT_BLOCK = 2048  # output pixels along each edge of a block (rounded to whole tiles)
+
+
+def blockwise_probabilities(
+    predictor: Predictor,
+    read: Reader,
+    shape: tuple[int, int],
+    plan: TilePlan,
+    write: Writer,
+    *,
+    block: int = DEFAULT_BLOCK,
+    progress: bool = False,
+) -> None:
+    """:func:`tiled_probabilities` (without TTA) of an (H, W) = ``shape`` image that is never
+    held whole: read through ``read``, written through ``write`` block by block.
+
+    A block is a rectangle of whole tiles of the in-memory run's tile grid (about ``block``
+    output pixels a side), so every tile sees the same input and computes the same output.
+    Valid padding: blocks abut. Same padding: the running blended mean of the strips a
+    block shares with its right and lower neighbours is carried over to them; wherever at
+    most two tiles overlap along each axis (overlap <= 0.5) a pixel receives its tiles in
+    the in-memory order, so the results are the same. Memory: one block's input and output
+    and, for same padding, a strip of the tile overlap across the image's width.
+    """
+    if block < 1:
+        raise ValueError(f"block must be >= 1 pixel, got {block}")
+    H, W = shape
+    S = plan.tile
+    if plan.padding == "valid":  # the padded input is image[p - border], mirrored
+        oy, ox = _origins(H, plan), _origins(W, plan)
+        size, shift = (H, W), ((S - plan.out) // 2,) * 2
+        image_at = (0, 0)  # where the image lies on the output canvas
+    else:  # the canvas is image[p - top, p - left], mirrored
+        m = _margin(plan)
+        oy, ox = _origins(H + 2 * m, plan), _origins(W + 2 * m, plan)
+        Hp, Wp = oy[-1] + S, ox[-1] + S
+        top, left = m + (Hp - H - 2 * m) // 2, m + (Wp - W - 2 * m) // 2
+        size, shift, image_at = (Hp, Wp), (top, left), (top, left)
+    n = max(1, block // plan.stride)  # tiles per block along an axis
+    rows, cols = list(_batches(range(len(oy)), n)), list(_batches(range(len(ox)), n))
+    blend = _Blend(size[1], S)
+    with tqdm(total=len(oy) * len(ox), desc="tiles", unit="tile", disable=not progress,
+              leave=False) as bar:  # fmt: skip
+        for r in rows:
+            for c in cols:
+                ys, xs = [oy[i] for i in r], [ox[i] for i in c]
+                y0, x0 = ys[0], xs[0]
+                h, w = ys[-1] + S - y0, xs[-1] + S - x0  # the block's input on the canvas
+                window = read(y0 - shift[0], y0 + h - shift[0], x0 - shift[1], x0 + w - shift[1])
+                tiles = _tile_outputs(predictor, window, [y - y0 for y in ys],
+                                      [x - x0 for x in xs], plan, False)  # fmt: skip
+                final = (_end(oy, r, size[0]) - y0, _end(ox, c, size[1]) - x0)
+                if plan.padding == "valid":
+                    out = _abutting(tiles, final, plan.out)
+                else:
+                    out = blend.block(tiles, x0, (h, w), final, r is rows[0],
+                                      c is cols[0], c is cols[-1])  # fmt: skip
+                _emit(write, out, (y0, x0), image_at, shape)
+                bar.update(len(r) * len(c))
+
+
+def _end(origins: list[int], group: list[int], size: int) -> int:
+    """Where a block's final output ends along an axis: the next block's first tile origin,
+    or the canvas' edge for the last block."""
+    after = group[-1] + 1
+    return origins[after] if after < len(origins) else size
+
+
+def _abutting(tiles, final: tuple[int, int], out_edge: int) -> np.ndarray:
+    """(K, h, w) float32 of a valid-padding block's tile outputs, cut to ``final`` (h, w)."""
+    out = None
+    for y, x, p in tiles:
+        if out is None:
+            out = np.empty((p.shape[0], *final), np.float32)
+        h, w = min(out_edge, final[0] - y), min(out_edge, final[1] - x)
+        if h > 0 and w > 0:  # a later tile overwrites the rows both hold, as in memory
+            out[:, y : y + h, x : x + w] = p[:, :h, :w]
+    return out
+
+
+def _emit(write: Writer, out: np.ndarray, origin, image_at, shape) -> None:
+    """Pass the part of a block's final output ``out`` at canvas ``origin`` that lies on the
+    (H, W) = ``shape`` image (at ``image_at`` on the canvas) to ``write``."""
+    (y0, x0), (ty, tx) = origin, image_at
+    ya, yb = max(y0, ty), min(y0 + out.shape[1], ty + shape[0])
+    xa, xb = max(x0, tx), min(x0 + out.shape[2], tx + shape[1])
+    if ya < yb and xa < xb:
+        write(ya - ty, xa - tx, out[:, ya - y0 : yb - y0, xa - x0 : xb - x0])
+
+
+class _Blend:
+    """Gaussian blending of same-padding blocks, carrying the running mean and weight sum
+    of the strips that a block's right and lower neighbours still add tiles to."""
+
+    def __init__(self, width: int, tile: int):
+        self.width = width  # of the canvas
+        self.window = gaussian_window(tile)
+        self.below: tuple[np.ndarray, np.ndarray] | None = None  # (K, s, width), (s, width)
+        self.right: tuple[np.ndarray, np.ndarray] | None = None  # (K, h, s), (h, s)
+
+    def block(self, tiles, x0, size, final, first_row, first_col, last_col) -> np.ndarray:
+        """(K, *final) float32 final blended output of the block of ``size`` (h, w) at
+        canvas column ``x0``, whose ``tiles`` are (y, x, (K, S, S)) in the block."""
+        (h, w), (fy, fx) = size, final
+        S = self.window.shape[0]
+        mean = wsum = None
+        for y, x, p in tiles:
+            if mean is None:
+                mean, wsum = np.zeros((p.shape[0], h, w), np.float32), np.zeros((h, w), np.float32)
+                if not first_row:  # the upper block row's tiles reach into this block
+                    below_mean, below_wsum = self.below
+                    s = below_wsum.shape[0]
+                    mean[:, :s] = below_mean[:, :, x0 : x0 + w]
+                    wsum[:s] = below_wsum[:, x0 : x0 + w]
+                if not first_col:  # the left block's tiles reach into this one
+                    s = self.right[1].shape[1]
+                    mean[:, :, :s], wsum[:, :s] = self.right
+            # the running weighted mean of _stitched, in the same tile order
+            ws = wsum[y : y + S, x : x + S]
+            ws += self.window
+            mt = mean[:, y : y + S, x : x + S]
+            mt += (p - mt) * (self.window / ws)
+        self.right = None if last_col else (mean[:, :, fx:].copy(), wsum[:, fx:].copy())
+        if fy < h:  # rows the next block row adds to; its first tiles start at fy
+            if self.below is None:
+                self.below = (np.zeros((mean.shape[0], h - fy, self.width), np.float32),
+                              np.zeros((h - fy, self.width), np.float32))  # fmt: skip
+            assert self.below[1].shape[0] == h - fy, "block rows overlap alike"
+            stop = w if last_col else fx  # columns the right neighbour does not rewrite
+            self.below[0][:, :, x0 : x0 + stop] = mean[:, fy:, :stop]
+            self.below[1][:, x0 : x0 + stop] = wsum[fy:, :stop]
+        return mean[:, :fy, :fx]
+
+
+# ---------------------------------------------------------------------------------------
 # The UNet as a predictor
 
 
@@ -346,6 +492,22 @@ def unet_predictor(model: UNet, precision: str) -> Predictor:
         return _channels(logits).cpu()
 
     return predict_tiles
+
+
+def dihedral_predictor(predictor: Predictor) -> Predictor:
+    """``predictor`` averaged over the 8 flips / quarter turns of each (B, C, S, S) tile,
+    each output mapped back: test-time augmentation per tile, for images that are never
+    held whole (:func:`tiled_probabilities` averages whole-image views instead; the two
+    differ slightly, as different tilings do)."""
+
+    def averaged(x: torch.Tensor) -> torch.Tensor:
+        total = None
+        for k, flip in DIHEDRAL:
+            p = inverse_dihedral(predictor(dihedral(x, k, flip)), k, flip)
+            total = p.clone() if total is None else total.add_(p)
+        return total / len(DIHEDRAL)
+
+    return averaged
 
 
 def whole_image_probabilities(model: UNet, image: np.ndarray, precision: str) -> np.ndarray:
