@@ -1,3 +1,4 @@
+import csv
 import json
 import math
 from dataclasses import replace
@@ -551,3 +552,30 @@ def test_ignored_pixels_train_and_stay_out_of_the_validation_scores(isbi_crops, 
     # labelled, the same pixels would count
     labelled = [np.where(k, m, 0).astype(np.uint8) for m, k in zip(masks, keep, strict=True)]
     assert validate(model, replace(data, val_masks=labelled), "fp32", isbi=False)[0] != scores
+
+
+def test_tensorboard_gets_the_epoch_scalars_and_the_validation_panels(isbi_crops, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    img, lab = isbi_crops
+    run = tmp_path / "run"
+    train(tiny_preset(img, lab, epochs=2, steps_per_epoch=1, tensorboard=True), run,
+          progress=False)  # fmt: skip
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()
+    rows = list(csv.DictReader((run / "log.csv").open()))
+    for name in ("train_loss", "lr", "val_loss", "val_pixel_error", "v_rand", "v_info"):
+        scalars = events.Scalars(name)
+        assert [s.step for s in scalars] == [1, 2], name
+        assert [s.value for s in scalars] == pytest.approx([float(r[name]) for r in rows],
+                                                           rel=1e-6), name  # fmt: skip
+    assert "validation" in tags["images"]
+    assert len(events.Images("validation")) == 2
+
+
+def test_no_tensorboard_directory_unless_asked(isbi_crops, tmp_path):
+    img, lab = isbi_crops
+    train(tiny_preset(img, lab, epochs=1, steps_per_epoch=1), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "tensorboard").exists()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +22,7 @@ from .config import (
     InferenceConfig,
     Preset,
 )
+from .distributed import RankLost
 from .exported import ENGINES, FORMATS, ONNX_OPSET
 from .io import InputError
 from .metrics import METRICS as ALL_METRICS
@@ -32,7 +34,9 @@ log = logging.getLogger("biounet")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # under torchrun the ranks but 0 log warnings only (rank 0 speaks for the run)
+    quiet = os.environ.get("RANK", "0") != "0"
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try:
         return args.func(args) or 0
     except (InputError, ValueError) as e:
@@ -42,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"biounet: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    except RankLost as e:  # under torchrun: another rank failed or stopped answering
+        print(f"biounet: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("biounet: interrupted", file=sys.stderr)
         return 130
@@ -90,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         "learning-rate schedule with them (0: no limit)",
     )
     s.add_argument("--steps-per-epoch", type=int)
-    s.add_argument("--batch-size", type=int)
+    s.add_argument("--batch-size", type=int, help="tiles per step (per process under "
+                   "torchrun: the global batch is this times the processes)")  # fmt: skip
     s.add_argument("--tile", type=int, help="input tile edge in pixels")
     s.add_argument("--lr", type=float)
     s.add_argument("--seed", type=int)
@@ -103,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         "model selection; last: the last epoch)",
     )
     s.add_argument("--isbi-every", type=int, help="validation V_rand / V_info every N epochs")
+    s.add_argument("--tensorboard", action="store_const", const=True, help="also write the "
+                   "epoch scalars and validation panels to RUN/tensorboard/ (pip install "
+                   "biounet[tensorboard])")  # fmt: skip
     s.add_argument("--val-every", type=int, help="validate every N epochs (0: never)")
     s.add_argument(
         "--ema",
@@ -190,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         "class probabilities.",
     )
     s.add_argument("checkpoint", help="a biounet checkpoint (.pt)")
-    s.add_argument("input", help="image, TIFF stack, or folder of images")
+    s.add_argument("input", help="image, TIFF stack, or folder of images; or one image larger "
+                   "than memory: a Zarr / OME-Zarr (.zarr), or a TIFF with --out NAME.zarr")
     s.add_argument(
         "--out",
         help="output TIFF (file input) or folder (folder input); "
@@ -248,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how a checkpoint runs: torch, onnxruntime (its ONNX export, made "
                    "once and cached; needs biounet[onnx]) or auto (default: onnxruntime on "
                    "a CPU without native bf16 where it is installed, else torch)")  # fmt: skip
+    s.add_argument("--shard", metavar="K/N", help="predict every N-th image from the K-th "
+                   "(0-based) of the sorted inputs, e.g. $SLURM_ARRAY_TASK_ID/8; under torchrun "
+                   "RANK/WORLD_SIZE unless given")  # fmt: skip
+    s.add_argument("--skip-existing", action="store_true", help="skip the images whose outputs "
+                   "all exist (to resume an interrupted run)")  # fmt: skip
     s.add_argument("--no-progress", action="store_true")
     s.set_defaults(func=cmd_predict)
 
@@ -547,7 +564,7 @@ TRAIN_FLAGS = ("images", "labels", "val_slices", "train_slices", "steps_per_epoc
                "batch_size", "tile", "lr", "seed", "precision", "select_by", "isbi_every",
                "val_every", "weight_map", "target", "ema", "dice", "w0", "class_balance",
                "touch_width", "label_threshold", "ignore_label", "classes",
-               "channels")  # fmt: skip
+               "channels", "tensorboard")  # fmt: skip
 
 
 def cmd_train(args) -> int:
@@ -572,7 +589,8 @@ def cmd_train(args) -> int:
         out = Path(args.out or "runs/latest")
         result = train(preset, out, epochs=args.epochs, device=args.device,
                        time_limit=args.time_limit, progress=not args.no_progress)  # fmt: skip
-    print(report(result, out))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
+        print(report(result, out))
     return 0
 
 
@@ -617,7 +635,7 @@ def cmd_predict(args) -> int:
                   tile=args.tile, precision=args.precision,
                   device=args.device, memory_mb=args.memory_mb, overlap=args.overlap,
                   progress=not args.no_progress, label=flag, invert=args.invert,
-                  engine=args.engine,
+                  engine=args.engine, shard=args.shard, skip_existing=args.skip_existing,
                   report=lambda paths: print("wrote " + ", ".join(map(str, paths))))  # fmt: skip
     return 0
 

@@ -166,6 +166,11 @@ class TrainConfig:
     # that order), "rgb" (colour as 3 channels); None = as stored: gray, colour made gray,
     # a TIFF's C axis as channels. The network's in_channels follow the images read
     channels: str | None = None
+    # also write the epoch's scalars and validation panels for TensorBoard to RUN/tensorboard/
+    tensorboard: bool = False
+    # processes the run trains on (recorded by train: torchrun's WORLD_SIZE, 1 without it);
+    # batch_size is per process, the global batch batch_size * world_size
+    world_size: int = 1
 
     def __post_init__(self):
         if self.channels is not None:
@@ -203,7 +208,7 @@ class TrainConfig:
             raise ValueError(f"boundary_width and touch_width shape the contour target's boundary "
                              f"class; target {self.target!r} has none (got "
                              f"{self.boundary_width}, {self.touch_width})")  # fmt: skip
-        for name in ("batch_size", "epochs", "tile"):
+        for name in ("batch_size", "epochs", "tile", "world_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:

@@ -18,7 +18,9 @@ inputs in Fiji and napari.
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -759,8 +761,43 @@ def normalize(image: np.ndarray, mode: str = "zscore") -> np.ndarray:
 
 
 def atomic_path(path: str | Path):
-    """Context manager yielding a temp path next to ``path``; renamed onto it on success."""
+    """Context manager yielding a temp path next to ``path``; renamed onto it on success.
+
+    The temp file is named ``.NAME.HOST~PID~XXXX.tmpSUFFIX``; entering also removes the
+    temp files of ``path`` that a killed write of this host left (their process is gone).
+    """
     return _Atomic(Path(path))
+
+
+def _writer_tag() -> str:
+    import socket
+
+    return f"{socket.gethostname().replace('~', '-')}~{os.getpid()}~"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove (and return) the temp files of ``path`` left by killed writes on this host."""
+    host = _writer_tag().split("~")[0]
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?P<host>[^~]*)~(?P<pid>\d+)~.*\.tmp")
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
+        m = pattern.match(p.name)
+        if m and m["host"] == host and not _pid_alive(int(m["pid"])):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 class _Atomic:
@@ -769,9 +806,9 @@ class _Atomic:
 
     def __enter__(self) -> Path:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{self.path.name}.", suffix=f".tmp{self.path.suffix}", dir=self.path.parent
-        )
+        remove_stale_temps(self.path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.{_writer_tag()}",
+                                   suffix=f".tmp{self.path.suffix}", dir=self.path.parent)
         os.close(fd)
         umask = os.umask(0)
         os.umask(umask)
@@ -784,6 +821,40 @@ class _Atomic:
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
+
+
+class RunLock:
+    """One writer per run directory: an exclusive ``flock`` on ``DIR/.lock``, taken
+    atomically by the kernel and released when the process ends in any way, so the lock of
+    a killed run is free again at once. The file keeps the holder's host and pid for the
+    message of the refused one. InputError ``"DIR: another run (pid P on H) writes here"``
+    when it is held."""
+
+    def __init__(self, directory: str | Path):
+        self.path = Path(directory) / ".lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise InputError(f"{self.path.parent}: another biounet run ({holder}) is writing "
+                             "here; wait for it to end or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {_writer_tag().split('~')[0]}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
 
 
 def write_tiff(path: str | Path, data: np.ndarray | Sequence[np.ndarray]) -> Path:

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,14 +26,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import metrics
+from . import distributed, metrics
 from .augment import augment
 from .checkpoint import inference_weights, load_checkpoint, save_checkpoint
 from .config import HIGHER_IS_BETTER, Preset, TrainConfig
 from .dataset import Data, TileSampler, load_data, make_sampler
 from .device import autocast, memory_format, resolve_precision, select_device
+from .distributed import (
+    World,
+    barrier,
+    broadcast,
+    checked,
+    join,
+    leave,
+    lost_ranks,
+    rank_device,
+    world_from_env,
+)
 from .instances import equivalent_diameters
-from .io import IGNORE_INDEX, InputError, write_text
+from .io import IGNORE_INDEX, InputError, RunLock, write_text
 from .losses import segmentation_loss
 from .metrics.pixel import class_scores_many
 from .model import UNet, count_parameters, output_size
@@ -236,8 +248,9 @@ def check_tile(preset: Preset) -> int:
 
 @dataclass
 class Learner:
-    """What trains: the network, its optimiser and weight average (None without one), and
-    where and how it runs: device, precision, the memory layout of its inputs."""
+    """What trains: the network, its optimiser and weight average (None without one),
+    where and how it runs (device, precision, the memory layout of its inputs) and, under
+    torchrun, the DistributedDataParallel wrapper that the training step calls."""
 
     model: UNet
     optimizer: torch.optim.Optimizer
@@ -245,6 +258,7 @@ class Learner:
     device: torch.device
     precision: str
     layout: torch.memory_format
+    net: torch.nn.Module | None = None  # what the training step calls (default: model)
 
 
 @dataclass
@@ -290,67 +304,162 @@ def train(
             device).
         stop_after: stop after this many epochs in this call (the run stays resumable).
         progress: show a progress bar per epoch.
+
+    Under torchrun every rank calls this (:mod:`biounet.distributed`): the network is
+    wrapped in DistributedDataParallel, each rank draws its own tiles, rank 0 plans the
+    epochs and alone validates and writes the run directory. A run resumes with any
+    number of ranks.
     """
     out = Path(out_dir)
+    world = world_from_env()
+    dev = select_device(rank_device(world, _device_name(preset, out, resume, device)))
+    opened = join(world, dev)
+    try:
+        with lost_ranks(world), ExitStack() as held:
+            return _train(world, dev, held, preset, out, resume, epochs, device, time_limit,
+                          stop_after, progress)  # fmt: skip
+    finally:
+        leave(opened)
+
+
+def _device_name(preset: Preset | None, out: Path, resume: bool, device: str | None) -> str:
+    """The device the run asks for, known before its checkpoint is read: the call's, a
+    resumed run's own (config.json) or the preset's."""
+    if device:
+        return device
+    if resume:
+        try:
+            return json.loads((out / "config.json").read_text())["train"]["device"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return "auto"  # _configure says what is wrong with the run directory
+    return preset.train.device if preset is not None else "auto"
+
+
+def _train(
+    world: World,
+    dev: torch.device,
+    held: ExitStack,
+    preset: Preset | None,
+    out: Path,
+    resume: bool,
+    epochs: int | None,
+    device: str | None,
+    time_limit: float | None,
+    stop_after: int | None,
+    progress: bool,
+) -> dict:
+    """:func:`train`'s steps on one rank (``held`` keeps the run directory's lock)."""
     # 1. Configuration, checked: a new run's preset, or a resumed run's own and last.pt.
-    preset, ckpt, out_tile = _configure(preset, out, resume, epochs, device, time_limit)
+    # Bad input on any rank stops every rank with its line (distributed.checked).
+    with checked(world):
+        preset, ckpt, out_tile = _configure(preset, out, resume, epochs, device, time_limit)
     cfg = preset.train
 
-    # 2. Device, precision and the run's random number generators.
-    dev = select_device(cfg.device)
+    # 2. Device, precision and the run's random number generators (under torchrun each
+    # rank's tiles, augmentation and dropout are reseeded per epoch: _seed_epoch).
+    if not world.distributed:
+        dev = select_device(cfg.device)
     precision = resolve_precision(cfg.precision, dev)
     torch.manual_seed(cfg.seed)  # dropout
     np_rng = np.random.default_rng(cfg.seed)  # tile positions
     gen = torch.Generator().manual_seed(cfg.seed)  # initial weights, augmentation
 
     # 3. Data: read, made into class maps and split (the network grows to the classes
-    # found, the held-out images are stored as chosen); then the run directory, the sampler.
-    data = load_data(cfg, _classes(preset), preset.model.normalization)
-    if ckpt is not None and data.in_channels != preset.model.in_channels:
-        where = cfg.images or "the bundled images"
-        raise InputError(f"{where}: {data.in_channels} channels; the run in {out} takes "
-                         f"{preset.model.in_channels}")  # fmt: skip
-    preset = with_classes(preset, data.num_classes).with_train(val_slices=data.val_slices)
-    # the size of the objects it learns instances of: predict --diameter rescales to it
-    diameter = object_diameter(data.train_instances) if data.train_instances else 0.0
-    preset = replace(preset, model=replace(preset.model, in_channels=data.in_channels,
-                                           diameter=diameter))  # fmt: skip
-    cfg = preset.train
-    init = _init_weights(preset, data) if ckpt is None and cfg.init else None
-    select_by = _selection_rule(cfg, data)
-    out.mkdir(parents=True, exist_ok=True)  # only once the data is known to be good
-    write_text(out / "config.json", json.dumps(preset.to_dict(), indent=2) + "\n")
-    sampler = make_sampler(cfg, data, out_tile, np_rng, cache=out)
-    steps = cfg.steps_per_epoch or math.ceil(len(data.train_images) / cfg.batch_size)
+    # found, the held-out images are stored as chosen); then the run directory (locked:
+    # one writer), the sampler.
+    with checked(world):
+        data = load_data(cfg, _classes(preset), preset.model.normalization)
+        if ckpt is not None and data.in_channels != preset.model.in_channels:
+            where = cfg.images or "the bundled images"
+            raise InputError(f"{where}: {data.in_channels} channels; the run in {out} takes "
+                             f"{preset.model.in_channels}")  # fmt: skip
+        preset = with_classes(preset, data.num_classes).with_train(val_slices=data.val_slices,
+                                                                   world_size=world.size)
+        # the size of the objects it learns instances of: predict --diameter rescales to it
+        diameter = object_diameter(data.train_instances) if data.train_instances else 0.0
+        preset = replace(preset, model=replace(preset.model, in_channels=data.in_channels,
+                                               diameter=diameter))  # fmt: skip
+        cfg = preset.train
+        init = _init_weights(preset, data) if ckpt is None and cfg.init else None
+        select_by = _selection_rule(cfg, data)
+        if world.main:  # only once the data is known to be good
+            held.enter_context(RunLock(out))
+            if ckpt is None and (out / "last.pt").exists():  # written while this one read
+                raise InputError(f"{out}: already holds a run; use --resume {out} or another "
+                                 "--out")  # fmt: skip
+            write_text(out / "config.json", json.dumps(preset.to_dict(), indent=2) + "\n")
+    sampler = None
+    if world.main:  # rank 0 first: it caches the weight maps the others then read
+        sampler = make_sampler(cfg, data, out_tile, np_rng, cache=out)
+    barrier(world)
+    if sampler is None:
+        sampler = make_sampler(cfg, data, out_tile, np_rng, cache=out)
+    steps = cfg.steps_per_epoch or math.ceil(len(data.train_images) /
+                                             (cfg.batch_size * world.size))  # fmt: skip
 
     # 4. Network, optimiser, weight average and the run's state (restored when resuming).
-    learner = _build(preset, dev, precision, gen, ckpt, init)
+    learner = _build(preset, dev, precision, gen, ckpt, init, world)
     if ckpt is None:
         state = RunState(plan=cfg.epochs)
     else:
         state = _restore(ckpt, cfg, out, np_rng, gen, epochs, time_limit)
-    _announce(preset, learner, data, out_tile, steps)
+    if world.main:
+        _announce(preset, learner, data, out_tile, steps, world)
+    board = _tensorboard(out) if cfg.tensorboard and world.main else None
+    if board is not None:
+        held.callback(board.close)
 
-    # 5. Epochs: train, plan again under a time limit, validate, checkpoint, log.
+    # 5. Epochs: train, plan again under a time limit, validate, checkpoint, log. Under
+    # torchrun rank 0 plans, validates and writes; every rank keeps the same history.
     done = 0  # epochs in this call
     while state.epoch < state.plan and (stop_after is None or done < stop_after):
+        if world.distributed:
+            _seed_epoch(cfg.seed, state.epoch, world.rank, sampler, gen)
         t0 = time.perf_counter()
         train_loss, lr = _train_epoch(learner, sampler, gen, cfg, state, steps, out_tile,
-                                      out, progress)  # fmt: skip
+                                      out, progress and world.main)  # fmt: skip
+        train_loss = distributed.mean(world, train_loss)
         state.epoch += 1
         done += 1
         planned = state.plan
-        state.plan = plan_epochs(cfg, state.history, state.epoch, time.perf_counter() - t0, planned)
-        if state.plan != planned:
+        plan = plan_epochs(cfg, state.history, state.epoch, time.perf_counter() - t0, planned)
+        state.plan = broadcast(world, plan)  # rank 0's, so that no rank stops alone
+        if state.plan != planned and world.main:
             log.info("time limit %g min: %d epochs fit", cfg.time_limit, state.plan)
         row = {"epoch": state.epoch, "step": state.step, "lr": lr, "train_loss": train_loss}
-        scores, probs = _validate_if_due(learner, data, cfg, state)
+        scores, probs = _validate_if_due(learner, data, cfg, state) if world.main else ({}, None)
         row.update(scores)
         row["seconds"] = round(time.perf_counter() - t0, 2)
+        row = broadcast(world, row)
         is_best = _record(state, row, select_by)
-        _checkpoint(out, preset, learner, state, np_rng, gen, is_best)
-        _log_epoch(out, state, data, probs, is_best)
+        if world.main:
+            _checkpoint(out, preset, learner, state, np_rng, gen, is_best)
+            _log_epoch(out, state, data, probs, is_best, board)
     return summary(state.history, select_by)
+
+
+def _seed_epoch(
+    seed: int, epoch: int, rank: int, sampler: TileSampler, gen: torch.Generator
+) -> None:
+    """Under torchrun: rank ``rank``'s tile positions, augmentation and dropout in epoch
+    ``epoch`` (0-based) come from streams seeded by (seed, epoch, rank), so the ranks draw
+    different tiles and a run resumed with as many ranks draws what the uninterrupted run
+    drew."""
+    seq = np.random.SeedSequence([seed, epoch, rank])
+    sampler.rng = np.random.default_rng(seq)
+    a, b = (int(v) for v in seq.spawn(1)[0].generate_state(2, np.uint64) >> np.uint64(1))
+    gen.manual_seed(a)
+    torch.manual_seed(b)
+
+
+def _tensorboard(out: Path):
+    """A SummaryWriter into ``out/tensorboard``; InputError naming the extra without it."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise InputError("--tensorboard needs the tensorboard package: pip install "
+                         "'biounet[tensorboard]'") from None  # fmt: skip
+    return SummaryWriter(str(out / "tensorboard"))
 
 
 def _configure(
@@ -440,11 +549,14 @@ def _build(
     gen: torch.Generator,
     ckpt: dict | None,
     init: dict | None = None,
+    world: World | None = None,
 ) -> Learner:
     """The network initialised from ``gen`` in the layout for ``device`` and
     ``precision``, its optimiser and weight average; weights, average and optimiser state
     restored from ``ckpt`` if given. ``init``: a (partial) state_dict loaded over the
-    random initialisation, e.g. a model to fine-tune (:func:`_init_weights`)."""
+    random initialisation, e.g. a model to fine-tune (:func:`_init_weights`). Under
+    torchrun the training step calls it through DistributedDataParallel
+    (:func:`biounet.distributed.wrap`)."""
     cfg = preset.train
     model = UNet(preset.model)
     model.reset_parameters(generator=gen)
@@ -460,7 +572,8 @@ def _build(
         if ema is not None and "ema" in ckpt:
             ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
-    return Learner(model, optimizer, ema, device, precision, layout)
+    net = distributed.wrap(model, world or World(), device)
+    return Learner(model, optimizer, ema, device, precision, layout, net)
 
 
 def _restore(
@@ -492,9 +605,19 @@ def _restore(
     return state
 
 
-def _announce(preset: Preset, learner: Learner, data: Data, out_tile: int, steps: int) -> None:
-    """Log the run's shape: network size, tiles, batch, steps, images, device, precision."""
+def _announce(
+    preset: Preset, learner: Learner, data: Data, out_tile: int, steps: int, world: World
+) -> None:
+    """Log the run's shape: network size, tiles, batch, steps, images, device, precision
+    and, under torchrun, the ranks and the global batch."""
     cfg = preset.train
+    if world.distributed:
+        log.info("%d ranks: batch %d per rank, global batch %d", world.size, cfg.batch_size,
+                 cfg.batch_size * world.size)  # fmt: skip
+        if len(data.train_images) < world.size:
+            log.info("%d training images for %d ranks: every rank draws its tiles from all "
+                     "of them (other positions and augmentation per rank)",
+                     len(data.train_images), world.size)  # fmt: skip
     log.info(
         "%s preset: %d parameters, tile %d -> %d, batch %d, %d steps/epoch, %d training / "
         "%d validation images, %s %s",
@@ -535,6 +658,37 @@ def training_batch(
     return x, y, w
 
 
+def train_step(
+    learner: Learner,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    w: torch.Tensor | None,
+    cfg: TrainConfig,
+    lr: float,
+) -> float:
+    """One optimiser step at learning rate ``lr`` on the batch x (B, C, S, S), y (B, s, s),
+    w (B, s, s) or None; returns its loss. A loss that is not finite is returned before it
+    reaches the weights. Under torchrun the backward pass averages the gradients of all
+    ranks' batches, so R ranks of batch b take the step of one process of batch R * b."""
+    model, optimizer = learner.model, learner.optimizer
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    x = x.contiguous(memory_format=learner.layout)
+    with autocast(learner.device, learner.precision):
+        logits = (learner.net or model)(x)
+    ignore = IGNORE_INDEX if cfg.ignore_label is not None else None
+    loss = segmentation_loss(logits, y, w, dice=cfg.dice, ignore_index=ignore)
+    value = loss.item()
+    if not math.isfinite(value):
+        return value
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if learner.ema is not None:
+        learner.ema.update_parameters(model)
+    return value
+
+
 def _train_epoch(
     learner: Learner,
     sampler: TileSampler,
@@ -549,33 +703,22 @@ def _train_epoch(
     """One epoch of ``steps`` optimiser steps (``state.step`` counts them); returns the mean
     training loss and the last step's learning rate. TrainingDiverged (naming the run
     ``out``) as soon as the loss is not finite, before it reaches the weights."""
-    model, optimizer = learner.model, learner.optimizer
-    model.train()
+    (learner.net or learner.model).train()
     losses = []
     bar = tqdm(range(steps), desc=f"epoch {state.epoch + 1}/{state.plan}", disable=not progress,
                leave=False, dynamic_ncols=True)  # fmt: skip
-    for _ in bar:
-        lr = learning_rate(cfg, state.step, steps, state.plan)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    for i in bar:
+        # the step within the plan's epochs: also right when a run resumes with another
+        # number of ranks and so another number of steps per epoch
+        lr = learning_rate(cfg, state.epoch * steps + i, steps, state.plan)
         x, y, w = training_batch(sampler, cfg, out_tile, gen, cfg.batch_size, learner.device)
-        x = x.contiguous(memory_format=learner.layout)
-        with autocast(learner.device, learner.precision):
-            logits = model(x)
-        ignore = IGNORE_INDEX if cfg.ignore_label is not None else None
-        loss = segmentation_loss(logits, y, w, dice=cfg.dice, ignore_index=ignore)
-        value = loss.item()
-        if not math.isfinite(value):  # stop before a NaN reaches the weights
+        value = train_step(learner, x, y, w, cfg, lr)
+        if not math.isfinite(value):  # stopped before a NaN reached the weights
             kept = f"; last.pt keeps epoch {state.epoch}" if state.epoch else ""
             raise TrainingDiverged(
                 f"{out}: the training loss became {value} at epoch {state.epoch + 1} (step "
                 f"{state.step + 1} of the run, lr {lr:g}): the run diverged; lower --lr{kept}"
             )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if learner.ema is not None:
-            learner.ema.update_parameters(model)
         state.step += 1
         losses.append(value)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
@@ -632,14 +775,22 @@ def _checkpoint(
 
 
 def _log_epoch(
-    out: Path, state: RunState, data: Data, probs: list[np.ndarray] | None, is_best: bool
+    out: Path,
+    state: RunState,
+    data: Data,
+    probs: list[np.ndarray] | None,
+    is_best: bool,
+    board=None,
 ) -> None:
-    """log.csv, curves.png, val.png (if validated) and one log line for the last epoch."""
+    """log.csv, curves.png, val.png (if validated) and one log line for the last epoch;
+    its scalars and panels also to the TensorBoard writer ``board`` if given."""
     _write_log(out / "log.csv", state.history)
     plot_curves(state.history, out / "curves.png")
     if probs is not None:
         plot_panels(data.val_images, data.val_masks, probs, out / "val.png", data.val_names)
     row = state.history[-1]
+    if board is not None:
+        _board_epoch(board, row, out / "val.png" if probs is not None else None)
     log.info(
         "epoch %d/%d  train loss %.4f  val loss %s  pixel error %s  V_rand %s  V_info %s"
         "  %.1fs%s",
@@ -653,6 +804,22 @@ def _log_epoch(
         row["seconds"],
         "  (best)" if is_best else "",
     )
+
+
+def _board_epoch(board, row: dict, panels: Path | None) -> None:
+    """The epoch's numbers (losses, learning rate, pixel error, V_rand, V_info, IoU, ...)
+    as TensorBoard scalars at its epoch, and the validation panels as an image."""
+    epoch = row["epoch"]
+    for key, value in row.items():
+        if key != "epoch" and isinstance(value, int | float) and value is not None:
+            board.add_scalar(key, value, epoch)
+    if panels is not None and panels.is_file():
+        from PIL import Image
+
+        with Image.open(panels) as im:
+            board.add_image("validation", np.asarray(im.convert("RGB")), epoch,
+                            dataformats="HWC")  # fmt: skip
+    board.flush()
 
 
 def _fmt(v: float | None) -> str:
