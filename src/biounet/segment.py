@@ -21,6 +21,7 @@ as a contour model if it has 3 outputs and as a mask model otherwise.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -37,6 +38,7 @@ from .device import select_device
 from .exported import load_model
 from .instances import equivalent_diameters, instances, resize_labels
 from .io import InputError, StackWriter, channels_text, read_images
+from .large import ZARR_SUFFIX, OmeZarrWriter, is_zarr_path, large_probabilities, open_lazy
 from .model import INVERT, UNet
 from .rois import rois_of, write_roi_zip
 from .tiling import DEFAULT_MEMORY_MB, predict
@@ -141,18 +143,25 @@ class _Segmenter:
             made["instances"] = labels if factor == 1.0 else resize_labels(labels, shape)
         if factor != 1.0:
             probs = rescale_image(probs, shape)
+        return Segmentation(**made, **self.pixel_outputs(probs, outputs))
+
+    def pixel_outputs(self, probs: np.ndarray, outputs: Iterable[str]) -> dict[str, np.ndarray]:
+        """The per-pixel ``outputs`` of the model's (H, W) or (C, H, W) probabilities:
+        "probabilities" (float32 P(foreground), or (C, H, W) class probabilities), "mask"
+        (uint8 0/255), "classes" (uint8 argmax); instances are not per-pixel."""
+        made = {}
         if self.multiclass:  # probs (C, H, W)
             if "probabilities" in outputs:
                 made["probabilities"] = probs.astype(np.float32)
             if "classes" in outputs:
                 made["classes"] = np.argmax(probs, axis=0).astype(np.uint8)
-            return Segmentation(**made)
+            return made
         prob = _foreground(probs)
         if "probabilities" in outputs:
             made["probabilities"] = prob.astype(np.float32)
         if "mask" in outputs:
             made["mask"] = ((prob > self.config.threshold) * 255).astype(np.uint8)
-        return Segmentation(**made)
+        return made
 
 
 def _segmenter(
@@ -307,6 +316,8 @@ def segment_files(
     report: Callable[[list[Path]], None] | None = None,
     invert: str | None = None,
     engine: str = "auto",
+    shard: str | tuple[int, int] | None = None,
+    skip_existing: bool = False,
 ) -> list[list[Path]]:
     """Segment the images at ``source`` with the model of ``checkpoint`` and write TIFFs.
 
@@ -333,16 +344,32 @@ def segment_files(
     ``write_mask`` and ``write_instances`` are InputErrors for it, ``write_probabilities``
     for any other model (its ``NAME.tif`` is P(foreground)).
 
+    Zarr (``source`` or ``out`` ending in .zarr): the one image of a Zarr array, an OME-Zarr
+    image or a TIFF is read, predicted and written (OME-Zarr, ``NAME.zarr`` and
+    ``NAME-mask.zarr`` ...) block by block, never whole (:mod:`biounet.large`); per-pixel
+    outputs only (instances, ``diameter``, ``slices`` and ``channels`` are InputErrors),
+    and TTA averages the views of each tile.
+
+    ``shard`` ("K/N" or (K, N)) predicts every N-th output from the K-th (0-based) in the
+    order above; without it, a process that torchrun started (WORLD_SIZE > 1, RANK set)
+    takes shard RANK/WORLD_SIZE. Together the N shards write what one run writes.
+    ``skip_existing`` skips the images whose outputs all exist.
+
     Returns the files written, one list per output (probabilities or class map, then mask,
     instances or class probabilities).
     """
     source = Path(source)
+    shard = parse_shard(shard) if shard is not None else shard_of_environment()
+    large = is_zarr_path(source) or is_zarr_path(out)
     # input errors first: reading is cheaper than loading the model
-    images = read_images(source, channels=channels)
+    if large:
+        images = _open_large(source, slices, channels, write_instances or write_rois)
+    else:
+        images = read_images(source, channels=channels)
     run = _segmenter(checkpoint, None, overrides or {}, select_device(device), label, invert,
                      engine, precision)  # fmt: skip
     takes = run.model.config.in_channels
-    if channels is None and images.channels != takes and run.channels:
+    if not large and channels is None and images.channels != takes and run.channels:
         # the model's own --channels: a model trained on picked channels reads them again
         try:
             images = read_images(source, channels=run.channels)
@@ -364,6 +391,21 @@ def segment_files(
     if write_rois and not write_instances:
         raise InputError(f"{checkpoint}: ImageJ ROIs outline instances: add --instances")
     default = "classes" if run.multiclass else "prob"
+    kinds = (*asked, *(("probabilities",) if write_probabilities else ()))
+    suffix = {main: "", "mask": "-mask", "instances": "-instances",
+              **({"probabilities": "-probabilities"} if run.multiclass else {})}  # fmt: skip
+    tiling = dict(tile=tile, precision=precision, memory_mb=memory_mb, overlap=overlap,
+                  progress=progress)  # fmt: skip
+    if large:
+        path = Path(out) if out else Path(f"{_stem(source)}-{default}{ZARR_SUFFIX}")
+        if not is_zarr_path(path):
+            raise InputError(f"{path}: a Zarr input is written as OME-Zarr; give --out "
+                             f"NAME{ZARR_SUFFIX}")  # fmt: skip
+        try:
+            return _segment_large(run, images, path, kinds, suffix, shard, skip_existing,
+                                  report, tiling)  # fmt: skip
+        finally:
+            images.close()
     idx = list(range(len(images)))
     if slices:
         idx = parse_slices(slices, len(images), f"{source}: --slices", images.names)
@@ -372,15 +414,18 @@ def segment_files(
         groups = [(folder / f"{images.names[i]}.tif", [i]) for i in idx]
     else:  # one output stack for the input stack
         groups = [(Path(out) if out else Path(f"{source.stem}-{default}.tif"), idx)]
-    kinds = (*asked, *(("probabilities",) if write_probabilities else ()))
-    suffix = {main: "", "mask": "-mask", "instances": "-instances",
-              **({"probabilities": "-probabilities"} if run.multiclass else {})}  # fmt: skip
+
+    def outputs_of(path: Path) -> dict[str, Path]:
+        return {k: path.with_name(path.stem + suffix[k] + ".tif") if suffix[k] else path
+                for k in kinds}  # fmt: skip
+
+    groups = _mine(groups, shard, skip_existing, outputs_of)
     pages = run.model.config.out_channels if write_probabilities else 1  # per image
     written = []
-    bar = tqdm(total=len(idx), desc="predict", unit="image", disable=not progress)
+    bar = tqdm(total=sum(len(m) for _, m in groups), desc="predict", unit="image",
+               disable=not progress)  # fmt: skip
     for path, members in groups:
-        paths = {k: path.with_name(path.stem + suffix[k] + ".tif") if suffix[k] else path
-                 for k in kinds}  # fmt: skip
+        paths = outputs_of(path)
         big = sum(images.arrays[i].size for i in members) * 4 * pages > CLASSIC_TIFF_BYTES
         pixel_size = images.pixel_sizes[members[0]] if members else None  # the input's
         rois = []  # ImageJ ROIs of the group's instances
@@ -405,3 +450,128 @@ def segment_files(
             report(written[-1])
     bar.close()
     return written
+
+
+# ---------------------------------------------------------------------------------------
+# Shards, and images larger than memory
+
+
+def parse_shard(spec: str | tuple[int, int]) -> tuple[int, int]:
+    """``"K/N"`` (or (K, N)) -> (K, N): every N-th input from the K-th, 0 <= K < N; one-line
+    InputError for anything else."""
+    if isinstance(spec, tuple):
+        k, n = spec
+    else:
+        k_text, slash, n_text = str(spec).strip().partition("/")
+        try:
+            k, n = int(k_text), int(n_text)
+        except ValueError:
+            k = n = None
+        if not slash or k is None:
+            raise InputError(f"--shard {spec!r}: expected K/N, e.g. 0/4 (the K-th of N shards, "
+                             "counting from 0)")  # fmt: skip
+    if n < 1:
+        raise InputError(f"--shard {k}/{n}: N must be at least 1")
+    if not 0 <= k < n:
+        raise InputError(f"--shard {k}/{n}: K must be in 0..{n - 1}")
+    return k, n
+
+
+def shard_of_environment(environ: Mapping[str, str] = os.environ) -> tuple[int, int] | None:
+    """(RANK, WORLD_SIZE) of a process that torchrun started several of, else None."""
+    world, rank = environ.get("WORLD_SIZE"), environ.get("RANK")
+    if not world or rank is None:
+        return None
+    try:
+        k, n = int(rank), int(world)
+    except ValueError:
+        raise InputError(f"RANK={rank!r}, WORLD_SIZE={world!r}: expected whole numbers "
+                         "(set by torchrun)") from None  # fmt: skip
+    if n <= 1:
+        return None
+    return parse_shard((k, n))
+
+
+def _mine(groups: list, shard: tuple[int, int] | None, skip_existing: bool,
+          outputs_of: Callable[[Path], dict[str, Path]]) -> list:  # fmt: skip
+    """The (output path, members) ``groups`` this run writes: its shard's, less those whose
+    outputs all exist with ``skip_existing``; says so in log lines."""
+    total = len(groups)
+    if shard is not None:
+        k, n = shard
+        groups = groups[k::n]
+        if not groups:
+            log.info("shard %d/%d: no images to predict (%d in all)", k, n, total)
+            return []
+        log.info("shard %d/%d: %d of %d images", k, n, len(groups), total)
+    if skip_existing:
+        todo = [g for g in groups if not all(p.exists() for p in outputs_of(g[0]).values())]
+        if len(todo) < len(groups):
+            log.info("skipped %d of %d images whose outputs exist", len(groups) - len(todo),
+                     len(groups))  # fmt: skip
+        groups = todo
+    return groups
+
+
+def _stem(source: Path) -> str:
+    """``big`` of big.zarr, big.ome.zarr, big.tif."""
+    name = source.name.rstrip("/\\")
+    for suffix in (".ome.zarr", ZARR_SUFFIX, ".ome.tiff", ".ome.tif", ".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return source.stem
+
+
+def _open_large(source: Path, slices, channels, instances: bool):
+    """The :class:`biounet.large.LazyImage` at ``source``, or InputError for what a Zarr run
+    does not do."""
+    if instances:
+        raise InputError(f"{source}: instances need the whole image in memory; a Zarr run "
+                         "(a .zarr input or --out) writes probabilities and masks "
+                         "(--threshold)")  # fmt: skip
+    if slices or channels:
+        flag = "--slices" if slices else "--channels"
+        raise InputError(f"{source}: {flag} picks from images read whole; a Zarr run "
+                         "predicts the one image as stored")  # fmt: skip
+    if source.is_dir() and not is_zarr_path(source):
+        raise InputError(f"{source}: a folder; a Zarr run predicts one .zarr or TIFF image")
+    return open_lazy(source)
+
+
+def _segment_large(run: _Segmenter, image, path: Path, kinds, suffix, shard, skip_existing,
+                   report, tiling: dict) -> list[list[Path]]:  # fmt: skip
+    """Predict the LazyImage ``image`` block by block into OME-Zarr ``path`` and its
+    companions (``kinds`` named by ``suffix``)."""
+    if run.config.diameter:
+        raise InputError(f"{image.path}: --diameter rescales whole images; a Zarr run "
+                         "predicts at the stored scale")  # fmt: skip
+
+    def outputs_of(p: Path) -> dict[str, Path]:
+        base = p.name[: -len(ZARR_SUFFIX)]
+        return {k: p.with_name(base + suffix[k] + ZARR_SUFFIX) for k in kinds}
+
+    if not _mine([(path, [0])], shard, skip_existing, outputs_of):
+        return []
+    paths = outputs_of(path)
+    H, W = image.shape
+    classes = run.model.config.out_channels if run.multiclass else None
+    log.info("%s: %d x %d, read and written block by block", image.path, H, W)
+    with ExitStack() as stack:  # every store is complete, or none is written
+        writers = {
+            k: stack.enter_context(OmeZarrWriter(
+                p, (H, W), np.float32 if k == "probabilities" else np.uint8,
+                classes if k == "probabilities" else None, image.pixel_size))
+            for k, p in paths.items()
+        }  # fmt: skip
+
+        def write(y: int, x: int, probs: np.ndarray) -> None:  # (K, h, w)
+            made = run.pixel_outputs(probs[0] if probs.shape[0] == 1 else probs, kinds)
+            for k, writer in writers.items():
+                writer.write(y, x, made[k])
+
+        large_probabilities(run.model, image, write, tta=run.config.tta,
+                            normalization=run.normalization, **tiling)  # fmt: skip
+    written = list(paths.values())
+    if report is not None:
+        report(written)
+    return [written]
