@@ -146,7 +146,9 @@ def _env(**extra) -> dict:
 
 
 @pytest.mark.slow
-def test_torchrun_trains_on_two_ranks_and_the_run_resumes_on_one(tmp_path):
+def test_torchrun_trains_on_two_ranks_and_the_run_resumes_on_one(tmp_path, capsys):
+    from biounet.cli import main
+
     img, lab = _tiny_data(tmp_path / "data")
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
@@ -157,6 +159,8 @@ def test_torchrun_trains_on_two_ranks_and_the_run_resumes_on_one(tmp_path):
     assert config["train"]["world_size"] == 2 and config["train"]["batch_size"] == 2
     assert done.stdout.count("run ") == 1  # rank 0 alone reports
     assert "2 ranks: batch 2 per rank, global batch 4" in done.stderr
+    assert main(["info", str(run / "last.pt")]) == 0
+    assert "ranks        2 (torchrun), global batch 4" in capsys.readouterr().out
     resumed = subprocess.run([sys.executable, "-m", "biounet", "train", "--resume", str(run),
                               "--epochs", "2", "--no-progress"], capture_output=True, text=True,
                              env=_env(), timeout=300)  # fmt: skip

@@ -503,6 +503,9 @@ def cmd_info(args) -> int:
         f"  training     {t.epochs} epochs x {t.steps_per_epoch or 'one pass'} steps, "
         f"batch {t.batch_size}, validate on slices {t.val_slices or 'none'}"
     )
+    if t.world_size > 1:
+        print(f"  ranks        {t.world_size} (torchrun), global batch "
+              f"{t.batch_size * t.world_size}")  # fmt: skip
     if t.time_limit:
         print(f"  time limit   {t.time_limit:g} min: fewer epochs where they do not fit")
     if t.select_by == "last":
