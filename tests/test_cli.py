@@ -670,8 +670,8 @@ def test_a_three_class_model_predicts_a_class_map_that_evaluate_scores_per_class
     classes = tifffile.imread(pred)
     probs = tifffile.imread(tmp_path / "pred-probabilities.tif")
     assert classes.dtype == np.uint8 and classes.shape == (4, 64, 64)
-    assert probs.dtype == np.float32 and probs.shape == (4 * 3, 64, 64)
-    np.testing.assert_array_equal(classes, probs.reshape(4, 3, 64, 64).argmax(axis=1))
+    assert probs.dtype == np.float32 and probs.shape == (4, 3, 64, 64)  # ImageJ ZCYX
+    np.testing.assert_array_equal(classes, probs.argmax(axis=1))
     assert set(np.unique(classes)) <= {0, 1, 2}
 
     labels = tifffile.imread(lab)

@@ -488,3 +488,35 @@ def test_stack_writer_writes_the_pixel_size_imagej_style(tmp_path, rng, dtype):
     with tifffile.TiffFile(tmp_path / "none.tif") as tif:
         assert not tif.is_imagej and tif.pages[0].resolution == (1.0, 1.0)
     assert read_images(tmp_path / "none.tif").pixel_sizes == [None]
+
+
+def test_a_declared_stack_is_an_imagej_hyperstack_and_nothing_half_written_is_kept(tmp_path):
+    from biounet.io import StackWriter
+
+    rng = np.random.default_rng(0)
+    pages = rng.random((2 * 3, 12, 20)).astype(np.float32)
+    path = tmp_path / "p.tif"
+    with StackWriter(path, pixel_size=(0.5, 0.5, "µm"), hyperstack=(2, 3)) as w:
+        for page in pages:
+            w.write(page)
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_imagej and tif.series[0].axes == "ZCYX"
+        meta = tif.imagej_metadata
+        assert (meta["slices"], meta["channels"], meta["unit"]) == (2, 3, "micron")
+        np.testing.assert_array_equal(tif.asarray(), pages.reshape(2, 3, 12, 20))
+    assert read_images(path).pixel_sizes == [(0.5, 0.5, "µm")] * 2
+    short = tmp_path / "short.tif"
+    with pytest.raises(ValueError, match="5 pages written of the declared 6"), \
+            StackWriter(short, hyperstack=(2, 3)) as w:
+        for page in pages[:5]:
+            w.write(page)
+    with pytest.raises(ValueError, match="does not fit the declared float32 stack"), \
+            StackWriter(short, hyperstack=(2, 3)) as w:
+        w.write(pages[0])
+        w.write(pages[1].astype(np.float64))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tif"]
+    # instance labels (no declared shape) stay compressed pages of their own type
+    with StackWriter(tmp_path / "l.tif") as w:
+        w.write(np.arange(240, dtype=np.uint16).reshape(12, 20))
+    with tifffile.TiffFile(tmp_path / "l.tif") as tif:
+        assert not tif.is_imagej and tif.pages[0].compression == 8  # zlib

@@ -250,14 +250,18 @@ def test_a_multiclass_stack_gives_a_class_map_stack_and_c_probability_pages_per_
                             device="cpu")  # fmt: skip
     assert written == [[tmp_path / "out.tif", tmp_path / "out-probabilities.tif"]]
     classes = tifffile.imread(tmp_path / "out.tif")
-    probs = tifffile.imread(tmp_path / "out-probabilities.tif")
+    # ImageJ hyperstacks: Fiji opens the probabilities as 2 slices of 3 channels
+    with tifffile.TiffFile(tmp_path / "out-probabilities.tif") as tif:
+        assert tif.is_imagej and tif.series[0].axes == "ZCYX"
+        assert (tif.imagej_metadata["slices"], tif.imagej_metadata["channels"]) == (2, 3)
+        probs = tif.asarray()
     assert classes.dtype == np.uint8 and classes.shape == (2, 40, 56)
-    assert probs.dtype == np.float32 and probs.shape == (2 * 3, 40, 56)  # image i, class c
+    assert probs.dtype == np.float32 and probs.shape == (2, 3, 40, 56)  # image i, class c
     for page, i in enumerate((1, 2)):
         one = segment(classes_checkpoint, stack[i], precision="fp32")
         np.testing.assert_array_equal(classes[page], one.classes)
-        np.testing.assert_array_equal(probs[3 * page : 3 * page + 3], one.probabilities)
-    np.testing.assert_allclose(probs.reshape(2, 3, 40, 56).sum(axis=1), 1.0, atol=1e-5)
+        np.testing.assert_array_equal(probs[page], one.probabilities)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
 
 
 def test_a_multiclass_folder_defaults_to_classes_and_refuses_masks_and_instances(
@@ -301,7 +305,8 @@ def test_outputs_carry_the_inputs_pixel_size_and_uncalibrated_inputs_write_none(
                             write_mask=True, device="cpu")  # fmt: skip
     for path in written[0]:
         with tifffile.TiffFile(path) as tif:
-            assert not tif.is_imagej and tif.pages[0].resolution == (1.0, 1.0)
+            meta = tif.imagej_metadata or {}  # a hyperstack (mask) or plain pages (none)
+            assert "unit" not in meta and tif.pages[0].resolution == (1.0, 1.0)
         assert read_images(path).pixel_sizes == [None, None]
 
 

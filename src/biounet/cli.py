@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="multi-class models: also write the class probabilities as *-probabilities.tif, "
         "float32, C pages per image (P(class 0) .. P(class C-1)); for a stack input, image "
-        "i's class c is page i*C+c",
+        "i's class c is page i*C+c (an ImageJ hyperstack: Fiji shows slices and channels)",
     )
     s.add_argument("--invert", choices=tuple(INVERT), help=INVERT_HELP + "; default: as "
                    "the model was trained (biounet info MODEL)")  # fmt: skip

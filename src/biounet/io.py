@@ -871,42 +871,100 @@ class StackWriter:
     """Write a multi-page TIFF one (H, W) page at a time, atomically (temp file + rename on
     success), so a stack never has to be held in memory and a failed run leaves nothing.
 
+    ``hyperstack`` (images, channels): the stack's shape, known in advance. Such a stack of
+    uint8, uint16 or float32 pages that fits a classic TIFF is written as an ImageJ
+    hyperstack (axes ZCYX, ``images= channels= slices=`` in its description): Fiji opens it
+    with its slices and channels apart. ImageJ reads such files as one contiguous block, so
+    they are not compressed; the pages go into a memory map of the file one at a time.
+    Other stacks (instance labels, whose type is known only page by page; BigTIFFs past 4
+    GiB, which ImageJ cannot open) are zlib-compressed pages, page i = image i // C,
+    channel i % C.
+
     ``pixel_size`` (x, y, unit), e.g. from :attr:`Images.pixel_sizes`, is written ImageJ
     style (XResolution/YResolution in pixels per unit, ``unit=`` in an ImageJ description),
     which Fiji, napari and :func:`read_images` read back; None writes no calibration.
     """
 
+    HYPERSTACK_TYPES = (np.uint8, np.uint16, np.float32)
+
     def __init__(
-        self, path: str | Path, bigtiff: bool = False, pixel_size: PixelSize | None = None
+        self,
+        path: str | Path,
+        bigtiff: bool = False,
+        pixel_size: PixelSize | None = None,
+        hyperstack: tuple[int, int] | None = None,
     ):
         self.path = Path(path)
         self.bigtiff = bigtiff  # needed past 4 GiB
         self.pixel_size = pixel_size
+        self.hyperstack = None if bigtiff else hyperstack
         self.pages = 0
+        self._tif = self._map = None
 
     def __enter__(self) -> StackWriter:
-        import tifffile
-
         self._atomic = atomic_path(self.path)
-        tmp = self._atomic.__enter__()
-        self._tif = tifffile.TiffWriter(tmp, bigtiff=self.bigtiff)
+        self._tmp = self._atomic.__enter__()
         return self
 
     def write(self, page: np.ndarray) -> None:
+        if self.pages == 0 and self.hyperstack and page.dtype in self.HYPERSTACK_TYPES:
+            self._map = self._open_hyperstack(page)
+        if self._map is not None:
+            n = self._map.shape[0] * self._map.shape[1]
+            fits = page.shape == self._map.shape[2:] and page.dtype == self._map.dtype
+            if self.pages >= n or not fits:
+                raise ValueError(f"{self.path}: page {self.pages} ({page.dtype}, {page.shape}) "
+                                 f"does not fit the declared {self._map.dtype} stack "
+                                 f"{self._map.shape}")  # fmt: skip
+            self._map[divmod(self.pages, self._map.shape[1])] = page
+        else:
+            self._write_page(page)
+        self.pages += 1
+
+    def _open_hyperstack(self, page: np.ndarray) -> np.ndarray:
+        import tifffile
+
+        images, channels = self.hyperstack
+        metadata = {"axes": "ZCYX"}
+        kw = {}
+        if self.pixel_size is not None:
+            x, y, unit = self.pixel_size
+            metadata["unit"] = _imagej_unit(unit)
+            kw = {"resolution": (1.0 / x, 1.0 / y)}
+        return tifffile.memmap(self._tmp, shape=(images, channels, *page.shape),
+                               dtype=page.dtype, imagej=True, metadata=metadata, **kw)
+
+    def _write_page(self, page: np.ndarray) -> None:
+        import tifffile
+
+        if self._tif is None:
+            self._tif = tifffile.TiffWriter(self._tmp, bigtiff=self.bigtiff)
         calibration = {}
         if self.pixel_size is not None:
             x, y, unit = self.pixel_size
             calibration = {"resolution": (1.0 / x, 1.0 / y), "resolutionunit": 1}  # NONE
             if self.pages == 0:  # ImageJ reads the unit from the first page's description
-                unit = "micron" if unit == "µm" else unit.encode("ascii", "replace").decode()
-                calibration["description"] = f"ImageJ=1.11a\nunit={unit}\n"
+                calibration["description"] = f"ImageJ=1.11a\nunit={_imagej_unit(unit)}\n"
         self._tif.write(page, compression="zlib", photometric="minisblack", metadata=None,
                         **calibration)  # fmt: skip
-        self.pages += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._tif.close()
+        if self._tif is not None:
+            self._tif.close()
+        if self._map is not None:
+            declared = self._map.shape[0] * self._map.shape[1]
+            self._map.flush()
+            del self._map
+            if exc_type is None and self.pages != declared:
+                self._atomic.__exit__(ValueError, None, None)  # nothing half-written is kept
+                raise ValueError(f"{self.path}: {self.pages} pages written of the declared "
+                                 f"{declared}")  # fmt: skip
         self._atomic.__exit__(exc_type, exc, tb)
+
+
+def _imagej_unit(unit: str) -> str:
+    """A unit as ImageJ's description takes it (ASCII; "micron" for µm)."""
+    return "micron" if unit == "µm" else unit.encode("ascii", "replace").decode()
 
 
 def write_text(path: str | Path, text: str) -> Path:

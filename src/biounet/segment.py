@@ -420,7 +420,8 @@ def segment_files(
                 for k in kinds}  # fmt: skip
 
     groups = _mine(groups, shard, skip_existing, outputs_of)
-    pages = run.model.config.out_channels if write_probabilities else 1  # per image
+    pages = run.model.config.out_channels if write_probabilities else 1  # per image, at most
+    channels = run.model.config.out_channels if run.multiclass else 1  # of the probabilities
     written = []
     bar = tqdm(total=sum(len(m) for _, m in groups), desc="predict", unit="image",
                disable=not progress)  # fmt: skip
@@ -430,7 +431,11 @@ def segment_files(
         pixel_size = images.pixel_sizes[members[0]] if members else None  # the input's
         rois = []  # ImageJ ROIs of the group's instances
         with ExitStack() as stack:  # every file is complete, or none is written
-            writers = {k: stack.enter_context(StackWriter(p, big, pixel_size))
+            # ImageJ hyperstacks where the shape is known in advance (not for instances,
+            # whose type follows their count)
+            shapes = {k: None if k == "instances" else
+                      (len(members), channels if k == "probabilities" else 1) for k in paths}
+            writers = {k: stack.enter_context(StackWriter(p, big, pixel_size, shapes[k]))
                        for k, p in paths.items()}  # fmt: skip
             for n, i in enumerate(members, 1):
                 result = run(images.arrays[i], kinds, tile=tile, precision=precision,
