@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from .io import InputError, PixelSize, channels_text
 from .tiling import (
     DEFAULT_BLOCK,
     DEFAULT_MEMORY_MB,
+    activation_bytes,
     blockwise_probabilities,
     dihedral_predictor,
     evaluating,
@@ -470,8 +471,9 @@ def large_probabilities(
     """``tiling.probabilities`` of a :class:`LazyImage`: ``write(y, x, probs)`` receives the
     (K, h, w) float32 probabilities of image rows y..y+h, columns x..x+w, block by block,
     covering the image once. Without ``tta`` they equal the in-memory run's (the same tile
-    plan and tiles; see ``tiling.blockwise_probabilities``); ``tta`` averages the 8 views
-    of each tile (``tiling.dihedral_predictor``) rather than of the whole image."""
+    plan and tiles, see ``tiling.blockwise_probabilities``; batches of at most half of
+    ``memory_mb``, which change the outputs only by float rounding); ``tta`` averages the 8
+    views of each tile (``tiling.dihedral_predictor``) rather than of the whole image."""
     from .device import memory_format, resolve_precision
 
     takes = model.config.in_channels
@@ -484,6 +486,11 @@ def large_probabilities(
     norms = streamed_normalization(image, normalization or model.config.normalization)
     plan = plan_tiles(model.config, image.shape, tile=tile, precision=precision,
                       memory_mb=memory_mb, overlap=overlap)  # fmt: skip
+    # the in-memory run's tiles (the same outputs) in batches within half the budget, one
+    # tile at least: the plan fills the budget with tiles of a size that depends on the
+    # image's, and the block and the Python runtime live beside them
+    per_tile = activation_bytes(model.config, plan.tile, precision)
+    plan = replace(plan, batch=max(1, min(plan.batch, memory_mb * 2**20 // 2 // per_tile)))
 
     def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         raw = image.window(y0, y1, x0, x1)  # (C, h, w) stored dtype
