@@ -515,8 +515,16 @@ def test_a_declared_stack_is_an_imagej_hyperstack_and_nothing_half_written_is_ke
         w.write(pages[0])
         w.write(pages[1].astype(np.float64))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tif"]
-    # instance labels (no declared shape) stay compressed pages of their own type
-    with StackWriter(tmp_path / "l.tif") as w:
-        w.write(np.arange(240, dtype=np.uint16).reshape(12, 20))
+    # instance labels: a hyperstack while uint16; a page that needs uint32 turns the stack
+    # into compressed pages, the earlier ones rewritten unchanged
+    labels = [np.arange(240, dtype=np.uint16).reshape(12, 20) + k for k in range(2)]
+    labels.append(np.full((12, 20), 70000, np.uint32))
+    with StackWriter(tmp_path / "l.tif", hyperstack=(3, 1)) as w:
+        for page in labels:
+            w.write(page)
     with tifffile.TiffFile(tmp_path / "l.tif") as tif:
         assert not tif.is_imagej and tif.pages[0].compression == 8  # zlib
+        assert [p.dtype for p in tif.pages] == [np.uint16, np.uint16, np.uint32]
+        for page, expected in zip(tif.pages, labels, strict=True):
+            np.testing.assert_array_equal(page.asarray(), expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["l.tif", "p.tif"]

@@ -876,9 +876,9 @@ class StackWriter:
     hyperstack (axes ZCYX, ``images= channels= slices=`` in its description): Fiji opens it
     with its slices and channels apart. ImageJ reads such files as one contiguous block, so
     they are not compressed; the pages go into a memory map of the file one at a time.
-    Other stacks (instance labels, whose type is known only page by page; BigTIFFs past 4
-    GiB, which ImageJ cannot open) are zlib-compressed pages, page i = image i // C,
-    channel i % C.
+    Other stacks (BigTIFFs past 4 GiB, which ImageJ cannot open; instance labels once a
+    page needs uint32, when the pages so far are rewritten) are zlib-compressed pages, page
+    i = image i // C, channel i % C.
 
     ``pixel_size`` (x, y, unit), e.g. from :attr:`Images.pixel_sizes`, is written ImageJ
     style (XResolution/YResolution in pixels per unit, ``unit=`` in an ImageJ description),
@@ -909,6 +909,8 @@ class StackWriter:
     def write(self, page: np.ndarray) -> None:
         if self.pages == 0 and self.hyperstack and page.dtype in self.HYPERSTACK_TYPES:
             self._map = self._open_hyperstack(page)
+        if self._map is not None and page.dtype == np.uint32 and self._map.dtype == np.uint16:
+            self._to_pages()  # instance labels past 65535: ImageJ hyperstacks hold no uint32
         if self._map is not None:
             n = self._map.shape[0] * self._map.shape[1]
             fits = page.shape == self._map.shape[2:] and page.dtype == self._map.dtype
@@ -920,6 +922,18 @@ class StackWriter:
         else:
             self._write_page(page)
         self.pages += 1
+
+    def _to_pages(self) -> None:
+        """Rewrite the pages written so far as compressed pages, and go on that way."""
+        old, pages = self._atomic, self._map.reshape(-1, *self._map.shape[2:])[: self.pages]
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+        self._map, self.pages = None, 0
+        for page in pages:  # one page in memory at a time
+            self._write_page(np.asarray(page))
+            self.pages += 1
+        del pages
+        old.__exit__(ValueError, None, None)  # removes the hyperstack's temp file
 
     def _open_hyperstack(self, page: np.ndarray) -> np.ndarray:
         import tifffile

@@ -431,10 +431,8 @@ def segment_files(
         pixel_size = images.pixel_sizes[members[0]] if members else None  # the input's
         rois = []  # ImageJ ROIs of the group's instances
         with ExitStack() as stack:  # every file is complete, or none is written
-            # ImageJ hyperstacks where the shape is known in advance (not for instances,
-            # whose type follows their count)
-            shapes = {k: None if k == "instances" else
-                      (len(members), channels if k == "probabilities" else 1) for k in paths}
+            # ImageJ hyperstacks of known shape (instances: until one needs uint32)
+            shapes = {k: (len(members), channels if k == "probabilities" else 1) for k in paths}
             writers = {k: stack.enter_context(StackWriter(p, big, pixel_size, shapes[k]))
                        for k, p in paths.items()}  # fmt: skip
             for n, i in enumerate(members, 1):
