@@ -251,8 +251,10 @@ def export_bioimageio(
         np.save(tmp / "test-output.npy", y)
         import tifffile
 
-        tifffile.imwrite(tmp / "sample-input.tif", x[0])
-        tifffile.imwrite(tmp / "sample-output.tif", y[0])
+        for fname, arr in (("sample-input.tif", x[0]), ("sample-output.tif", y[0])):
+            # (C, H, W) channels, never RGB (a 3-class output is not a colour image)
+            tifffile.imwrite(tmp / fname, arr, photometric="minisblack",
+                             metadata={"axes": "CYX"})  # fmt: skip
         _cover(x, y, tmp / "cover.png")
         (tmp / "README.md").write_text(_documentation(name, preset, edge, score))
         export_torchscript(model, preset, tmp / "weights.pt")
