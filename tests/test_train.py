@@ -579,3 +579,17 @@ def test_no_tensorboard_directory_unless_asked(isbi_crops, tmp_path):
     img, lab = isbi_crops
     train(tiny_preset(img, lab, epochs=1, steps_per_epoch=1), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_tensorboard_without_its_package_is_refused_before_anything_is_written(
+    isbi_crops, tmp_path, monkeypatch
+):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    img, lab = isbi_crops
+    with pytest.raises(InputError, match=r"--tensorboard needs the tensorboard package: pip "
+                       r"install 'biounet\[tensorboard\]'"):  # fmt: skip
+        train(tiny_preset(img, lab, epochs=1, tensorboard=True), tmp_path / "run",
+              progress=False)  # fmt: skip
+    assert not (tmp_path / "run").exists()

@@ -382,6 +382,7 @@ def _train(
         cfg = preset.train
         init = _init_weights(preset, data) if ckpt is None and cfg.init else None
         select_by = _selection_rule(cfg, data)
+        writer = _summary_writer() if cfg.tensorboard and world.main else None
         if world.main:  # only once the data is known to be good
             held.enter_context(RunLock(out))
             if ckpt is None and (out / "last.pt").exists():  # written while this one read
@@ -405,7 +406,7 @@ def _train(
         state = _restore(ckpt, cfg, out, np_rng, gen, epochs, time_limit)
     if world.main:
         _announce(preset, learner, data, out_tile, steps, world)
-    board = _tensorboard(out) if cfg.tensorboard and world.main else None
+    board = None if writer is None else writer(str(out / "tensorboard"))
     if board is not None:
         held.callback(board.close)
 
@@ -452,14 +453,14 @@ def _seed_epoch(
     torch.manual_seed(b)
 
 
-def _tensorboard(out: Path):
-    """A SummaryWriter into ``out/tensorboard``; InputError naming the extra without it."""
+def _summary_writer():
+    """TensorBoard's SummaryWriter class; InputError naming the extra without it."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise InputError("--tensorboard needs the tensorboard package: pip install "
                          "'biounet[tensorboard]'") from None  # fmt: skip
-    return SummaryWriter(str(out / "tensorboard"))
+    return SummaryWriter
 
 
 def _configure(
