@@ -154,16 +154,17 @@ def _is_comm_error(e: RuntimeError) -> bool:
 @contextmanager
 def checked(world: World):
     """Run the body on every rank, then let each rank know whether any failed: a rank whose
-    body raised InputError (or ValueError) re-raises it; the others raise InputError
-    ``"rank R: <its message>"`` with the first failing rank's message, so that bad input on
-    one rank ends every rank with the same line instead of leaving them waiting."""
+    body raised InputError, ValueError or OSError (bad input, unreadable files) re-raises
+    it; the others raise InputError ``"rank R: <its message>"`` with the first failing
+    rank's message, so that bad input on one rank ends every rank with the same line
+    instead of leaving them waiting."""
     if not world.distributed:
         yield
         return
     error: Exception | None = None
     try:
         yield
-    except (InputError, ValueError) as e:
+    except (InputError, ValueError, OSError) as e:
         error = e
     failures = gather(world, None if error is None else str(error))
     if error is not None:
