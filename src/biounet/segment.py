@@ -482,17 +482,10 @@ def parse_shard(spec: str | tuple[int, int]) -> tuple[int, int]:
 
 def shard_of_environment(environ: Mapping[str, str] = os.environ) -> tuple[int, int] | None:
     """(RANK, WORLD_SIZE) of a process that torchrun started several of, else None."""
-    world, rank = environ.get("WORLD_SIZE"), environ.get("RANK")
-    if not world or rank is None:
-        return None
-    try:
-        k, n = int(rank), int(world)
-    except ValueError:
-        raise InputError(f"RANK={rank!r}, WORLD_SIZE={world!r}: expected whole numbers "
-                         "(set by torchrun)") from None  # fmt: skip
-    if n <= 1:
-        return None
-    return parse_shard((k, n))
+    from .distributed import world_from_env
+
+    world = world_from_env(environ)
+    return (world.rank, world.size) if world.distributed else None
 
 
 def _mine(groups: list, shard: tuple[int, int] | None, skip_existing: bool,
