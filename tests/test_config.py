@@ -146,6 +146,9 @@ def test_customise_maps_the_train_flags_onto_a_preset():
     off = customise(zoom, zoom=0)
     assert (off.train.augment.scale, off.train.augment.scale_range) == (False, 0.2)
     assert customise(NUCLEI, epochs=3).inference == NUCLEI.inference
+    assert customise(FAST, sample_by="area").train == replace(FAST.train, sample_by="area")
+    with pytest.raises(ValueError, match="^sample_by must be one of .'image', 'area'., got 'px'$"):
+        TrainConfig(sample_by="px")
 
 
 def test_presets_carry_their_inference_settings():

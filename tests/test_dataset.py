@@ -77,6 +77,38 @@ def test_weights_travel_with_their_tiles(rng):
     np.testing.assert_array_equal(y, x[:, 0] > 0.5)
 
 
+@pytest.mark.parametrize("by", ["image", "area"])
+def test_tiles_come_from_each_image_as_often_as_the_rule_says(by):
+    """"image": every image equally often; "area": in proportion to its pixels. Each image
+    is a constant, so a tile's value names its image; 4000 tiles keep the frequencies
+    within 3 binomial standard deviations of the expected share."""
+    shapes = [(20, 20), (40, 20), (60, 60), (20, 100)]
+    images = [np.full(s, k, np.float32) for k, s in enumerate(shapes)]
+    masks = [np.zeros(s, np.uint8) for s in shapes]
+    sampler = TileSampler(images, masks, 12, 8, np.random.default_rng(5), by=by)
+    n = 4000
+    drawn = sampler.sample(n)[0][:, 0, 6, 6].numpy().astype(int)
+    area = np.array([h * w for h, w in shapes], float)
+    p = np.full(4, 0.25) if by == "image" else area / area.sum()
+    counts = np.bincount(drawn, minlength=4)
+    assert np.all(np.abs(counts - n * p) <= 3 * np.sqrt(n * p * (1 - p))), (counts, n * p)
+
+
+def test_image_sampling_keeps_the_streams_of_earlier_runs():
+    """The default draws one rng.integers per image choice, as before "area" existed, so a
+    seeded run's tiles do not change."""
+    images = [np.full((30, 30), k, np.float32) for k in range(3)]
+    masks = [np.zeros((30, 30), np.uint8)] * 3
+    x = TileSampler(images, masks, 12, 8, np.random.default_rng(1)).sample(50)[0]
+    rng = np.random.default_rng(1)
+    for b in range(50):
+        k = int(rng.integers(3))
+        rng.integers(0, 30 + 4 - 12 + 1), rng.integers(0, 30 + 4 - 12 + 1)
+        assert x[b, 0, 0, 0] == k
+    with pytest.raises(ValueError, match="'image' or 'area'"):
+        TileSampler(images, masks, 12, 8, rng, by="pixels")
+
+
 def test_load_data_makes_the_targets_class_maps_and_splits_by_name(dsb_crops):
     from biounet.config import TrainConfig
     from biounet.dataset import load_data

@@ -17,6 +17,7 @@ from .config import (
     CLASS_BALANCES,
     CONTOUR_OPTIONS,
     HIGHER_IS_BETTER,
+    SAMPLE_BY,
     SELECT_BY,
     TARGETS,
     InferenceConfig,
@@ -138,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=CLASS_BALANCES,
         help="the weight map's w_c: each image's own class frequencies (the paper), the "
         "training set's, or none",
+    )
+    s.add_argument(
+        "--sample-by",
+        choices=SAMPLE_BY,
+        help="draw training tiles from every image equally often, or in proportion to its "
+        "pixels (for sets of very different image sizes)",
     )
     s.add_argument(
         "--touch-width",
@@ -502,6 +509,7 @@ def cmd_info(args) -> int:
     print(
         f"  training     {t.epochs} epochs x {t.steps_per_epoch or 'one pass'} steps, "
         f"batch {t.batch_size}, validate on slices {t.val_slices or 'none'}"
+        + (", tiles by image area" if t.sample_by == "area" else "")
     )
     if t.world_size > 1:
         print(f"  ranks        {t.world_size} (torchrun), global batch "
@@ -566,7 +574,7 @@ CHANNELS_HELP = (
 TRAIN_FLAGS = ("images", "labels", "val_slices", "train_slices", "steps_per_epoch",
                "batch_size", "tile", "lr", "seed", "precision", "select_by", "isbi_every",
                "val_every", "weight_map", "target", "ema", "dice", "w0", "class_balance",
-               "touch_width", "label_threshold", "ignore_label", "classes",
+               "sample_by", "touch_width", "label_threshold", "ignore_label", "classes",
                "channels", "tensorboard")  # fmt: skip
 
 

@@ -20,6 +20,7 @@ SELECT_BY = ("train_loss", "val_loss", "val_pixel_error", "v_rand", "v_info", "l
 HIGHER_IS_BETTER = ("v_rand", "v_info")
 TARGETS = ("mask", "binary", "contour")  # see targets.py
 CLASS_BALANCES = ("image", "dataset", "none")  # see weights.background_weights
+SAMPLE_BY = ("image", "area")  # see TrainConfig.sample_by
 MAX_CLASSES = 255  # class maps are uint8 and 255 marks ignored pixels (io.IGNORE_INDEX)
 MAX_FOUND_CLASSES = 16  # more classes than this are not guessed from masks: give classes
 
@@ -115,6 +116,10 @@ class TrainConfig:
     train_slices: str | None = None  # None = every slice not in val_slices
     tile: int = 256  # input tile edge; must be a valid input size of the model
     batch_size: int = 8  # tiles per step
+    # which image a training tile comes from: "image" (every training image equally often)
+    # or "area" (in proportion to its pixels, so every pixel is equally likely to be learned
+    # however the images' sizes differ)
+    sample_by: str = "image"
     epochs: int = 30  # at most this many (see time_limit)
     steps_per_epoch: int | None = None  # None = one pass: ceil(train slices / batch size)
     optimizer: str = "adamw"  # "sgd" | "adam" | "adamw"
@@ -202,6 +207,8 @@ class TrainConfig:
         if self.class_balance not in CLASS_BALANCES:
             raise ValueError(f"class_balance must be one of {CLASS_BALANCES}, got "
                              f"{self.class_balance!r}")  # fmt: skip
+        if self.sample_by not in SAMPLE_BY:
+            raise ValueError(f"sample_by must be one of {SAMPLE_BY}, got {self.sample_by!r}")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if self.target != "contour" and (self.boundary_width != 1 or self.touch_width):

@@ -295,7 +295,8 @@ class TileSampler:
     is padded once by the network's border ``(input_size - output_size) / 2`` plus
     ``margin`` (context for augmentation to rotate and deform into), and up to the output
     size if it is smaller; regions are cut from the padded array. The output tile's
-    position is uniform over the image, so every pixel is equally likely to be learned.
+    position is uniform over its image; the image is drawn uniformly (``by="image"``) or in
+    proportion to its pixels (``by="area"``: every pixel of the set equally likely).
 
     Args:
         images: (H, W) or (C, H, W) float32 normalised images (all of one C).
@@ -304,11 +305,19 @@ class TileSampler:
         rng: the run's numpy Generator (tile positions).
         weights: optional (H, W) float32 per-pixel loss weights, same shapes.
         margin: extra context per side (pixels), see ``AugmentConfig.margin``.
+        by: "image" | "area", see above (``TrainConfig.sample_by``).
     """
 
-    def __init__(self, images, masks, input_size, output_size, rng, weights=None, margin=0):
+    def __init__(self, images, masks, input_size, output_size, rng, weights=None, margin=0,
+                 by="image"):  # fmt: skip
         if (input_size - output_size) % 2:
             raise ValueError(f"input minus output must be even, got {input_size}-{output_size}")
+        if by not in ("image", "area"):
+            raise ValueError(f"by must be 'image' or 'area', got {by!r}")
+        self.p = None  # uniform over the images (one rng.integers call per tile)
+        if by == "area":
+            area = np.array([img.shape[-2] * img.shape[-1] for img in images], dtype=np.float64)
+            self.p = area / area.sum()
         self.input_size, self.output_size, self.rng = input_size, output_size, rng
         self.region = input_size + 2 * margin
         b = (input_size - output_size) // 2 + margin
@@ -332,7 +341,10 @@ class TileSampler:
         R = self.region
         xs, ys, ws = [], [], []
         for _ in range(batch):
-            arrays = self.padded[self.rng.integers(len(self.padded))]
+            if self.p is None:
+                arrays = self.padded[self.rng.integers(len(self.padded))]
+            else:
+                arrays = self.padded[self.rng.choice(len(self.padded), p=self.p)]
             Hp, Wp = arrays[0].shape[-2:]
             y0 = int(self.rng.integers(0, Hp - R + 1))
             x0 = int(self.rng.integers(0, Wp - R + 1))
@@ -378,4 +390,5 @@ def make_sampler(
         labels = data.train_instances
         # the label context, past a rotated tile's corner (sqrt 2 per pixel)
         margin += math.ceil(label_context(cfg) * math.sqrt(2))
-    return TileSampler(data.train_images, labels, cfg.tile, out_tile, rng, weights, margin)
+    return TileSampler(data.train_images, labels, cfg.tile, out_tile, rng, weights, margin,
+                       by=cfg.sample_by)  # fmt: skip
