@@ -203,9 +203,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="training seed (not the folds')")
     ap.add_argument("--zoom", type=float, default=0.0, metavar="R",
                     help="train with random zoom (train --zoom R); 0: the preset's (none)")
-    ap.add_argument("--sample-by", choices=("image", "area"), default="image",
-                    help="train --sample-by: tiles from every image equally often (the "
-                    "preset's) or in proportion to its pixels")
+    ap.add_argument("--sample-by", choices=("image", "area"),
+                    help="train --sample-by: tiles from every image equally often, or in "
+                    "proportion to its pixels (default: the preset's, area)")
     ap.add_argument("--out", default="runs/cv-nuclei")
     ap.add_argument("--score", metavar="TAG", help="only score the trained folds again, with "
                     "the settings below, into foldK/scores-TAG.json (and summarise them)")
@@ -257,7 +257,8 @@ def main() -> None:
                       seed=args.seed)  # fmt: skip
         if args.zoom:  # scale augmentation: random zoom log-uniform in [1/(1+R), 1+R]
             cfg = replace(cfg, augment=replace(cfg.augment, scale=True, scale_range=args.zoom))
-        cfg = replace(cfg, sample_by=args.sample_by)
+        if args.sample_by:
+            cfg = replace(cfg, sample_by=args.sample_by)
         preset = replace(p, name=f"nuclei-cv{k}", train=cfg)
         if (run / "last.pt").exists():
             train(None, run, resume=True, progress=False)

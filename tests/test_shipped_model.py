@@ -65,6 +65,7 @@ def test_the_shipped_nuclei_model_is_weights_only_and_trained_on_all_bundled_ima
     train = preset["train"]
     assert (train["val_slices"], train["train_slices"]) == ("none", None)
     assert (train["epochs"], train["time_limit"], train["seed"], ckpt["epoch"]) == (105, 0, 0, 105)
+    assert train["sample_by"] == get_preset("nuclei").train.sample_by == "area"
     # bright nuclei everywhere (dark-object images negated) and the size it learnt: the
     # median equivalent diameter of the 200 images' nuclei, counted here independently
     assert preset["model"]["normalization"] == "zscore-bright"
