@@ -43,6 +43,9 @@ def test_info_json_has_the_paper_numbers(capsys):
     code, out, _ = run(["info", "--preset", "blog"], capsys)
     assert "512 -> 512 (same padding" in out
     assert "time limit" not in out and "instances" not in out
+    assert "tiles by image area" not in out  # every image equally often
+    code, out, _ = run(["info", "--preset", "nuclei"], capsys)
+    assert code == 0 and "tiles by image area" in out
     code, out, _ = run(["info", "--preset", "nuclei"], capsys)
     assert (
         "time limit   15 min" in out
