@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import MAX_FOUND_CLASSES, TrainConfig
+from .config import MAX_FOUND_CLASSES, SAMPLE_BY, TrainConfig
 from .io import (
     IGNORE_INDEX,
     THRESHOLD_HINT,
@@ -312,7 +312,7 @@ class TileSampler:
                  by="image"):  # fmt: skip
         if (input_size - output_size) % 2:
             raise ValueError(f"input minus output must be even, got {input_size}-{output_size}")
-        if by not in ("image", "area"):
+        if by not in SAMPLE_BY:
             raise ValueError(f"by must be 'image' or 'area', got {by!r}")
         self.p = None  # uniform over the images (one rng.integers call per tile)
         if by == "area":
