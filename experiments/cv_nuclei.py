@@ -17,7 +17,8 @@ TP / (TP + FP + FN), the mean over images), DSB score (the mean over IoU thresho
 FP and FN over the images, StarDist's way), F1@0.5, merges and splits.
 
     .venv/bin/python experiments/cv_nuclei.py [--folds 0,1,2,3,4] [--epochs 105]
-        [--seed 0] [--zoom R] [--sample-by image|area] [--out runs/cv-nuclei]
+        [--seed 0] [--zoom R] [--invert-tiles P] [--sample-by image|area]
+        [--out runs/cv-nuclei]
     .venv/bin/python experiments/cv_nuclei.py --score TAG [--diameter D|auto|labels]
         [--invert auto|yes|no] [--tta | --no-tta] [--out runs/cv-nuclei]
 
@@ -203,6 +204,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="training seed (not the folds')")
     ap.add_argument("--zoom", type=float, default=0.0, metavar="R",
                     help="train with random zoom (train --zoom R); 0: the preset's (none)")
+    ap.add_argument("--invert-tiles", type=float, default=0.0, metavar="P",
+                    help="train with contrast inversion of a tile with probability P (train "
+                    "--invert-tiles P); 0: the preset's (none)")
     ap.add_argument("--sample-by", choices=("image", "area"),
                     help="train --sample-by: tiles from every image equally often, or in "
                     "proportion to its pixels (default: the preset's, area)")
@@ -257,6 +261,8 @@ def main() -> None:
                       seed=args.seed)  # fmt: skip
         if args.zoom:  # scale augmentation: random zoom log-uniform in [1/(1+R), 1+R]
             cfg = replace(cfg, augment=replace(cfg.augment, scale=True, scale_range=args.zoom))
+        if args.invert_tiles:  # contrast inversion augmentation
+            cfg = replace(cfg, augment=replace(cfg.augment, invert=args.invert_tiles))
         if args.sample_by:
             cfg = replace(cfg, sample_by=args.sample_by)
         preset = replace(p, name=f"nuclei-cv{k}", train=cfg)

@@ -125,6 +125,10 @@ def draw_transforms(B: int, cfg: AugmentConfig, generator: torch.Generator) -> d
     if cfg.scale:
         u = torch.rand(B, generator=generator) * 2 - 1
         p["scale"] = torch.exp(u * math.log1p(cfg.scale_range))
+    # likewise for contrast inversion, drawn after the zoom factor
+    p["invert"] = torch.zeros(B, dtype=torch.bool)
+    if cfg.invert:
+        p["invert"] = torch.rand(B, generator=generator) < cfg.invert
     if not cfg.rotate:
         p["angle"].zero_()
     if not cfg.shift:
@@ -230,4 +234,6 @@ def augment(
             w = F.grid_sample(w[:, None].float(), label_grid, mode="bilinear", **kw)[:, 0]
     if cfg.gray:
         x = gray_values(x, params)
+    if cfg.invert:  # the image is normalised to zero mean: negation inverts its contrast
+        x = torch.where(params["invert"].to(x.device).view(B, 1, 1, 1), -x, x)
     return x, y, w

@@ -159,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="random zoom by a factor log-uniform in [1/(1+R), 1+R] (0: off)",
     )
+    s.add_argument(
+        "--invert-tiles",
+        type=float,
+        metavar="P",
+        help="augmentation: negate a training tile's gray values with probability P "
+        "(contrast inversion; 0: off)",
+    )
     s.add_argument("--invert", choices=tuple(INVERT), help=INVERT_HELP + "; the model stores "
                    "it (default: the preset's; nuclei: auto, the others: no)")  # fmt: skip
     s.add_argument(
@@ -533,6 +540,8 @@ def cmd_info(args) -> int:
         on.append(f"elastic {a.elastic_grid}x{a.elastic_grid} grid, {a.elastic_sigma:g} px")
     if a.gray:
         on.append("gray values")
+    if a.invert:
+        on.append(f"contrast inversion p {a.invert:g}")
     print(f"  augmentation {', '.join(on) or 'none'}")
     if t.weight_map:
         print(f"  loss weights the paper's w(x): w0 {t.w0:g}, sigma {t.sigma:g} px")
@@ -583,7 +592,7 @@ def cmd_train(args) -> int:
     from .train import train
 
     if args.resume:  # the run's own config.json; only --epochs, --time-limit, --device change
-        fixed = ("preset", "out", "zoom", "invert", "init", *TRAIN_FLAGS)
+        fixed = ("preset", "out", "zoom", "invert_tiles", "invert", "init", *TRAIN_FLAGS)
         given = [f"--{k.replace('_', '-')}" for k in fixed if getattr(args, k) is not None]
         if given:
             raise InputError(f"--resume keeps the run's settings; drop {', '.join(given)}")
@@ -595,7 +604,8 @@ def cmd_train(args) -> int:
             base = init_preset(args.init, args.preset)
         else:
             base = get_preset(args.preset or DEFAULT)
-        preset = customise(base, zoom=args.zoom, invert=args.invert,
+        preset = customise(base, zoom=args.zoom, invert_tiles=args.invert_tiles,
+                           invert=args.invert,
                            **{k: getattr(args, k) for k in TRAIN_FLAGS})  # fmt: skip
         out = Path(args.out or "runs/latest")
         result = train(preset, out, epochs=args.epochs, device=args.device,

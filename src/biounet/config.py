@@ -49,6 +49,9 @@ class AugmentConfig:
     brightness: float = 0.1  # added offset, uniform in [-b, b] (image std units)
     contrast: float = 0.1  # factor uniform in [1 - c, 1 + c]
     gamma: float = 0.2  # exponent log-uniform in [1 / (1 + g), 1 + g] on the tile's range
+    # probability that a tile's gray values are negated (contrast inversion: bright objects
+    # on a dark background become dark on bright), after the other gray-value changes
+    invert: float = 0.0
     interpolation: str = "bicubic"  # image resampling: "bicubic" | "bilinear"
 
     def __post_init__(self):
@@ -64,6 +67,8 @@ class AugmentConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.contrast < 1:
             raise ValueError(f"contrast must be in [0, 1), got {self.contrast}")
+        if not 0 <= self.invert <= 1:
+            raise ValueError(f"invert must be a probability in [0, 1], got {self.invert}")
 
     @property
     def resamples(self) -> bool:

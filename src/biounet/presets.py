@@ -233,7 +233,12 @@ def get_preset(name: str) -> Preset:
 
 
 def customise(
-    preset: Preset, *, zoom: float | None = None, invert: str | None = None, **train
+    preset: Preset,
+    *,
+    zoom: float | None = None,
+    invert_tiles: float | None = None,
+    invert: str | None = None,
+    **train,
 ) -> Preset:
     """``preset`` reshaped by ``biounet train``'s flags.
 
@@ -242,7 +247,8 @@ def customise(
     ``val_slices="auto"`` and every other image for training, unless ``val_slices`` /
     ``train_slices`` are given. The binary target turns the paper's weighted loss on
     (``weight_map=True``) unless ``weight_map`` is given; ``zoom`` R sets random zoom by a
-    factor log-uniform in [1/(1+R), 1+R] (0: off); ``invert`` ("auto", "yes", "no": a key
+    factor log-uniform in [1/(1+R), 1+R] (0: off); ``invert_tiles`` P negates a training
+    tile's gray values with probability P (0: off); ``invert`` ("auto", "yes", "no": a key
     of model.INVERT) how images are normalised, in training and by the model; the network
     gets as many outputs as the target (or ``classes``) needs (:func:`with_target_outputs`).
     """
@@ -260,6 +266,8 @@ def customise(
         on = zoom != 0
         zoomed = replace(a, scale=on, scale_range=zoom if on else a.scale_range)
         preset = preset.with_train(augment=zoomed)
+    if invert_tiles is not None:
+        preset = preset.with_train(augment=replace(preset.train.augment, invert=invert_tiles))
     if invert is not None:
         preset = replace(preset, model=replace(preset.model, normalization=INVERT[invert]))
     return with_target_outputs(preset)
