@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -293,3 +294,40 @@ def test_no_zoom_keeps_the_random_stream():
     assert torch.equal(off["scale"], torch.ones(4))
     for k in ("dihedral", "angle", "coarse", "gamma"):  # drawn before the zoom factor
         assert torch.equal(on[k], off[k])
+
+
+@pytest.mark.parametrize("cfg", [AugmentConfig(gray=True), PAPER_AUG])
+def test_contrast_inversion_negates_the_drawn_tiles_and_nothing_else(cfg):
+    # the same draws with and without inversion: each tile is returned as it was or negated
+    # (the image is zero-mean normalised, so negation inverts its contrast); labels and
+    # weights are untouched, and the share of negated tiles follows the probability
+    B, R = 400, 24
+    x = torch.randn(B, 1, R, R)
+    y = torch.randint(0, 3, (B, R, R))
+    w = torch.rand(B, R, R)
+    plain = augment(x, y, w, cfg, torch.Generator().manual_seed(5), tile=16, label_size=8)
+    for p in (1.0, 0.3):
+        inv = augment(x, y, w, replace(cfg, invert=p), torch.Generator().manual_seed(5),
+                      tile=16, label_size=8)  # fmt: skip
+        assert torch.equal(inv[1], plain[1]) and torch.equal(inv[2], plain[2])
+        same = (inv[0] == plain[0]).flatten(1).all(1)
+        negated = (inv[0] == -plain[0]).flatten(1).all(1)
+        assert bool((same ^ negated).all())  # no tile is a zero image, so never both
+        if p == 1.0:
+            assert bool(negated.all())
+        else:  # 3 binomial standard deviations
+            assert abs(negated.float().mean().item() - p) < 3 * math.sqrt(p * (1 - p) / B)
+
+
+def test_no_inversion_keeps_the_random_stream():
+    on = draw_transforms(4, AugmentConfig(scale=True, invert=0.5), torch.Generator().manual_seed(0))
+    off = draw_transforms(4, AugmentConfig(scale=True), torch.Generator().manual_seed(0))
+    assert not off["invert"].any()
+    for k in ("dihedral", "angle", "coarse", "gamma", "scale"):  # drawn before inversion
+        assert torch.equal(on[k], off[k])
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, math.nan])
+def test_inversion_probability_is_checked(p):
+    with pytest.raises(ValueError, match=r"^invert must be a probability in \[0, 1\], got"):
+        AugmentConfig(invert=p)

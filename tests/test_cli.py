@@ -348,13 +348,16 @@ def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops
     code, _, _ = run(["train", "--images", str(img), "--labels", str(lab), "--out", str(out),
                       "--select-by", "train_loss", "--weight-map", "--isbi-every", "0",
                       "--dice", "0.5", "--w0", "5", "--class-balance", "dataset",
-                      "--zoom", "0.2", *SMALL], capsys)  # fmt: skip
+                      "--zoom", "0.2", "--invert-tiles", "0.25", *SMALL], capsys)  # fmt: skip
     assert code == 0
     cfg = json.loads((out / "config.json").read_text())["train"]
     assert (cfg["select_by"], cfg["weight_map"], cfg["isbi_every"], cfg["dice"]) == (
         "train_loss", True, 0, 0.5)  # fmt: skip
     assert (cfg["w0"], cfg["class_balance"]) == (5, "dataset")
     assert (cfg["augment"]["scale"], cfg["augment"]["scale_range"]) == (True, 0.2)
+    assert cfg["augment"]["invert"] == 0.25
+    code, text, _ = run(["info", str(out / "best.pt")], capsys)
+    assert code == 0 and "zoom x0.83-1.2" in text and "contrast inversion p 0.25" in text
     assert cfg["augment"]["elastic"]  # the preset's other transforms stay
     code, _, err = run(["train", "--images", str(img), "--labels", str(lab), "--dice", "-1",
                         "--out", str(tmp_path / "neg"), *SMALL], capsys)  # fmt: skip
@@ -367,6 +370,7 @@ def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops
         ("--zoom", "-0.5", "scale_range must be >= 0, got -0.5"),
         ("--w0", "nan", "w0 must be >= 0 and sigma > 0, got nan, 5.0"),
         ("--zoom", "nan", "scale_range must be >= 0, got nan"),
+        ("--invert-tiles", "2", "invert must be a probability in [0, 1], got 2.0"),
     ):
         code, _, err = run(["train", "--images", str(img), "--labels", str(lab), flag, value,
                             "--out", str(tmp_path / "bad"), *SMALL], capsys)  # fmt: skip

@@ -146,6 +146,9 @@ def test_customise_maps_the_train_flags_onto_a_preset():
     off = customise(zoom, zoom=0)
     assert (off.train.augment.scale, off.train.augment.scale_range) == (False, 0.2)
     assert customise(NUCLEI, epochs=3).inference == NUCLEI.inference
+    inv = customise(FAST, invert_tiles=0.5)
+    assert inv.train == replace(FAST.train, augment=replace(FAST.train.augment, invert=0.5))
+    assert customise(inv, invert_tiles=0).train == FAST.train
     assert customise(FAST, sample_by="area").train == replace(FAST.train, sample_by="area")
     with pytest.raises(ValueError, match="^sample_by must be one of .'image', 'area'., got 'px'$"):
         TrainConfig(sample_by="px")
