@@ -46,7 +46,6 @@ def test_info_json_has_the_paper_numbers(capsys):
     assert "tiles by image area" not in out  # every image equally often
     code, out, _ = run(["info", "--preset", "nuclei"], capsys)
     assert code == 0 and "tiles by image area" in out
-    code, out, _ = run(["info", "--preset", "nuclei"], capsys)
     assert (
         "time limit   15 min" in out
         and "objects kept: >= 25 px (or 0.3 x the image's median object if smaller), peak "
@@ -356,9 +355,9 @@ def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops
     assert (cfg["w0"], cfg["class_balance"]) == (5, "dataset")
     assert (cfg["augment"]["scale"], cfg["augment"]["scale_range"]) == (True, 0.2)
     assert cfg["augment"]["invert"] == 0.25
+    assert cfg["augment"]["elastic"]  # the preset's other transforms stay
     code, text, _ = run(["info", str(out / "best.pt")], capsys)
     assert code == 0 and "zoom x0.83-1.2" in text and "contrast inversion p 0.25" in text
-    assert cfg["augment"]["elastic"]  # the preset's other transforms stay
     code, _, err = run(["train", "--images", str(img), "--labels", str(lab), "--dice", "-1",
                         "--out", str(tmp_path / "neg"), *SMALL], capsys)  # fmt: skip
     _one_line_error(code, err, "dice must be >= 0, got -1")
