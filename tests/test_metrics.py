@@ -199,16 +199,6 @@ def test_rand_and_info_match_a_slow_reference_with_boundary_pixels(seed):
     assert information_scores(gt, seg).score == pytest.approx(v_info, abs=1e-12)
 
 
-def test_the_cli_knows_every_metric():
-    from biounet.cli import ALL_METRICS
-    from biounet.metrics import METRICS
-
-    assert ALL_METRICS == METRICS
-
-
-# --- multi-class maps: per-class IoU and Dice --------------------------------------------
-
-# reference / prediction pairs (g, p): (0,0) (1,1) (1,2) / (2,2) (2,0) (0,0)
 _G3 = np.array([[0, 1, 1], [2, 2, 0]], np.uint8)
 _P3 = np.array([[0, 1, 2], [2, 0, 0]], np.uint8)
 

@@ -2,21 +2,15 @@ import logging
 
 import numpy as np
 import pytest
-import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
-from biounet.config import TrainConfig
 from biounet.dataset import parse_slices
 from biounet.io import InputError, read_instances, write_tiff
 from biounet.labels import labels_to_instances
 from biounet.targets import (
     contour_target,
     inner_boundary,
-    label_context,
     make_target,
     near_another_instance,
-    tile_targets,
 )
 
 # two touching 3 x 2 objects and a lone pixel
@@ -132,63 +126,3 @@ def test_a_wider_boundary_class_erodes_the_interior_further():
         contour_target(lab, width=0)
 
 
-def _blocky_instances(seed: int, shape: tuple[int, int, int], block: int, ids: int) -> np.ndarray:
-    """(B, H, W) int64 labels 0..ids in block x block squares: objects that touch, objects
-    apart, objects cut by the tile's edge."""
-    B, H, W = shape
-    coarse = np.random.default_rng(seed).integers(0, ids + 1, (B, -(-H // block), -(-W // block)))
-    return np.repeat(np.repeat(coarse, block, 1), block, 2)[:, :H, :W]
-
-
-@settings(max_examples=80, deadline=None)
-@given(
-    seed=st.integers(0, 2**32 - 1),
-    shape=st.tuples(st.integers(1, 3), st.integers(1, 20), st.integers(1, 20)),
-    block=st.integers(1, 4),
-    ids=st.integers(1, 5),
-    target=st.sampled_from(["binary", "contour"]),
-    boundary_width=st.integers(1, 3),
-    touch_width=st.integers(0, 5),
-)
-def test_tile_targets_equal_make_target_on_the_tile_centres_bit_for_bit(
-    seed, shape, block, ids, target, boundary_width, touch_width
-):
-    if target == "binary":  # the widths shape the contour target only
-        boundary_width, touch_width = 1, 0
-    cfg = TrainConfig(target=target, boundary_width=boundary_width, touch_width=touch_width,
-                      targets_after_warp=True)  # fmt: skip
-    c = label_context(cfg)
-    B, h, w = shape
-    lab = _blocky_instances(seed, (B, h + 2 * c, w + 2 * c), block, ids)
-    got = tile_targets(torch.from_numpy(lab), cfg)
-    assert got.dtype == torch.int64 and got.shape == (B, h, w)
-    whole = np.stack([make_target(t, target, boundary_width, touch_width) for t in lab])
-    np.testing.assert_array_equal(got.numpy(), whole[:, c : c + h, c : c + w])
-
-
-def test_tile_targets_widen_the_boundary_where_objects_touch():
-    cfg = TrainConfig(target="contour", boundary_width=2, touch_width=3, targets_after_warp=True)
-    c = label_context(cfg)
-    assert c == 3
-    sq = np.zeros((9 + 2 * c, 16 + 2 * c), np.int32)  # two touching 7 x 7 squares
-    sq[c + 1 : c + 8, c + 1 : c + 8], sq[c + 1 : c + 8, c + 8 : c + 15] = 1, 2
-    got = tile_targets(torch.from_numpy(sq)[None], cfg)[0]
-    # 2 px deep against the background, 3 px deep where the squares touch
-    row = [0, 2, 2, 1, 1, 2, 2, 2, 2, 2, 2, 1, 1, 2, 2, 0]
-    np.testing.assert_array_equal(got[4].numpy(), row)
-    assert (got[0] == 0).all() and (got[1, 1:15] == 2).all() and (got[2, 3:5] == 2).all()
-    # the binary target carves one pixel out of each square where they touch
-    binary = TrainConfig(target="binary", targets_after_warp=True)
-    got = tile_targets(torch.from_numpy(sq[2:-2, 2:-2])[None], binary)[0]  # context 1
-    np.testing.assert_array_equal(got[4].numpy(), [0] + [1] * 6 + [0, 0] + [1] * 6 + [0])
-
-
-def test_label_context_is_what_the_target_reads_past_the_tile():
-    assert label_context(TrainConfig(target="contour")) == 0  # the class map is warped
-    assert label_context(TrainConfig(target="mask", targets_after_warp=True)) == 0
-    assert label_context(TrainConfig(target="binary", targets_after_warp=True)) == 1
-    wide = TrainConfig(target="contour", boundary_width=2, targets_after_warp=True)
-    assert label_context(wide) == 2
-    assert label_context(TrainConfig(target="contour", touch_width=4, targets_after_warp=True)) == 4
-    with pytest.raises(ValueError, match="'binary' or 'contour' for instance labels, got 'mask'"):
-        tile_targets(torch.zeros(1, 4, 4, dtype=torch.int64), TrainConfig(target="mask"))

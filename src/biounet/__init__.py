@@ -2,11 +2,12 @@
 
 Public API (re-exported names only)::
 
-    from biounet import UNet, get_preset, train, predict, segment, InferenceConfig
+    from biounet import UNet, get_preset, train, predict, segment, evaluate, InferenceConfig
 """
 
 from .checkpoint import export_model, load_checkpoint, model_from_checkpoint
-from .config import AugmentConfig, InferenceConfig, Preset, TrainConfig
+from .config import AugmentConfig, InferenceConfig, PredictOptions, Preset, TrainConfig
+from .evaluate import Evaluation, evaluate
 from .instances import instances
 from .io import InputError, read_images, read_instances, read_masks
 from .model import (
@@ -29,16 +30,19 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AugmentConfig",
+    "Evaluation",
     "InferenceConfig",
     "InputError",
     "ModelConfig",
     "PRESETS",
+    "PredictOptions",
     "Preset",
     "Segmentation",
     "TrainConfig",
     "UNet",
     "border",
     "count_parameters",
+    "evaluate",
     "export_model",
     "get_preset",
     "instances",

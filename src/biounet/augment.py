@@ -189,7 +189,6 @@ def augment(
     *,
     tile: int | None = None,
     label_size: int | None = None,
-    label_context: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Augment a batch of regions and cut the network's input and label tiles.
 
@@ -200,11 +199,8 @@ def augment(
         generator: the run's CPU generator.
         tile: the network's input edge S (default R: no margin).
         label_size: the network's output edge s <= S (default S).
-        label_context: y keeps this many pixels of context per side, (B, s + 2c, s + 2c)
-            (instance labels whose target is made after the warp need their neighbours;
-            R must hold them: R >= s + 2c).
 
-    Returns x (B, C, S, S), y (B, s + 2c, s + 2c), w (B, s, s) or None, on x's device.
+    Returns x (B, C, S, S), y (B, s, s), w (B, s, s) or None, on x's device.
     """
     B, C, R, _ = x.shape
     tile = tile or R
@@ -216,7 +212,7 @@ def augment(
         for b, d in enumerate(params["dihedral"].tolist()):
             k, flip = choices[d]
             xs.append(dihedral(centre_crop(x[b], tile), k, flip))
-            ys.append(dihedral(centre_crop(y[b], label_size + 2 * label_context), k, flip).long())
+            ys.append(dihedral(centre_crop(y[b], label_size), k, flip).long())
             if w is not None:
                 ws.append(dihedral(centre_crop(w[b], label_size), k, flip))
         x, y = torch.stack(xs), torch.stack(ys)
@@ -228,8 +224,7 @@ def augment(
         # cfg.margin, rare) the edge value is repeated
         kw = {"padding_mode": "border", "align_corners": False}
         x = F.grid_sample(x.float(), grid, mode=cfg.interpolation, **kw)
-        y_grid = label_grid_of(grid, label_size + 2 * label_context)
-        y = F.grid_sample(y[:, None].float(), y_grid, mode="nearest", **kw)[:, 0].long()
+        y = F.grid_sample(y[:, None].float(), label_grid, mode="nearest", **kw)[:, 0].long()
         if w is not None:
             w = F.grid_sample(w[:, None].float(), label_grid, mode="bilinear", **kw)[:, 0]
     if cfg.gray:

@@ -1,6 +1,11 @@
 """Configuration dataclasses: the network (model.py's ModelConfig), training
-(:class:`TrainConfig`, :class:`AugmentConfig`) and segmentation (:class:`InferenceConfig`).
-Presets (presets.py) are named instances of :class:`Preset`.
+(:class:`TrainConfig`, :class:`AugmentConfig`), segmentation (:class:`InferenceConfig`)
+and one prediction call (:class:`PredictOptions`). Presets (presets.py) are named
+instances of :class:`Preset`.
+
+Every field is declared once, by :func:`biounet.settings.setting`: its rule, its help and
+the commands whose flags set it. The command line, validation, ``--resume``'s guard,
+``biounet info`` and the napari forms all read these declarations.
 
 A run directory stores ``Preset.to_dict()`` as ``config.json``; ``Preset.from_dict`` reads
 it back, so every run can be reproduced exactly.
@@ -8,10 +13,24 @@ it back, so every run can be reproduced exactly.
 
 from __future__ import annotations
 
+import argparse
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from .model import ModelConfig
+from .model import INVERT, INVERT_RULE, ModelConfig
+from .settings import (
+    BOOLEAN,
+    Rule,
+    above,
+    at_least,
+    integers,
+    one_of,
+    optional,
+    setting,
+    validate,
+    within,
+)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "poly", "constant")
@@ -21,8 +40,26 @@ HIGHER_IS_BETTER = ("v_rand", "v_info")
 TARGETS = ("mask", "binary", "contour")  # see targets.py
 CLASS_BALANCES = ("image", "dataset", "none")  # see weights.background_weights
 SAMPLE_BY = ("image", "area")  # see TrainConfig.sample_by
+ENGINES = ("auto", "torch", "onnxruntime")  # how predict runs a checkpoint (exported.py)
 MAX_CLASSES = 255  # class maps are uint8 and 255 marks ignored pixels (io.IGNORE_INDEX)
 MAX_FOUND_CLASSES = 16  # more classes than this are not guessed from masks: give classes
+DEFAULT_OVERLAP = 0.25  # tile overlap of same-padding networks, a share of the tile
+
+FINITE = Rule(lambda v: v is None or (isinstance(v, numbers.Real) and math.isfinite(v)),
+               "a finite number")  # fmt: skip
+TEXT = Rule(lambda v: v is None or isinstance(v, str), "text")
+CHANNELS_HELP = (
+    "the image channels the network sees: indices such as 1 or 0,2 (in that order; one "
+    "index gives a gray image), or rgb (colour kept as 3 channels, alpha dropped). Default: "
+    "as stored: a TIFF's C axis (ImageJ hyperstack or OME metadata) gives channels, colour "
+    "is made gray, and TIFF pages without axes metadata are slices, not channels"
+)
+INVERT_HELP = INVERT_RULE
+
+
+def _zoom(r: float, augment) -> dict:
+    """--zoom R: random zoom by a factor log-uniform in [1/(1+R), 1+R]; 0 turns it off."""
+    return {"scale": r != 0, "scale_range": r if r != 0 else augment.scale_range}
 
 
 @dataclass(frozen=True)
@@ -34,41 +71,44 @@ class AugmentConfig:
     gray values act on the normalised image (zero mean, unit variance).
     """
 
-    flip: bool = True  # random left-right / up-down mirroring
-    rot90: bool = True  # random multiples of 90 degrees (exact, no resampling)
-    rotate: bool = False  # rotation by any angle
-    rotate_degrees: float = 180.0  # angle uniform in [-rotate_degrees, rotate_degrees]
-    shift: bool = False  # random translation
-    shift_px: float = 16.0  # per axis, uniform in [-shift_px, shift_px]
-    scale: bool = False  # random zoom (objects drawn larger or smaller)
-    scale_range: float = 0.25  # zoom factor log-uniform in [1 / (1 + r), 1 + r]
-    elastic: bool = False  # the paper's elastic deformation
-    elastic_grid: int = 3  # coarse grid of random displacement vectors (paper: 3 x 3)
-    elastic_sigma: float = 10.0  # their standard deviation in pixels (paper: 10)
-    gray: bool = False  # gray-value variation
-    brightness: float = 0.1  # added offset, uniform in [-b, b] (image std units)
-    contrast: float = 0.1  # factor uniform in [1 - c, 1 + c]
-    gamma: float = 0.2  # exponent log-uniform in [1 / (1 + g), 1 + g] on the tile's range
-    # probability that a tile's gray values are negated (contrast inversion: bright objects
-    # on a dark background become dark on bright), after the other gray-value changes
-    invert: float = 0.0
-    interpolation: str = "bicubic"  # image resampling: "bicubic" | "bilinear"
+    flip: bool = setting(True, rule=BOOLEAN, help="random left-right / up-down mirroring")
+    rot90: bool = setting(True, rule=BOOLEAN,
+                          help="random multiples of 90 degrees (exact, no resampling)")
+    rotate: bool = setting(False, rule=BOOLEAN, help="rotation by any angle")
+    rotate_degrees: float = setting(180.0, rule=at_least(0),
+                                    help="angle uniform in [-rotate_degrees, rotate_degrees]")
+    shift: bool = setting(False, rule=BOOLEAN, help="random translation")
+    shift_px: float = setting(16.0, rule=at_least(0),
+                              help="per axis, uniform in [-shift_px, shift_px]")
+    scale: bool = setting(False, rule=BOOLEAN, help="random zoom (objects drawn larger or "
+                          "smaller)")  # fmt: skip
+    scale_range: float = setting(
+        0.25, rule=at_least(0), commands=("train",), flag="--zoom", metavar="R",
+        to_field=_zoom, label="zoom",
+        help="random zoom by a factor log-uniform in [1/(1+R), 1+R] (0: off)")
+    elastic: bool = setting(False, rule=BOOLEAN, help="the paper's elastic deformation")
+    elastic_grid: int = setting(3, rule=integers(2), help="coarse grid of random displacement "
+                                "vectors (paper: 3 x 3)")  # fmt: skip
+    elastic_sigma: float = setting(10.0, rule=at_least(0), help="their standard deviation in "
+                                   "pixels (paper: 10)")  # fmt: skip
+    gray: bool = setting(False, rule=BOOLEAN, help="gray-value variation")
+    brightness: float = setting(0.1, rule=at_least(0), help="added offset, uniform in [-b, b] "
+                                "(image std units)")  # fmt: skip
+    contrast: float = setting(0.1, rule=within(0, 1, "[)"),
+                              help="factor uniform in [1 - c, 1 + c]")
+    gamma: float = setting(0.2, rule=at_least(0), help="exponent log-uniform in "
+                           "[1 / (1 + g), 1 + g] on the tile's range")  # fmt: skip
+    invert: float = setting(
+        0.0, rule=within(0, 1, text="a probability in [0, 1]"), commands=("train",),
+        flag="--invert-tiles", metavar="P", label="contrast inversion",
+        help="augmentation: negate a training tile's gray values with probability P "
+        "(contrast inversion: bright objects on a dark background become dark on bright), "
+        "after the other gray-value changes; 0: off")
+    interpolation: str = setting("bicubic", rule=one_of(("bicubic", "bilinear")),
+                                 help="image resampling")
 
     def __post_init__(self):
-        if self.interpolation not in ("bicubic", "bilinear"):
-            raise ValueError(
-                f"interpolation must be bicubic or bilinear, got {self.interpolation!r}"
-            )
-        if self.elastic_grid < 2:
-            raise ValueError(f"elastic_grid must be >= 2, got {self.elastic_grid}")
-        for name in ("rotate_degrees", "shift_px", "scale_range", "elastic_sigma", "brightness",
-                     "gamma"):  # fmt: skip
-            if not 0 <= getattr(self, name) < math.inf:  # NaN fails too
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.contrast < 1:
-            raise ValueError(f"contrast must be in [0, 1), got {self.contrast}")
-        if not 0 <= self.invert <= 1:
-            raise ValueError(f"invert must be a probability in [0, 1], got {self.invert}")
+        validate(self)
 
     @property
     def resamples(self) -> bool:
@@ -100,149 +140,131 @@ class AugmentConfig:
 class TrainConfig:
     """How to train. Lengths are in pixels, rates per optimiser step."""
 
-    images: str | None = None  # image stack / folder; None = bundled ISBI 2012 train-volume
-    labels: str | None = None  # label stack / folder; None = bundled ISBI 2012 train-labels
-    # what the labels hold and the network learns (targets.py): "mask" (class masks, e.g.
-    # ISBI 0/255), "binary" (instance labels -> foreground with carved borders, the
-    # paper) or "contour" (instance labels -> background / interior / boundary)
-    target: str = "mask"
-    boundary_width: int = 1  # "contour": boundary class width per object (pixels)
-    # "contour": ... and within touch_width px (city-block, across background gaps too) of
-    # another object, so deeper where nuclei touch or nearly touch (0: boundary_width only)
-    touch_width: int = 0
-    # "binary" / "contour": warp the instance labels and make the class map after the warp
-    # (exact one-pixel boundaries) instead of warping the class map by nearest neighbour.
-    # Off: on the nuclei preset (15 min, 2 seeds) AP@0.5 0.811 / 0.817 and DSB 0.601 / 0.611
-    # against 0.829 / 0.611 warping the class map, with more merges (93 / 98 against 82)
-    targets_after_warp: bool = False
-    # held-out slices: "auto" (a seeded ~15 % of the images, at least one, none of a single
-    # image; a run stores the resolved list), "25-29", "28,29", "" for none, "@names.txt"
-    val_slices: str = "auto"
-    train_slices: str | None = None  # None = every slice not in val_slices
-    tile: int = 256  # input tile edge; must be a valid input size of the model
-    batch_size: int = 8  # tiles per step
-    # which image a training tile comes from: "image" (every training image equally often)
-    # or "area" (in proportion to its pixels, so every pixel is equally likely to be learned
-    # however the images' sizes differ)
-    sample_by: str = "image"
-    epochs: int = 30  # at most this many (see time_limit)
-    steps_per_epoch: int | None = None  # None = one pass: ceil(train slices / batch size)
-    optimizer: str = "adamw"  # "sgd" | "adam" | "adamw"
-    lr: float = 2e-3  # peak learning rate
-    momentum: float = 0.9  # SGD momentum (Adam: beta1)
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # "step" | "cosine" | "poly" | "constant", per epoch
-    step_epochs: int = 30  # "step": multiply the rate by gamma every step_epochs epochs
-    gamma: float = 0.1  # "step": the factor
-    warmup_steps: int = 0  # linear warm-up from 0 over this many steps
+    images: str | None = setting(None, rule=TEXT, commands=("train",),
+                                 help="image stack (TIFF) or folder of PNG/TIFF images "
+                                 "(default: the bundled ISBI 2012 train-volume)")  # fmt: skip
+    labels: str | None = setting(None, rule=TEXT, commands=("train",),
+                                 help="mask stack or folder of masks paired by file name "
+                                 "(default: the bundled ISBI 2012 train-labels)")  # fmt: skip
+    target: str = setting(
+        "mask", rule=one_of(TARGETS), commands=("train",),
+        help="mask: labels are class masks (ISBI 0/255); binary / contour: labels are instance "
+        "images, learned as foreground with carved borders (the paper) / background-interior-"
+        "boundary (targets.py)")
+    boundary_width: int = setting(1, rule=integers(1), help="contour target: the boundary "
+                                  "class's width per object (pixels)")  # fmt: skip
+    touch_width: int = setting(
+        0, rule=integers(0), commands=("train",), metavar="PX",
+        help="contour target: boundary class this many pixels deep where objects touch or "
+        "come within PX pixels (city-block, across background gaps too; 0: off)")
+    val_slices: str = setting(
+        "auto", rule=TEXT, commands=("train",),
+        help="held-out images: auto (a seeded 15% of them, at least one; the preset's own "
+        "list for its bundled data), indices such as 25-29 or 28,29, none, or @FILE naming "
+        "them; a run stores the chosen ones in config.json")
+    train_slices: str | None = setting(None, rule=TEXT, commands=("train",),
+                                       help="training slice indices (default: all others)")
+    tile: int = setting(256, rule=integers(1), commands=("train",),
+                        help="input tile edge in pixels; a valid input size of the model")
+    batch_size: int = setting(8, rule=integers(1), commands=("train",),
+                              help="tiles per step (per process under torchrun: the global "
+                              "batch is this times the processes)")  # fmt: skip
+    sample_by: str = setting(
+        "image", rule=one_of(SAMPLE_BY), commands=("train",),
+        help="draw training tiles from every image equally often, or in proportion to its "
+        "pixels (for sets of very different image sizes)")
+    epochs: int = setting(30, rule=integers(1), commands=("train",), resume=True,
+                          help="at most this many epochs (see --time-limit)")
+    steps_per_epoch: int | None = setting(None, rule=optional(integers(1)), commands=("train",),
+                                          help="steps per epoch (default: one pass, ceil("
+                                          "training images / batch size))")  # fmt: skip
+    optimizer: str = setting("adamw", rule=one_of(OPTIMIZERS), help="the optimiser")
+    lr: float = setting(2e-3, rule=above(0), commands=("train",), help="peak learning rate")
+    momentum: float = setting(0.9, rule=at_least(0), help="SGD momentum (Adam: beta1)")
+    weight_decay: float = setting(1e-4, rule=at_least(0), help="decoupled weight decay")
+    schedule: str = setting("cosine", rule=one_of(SCHEDULES),
+                            help="learning-rate schedule, per epoch")
+    step_epochs: int = setting(30, rule=integers(1), help="step schedule: multiply the rate "
+                               "by gamma every step_epochs epochs")  # fmt: skip
+    gamma: float = setting(0.1, rule=at_least(0), help="step schedule: the factor")
+    warmup_steps: int = setting(0, rule=integers(0),
+                                help="linear warm-up from 0 over this many steps")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    weight_map: bool = False  # weight the loss by the paper's w(x) (weights.weight_map)
-    w0: float = 10.0  # its border weight (paper: 10)
-    sigma: float = 5.0  # its border width in pixels (paper: 5)
-    # its w_c, the weight of background pixels (foreground pixels weigh 1): "image" (the
-    # paper) f_fg / f_bg of each image; "dataset" one f_fg / f_bg over the training set;
-    # "none" 1 (weights.background_weights)
-    class_balance: str = "image"
-    # add this weight times a soft Dice loss of the foreground, per tile (losses.soft_dice_loss;
-    # 0 = cross entropy alone)
-    dice: float = 0.0
-    # validate and ship an exponential moving average of the weights with this decay per
-    # step (0 = off; 0.999 averages over about the last 1000 steps)
-    ema: float = 0.0
-    # minutes of training (0 = no limit): after every epoch the run plans as many epochs as
-    # fit (at most ``epochs``) from its mean epoch time, and the schedule (cosine, poly)
-    # ends with the last planned epoch instead of being cut off
-    time_limit: float = 0.0
-    precision: str = "auto"  # "auto" (bf16 where the hardware has it) | "bf16" | "fp32"
-    device: str = "auto"  # "auto" (cuda if present) | "cpu" | "cuda" | "cuda:1" ...
-    seed: int = 0
-    # best.pt minimises this: "train_loss" keeps the validation slices out of model
-    # selection (they are then only watched); "val_loss" | "val_pixel_error" | "v_rand" |
-    # "v_info" select on them; "last": the last epoch's weights (the end of the schedule)
-    select_by: str = "val_loss"
-    isbi_every: int = 1  # validation V_rand / V_info every N epochs (0 = never)
-    val_every: int = 1  # validate every N epochs (0 = never; held-out images stay unused)
-    # "mask" target: binarise soft or anti-aliased masks, value > label_threshold is
-    # foreground (instance targets: the binary mask's components); None = masks hold classes
-    label_threshold: float | None = None
-    # labels of this stored value are "not labelled": zero loss weight, left out of the
-    # weight map and of validation scores (None = every pixel is labelled)
-    ignore_label: int | None = None
-    # "mask" target: the classes 0..C-1 of the masks; None = found from the training masks
-    # (largest class + 1, at least 2; at most MAX_FOUND_CLASSES)
-    classes: int | None = None
-    init: str | None = None  # start from this model's weights (a checkpoint); None = random
-    # which image channels the network sees (biounet.io.parse_channels): "1", "0,2" (in
-    # that order), "rgb" (colour as 3 channels); None = as stored: gray, colour made gray,
-    # a TIFF's C axis as channels. The network's in_channels follow the images read
-    channels: str | None = None
-    # also write the epoch's scalars and validation panels for TensorBoard to RUN/tensorboard/
-    tensorboard: bool = False
-    # processes the run trains on (recorded by train: torchrun's WORLD_SIZE, 1 without it);
-    # batch_size is per process, the global batch batch_size * world_size
-    world_size: int = 1
+    weight_map: bool = setting(False, rule=BOOLEAN, commands=("train",),
+                               help="weight the loss by the paper's border weight map w(x)")
+    w0: float = setting(10.0, rule=at_least(0), commands=("train",),
+                        help="the weight map's border term w0 (paper: 10)")
+    sigma: float = setting(5.0, rule=above(0),
+                           help="the weight map's border width in pixels (paper: 5)")
+    class_balance: str = setting(
+        "image", rule=one_of(CLASS_BALANCES), commands=("train",),
+        help="the weight map's w_c, the weight of background pixels: each image's own class "
+        "frequencies (the paper), the training set's, or none")
+    dice: float = setting(0.0, rule=at_least(0), commands=("train",), metavar="W",
+                          help="add W x a soft Dice loss of the foreground (per tile) to the "
+                          "cross entropy")  # fmt: skip
+    ema: float = setting(
+        0.0, rule=within(0, 1, "[)"), commands=("train",),
+        help="keep an exponential moving average of the weights with this decay per step "
+        "(e.g. 0.999); validation, best.pt and predict use it (0: off)")
+    time_limit: float = setting(
+        0.0, rule=at_least(0, " minutes"), commands=("train",), metavar="MIN", resume=True,
+        help="minutes of training: plan as many epochs as fit (at most --epochs) and end the "
+        "learning-rate schedule with them (0: no limit)")
+    precision: str = setting("auto", rule=one_of(PRECISIONS), commands=("train",),
+                             help="auto (bf16 where the hardware has it), bf16 or fp32")
+    device: str = setting("auto", rule=TEXT, commands=("train",), resume=True,
+                          help="auto (default: cuda if present), cpu, cuda, cuda:N")
+    seed: int = setting(0, rule=integers(0), commands=("train",), help="the run's random seed")
+    select_by: str = setting(
+        "val_loss", rule=one_of(SELECT_BY), commands=("train",),
+        help="what best.pt minimises/maximises (train_loss keeps validation slices out of "
+        "model selection; last: the last epoch)")
+    isbi_every: int = setting(1, rule=integers(0), commands=("train",),
+                              help="validation V_rand / V_info every N epochs (0: never)")
+    val_every: int = setting(1, rule=integers(0), commands=("train",),
+                             help="validate every N epochs (0: never)")
+    label_threshold: float | None = setting(
+        None, rule=FINITE, commands=("train",), metavar="T",
+        help="binarise soft or anti-aliased masks: value > T is foreground (instance targets: "
+        "the components of that mask)")
+    ignore_label: int | None = setting(
+        None, rule=optional(integers(0)), commands=("train",), metavar="V",
+        help="pixels of mask value V are not labelled: no loss, left out of the weight map "
+        "and of validation scores (V must not be a class)")
+    classes: int | None = setting(
+        None, rule=optional(integers(2, MAX_CLASSES)), commands=("train",), metavar="C",
+        help="mask target: the masks hold classes 0..C-1, learned with a C-way softmax "
+        "(default: found from the masks, largest class + 1, at least 2)")
+    init: str | None = setting(
+        None, rule=TEXT, commands=("train",), metavar="MODEL",
+        help="start from the weights of MODEL (a shipped model or any checkpoint) with a fresh "
+        "optimiser and schedule; its preset unless --preset is given (then that preset's "
+        "training settings around the model's network)")
+    channels: str | None = setting(None, rule=TEXT, commands=("train",), metavar="SPEC",
+                                   help=CHANNELS_HELP + "; the network takes the channels "
+                                   "read, and the model stores them")  # fmt: skip
+    tensorboard: bool = setting(False, rule=BOOLEAN, commands=("train",), negatable=False,
+                                help="also write the epoch scalars and validation panels to "
+                                "RUN/tensorboard/ (pip install biounet[tensorboard])")
+    world_size: int = setting(1, rule=integers(1), help="processes the run trains on "
+                              "(recorded: torchrun's WORLD_SIZE); batch_size is per "
+                              "process")  # fmt: skip
 
     def __post_init__(self):
+        for name in ("images", "labels", "init", "channels"):  # Paths and numbers are
+            value = getattr(self, name)  # welcome, config.json stores text
+            if value is not None:
+                object.__setattr__(self, name, str(value))
         if self.channels is not None:
             from .io import parse_channels
 
             parse_channels(self.channels)  # InputError for a spec that does not parse
-            object.__setattr__(self, "channels", str(self.channels))
-        for name in ("images", "labels", "init"):  # Paths are welcome, config.json stores text
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, str(getattr(self, name)))
-        if self.step_epochs < 1:
-            raise ValueError(f"step_epochs must be >= 1, got {self.step_epochs}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.select_by not in SELECT_BY:
-            raise ValueError(f"select_by must be one of {SELECT_BY}, got {self.select_by!r}")
-        for name in ("isbi_every", "val_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.boundary_width < 1 or self.touch_width < 0:
-            raise ValueError(f"boundary_width must be >= 1 and touch_width >= 0, got "
-                             f"{self.boundary_width}, {self.touch_width}")  # fmt: skip
-        if not (0 <= self.w0 < math.inf and 0 < self.sigma < math.inf):  # NaN fails too
-            raise ValueError(f"w0 must be >= 0 and sigma > 0, got {self.w0}, {self.sigma}")
-        if self.class_balance not in CLASS_BALANCES:
-            raise ValueError(f"class_balance must be one of {CLASS_BALANCES}, got "
-                             f"{self.class_balance!r}")  # fmt: skip
-        if self.sample_by not in SAMPLE_BY:
-            raise ValueError(f"sample_by must be one of {SAMPLE_BY}, got {self.sample_by!r}")
-        if self.target not in TARGETS:
-            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        validate(self)
         if self.target != "contour" and (self.boundary_width != 1 or self.touch_width):
             raise ValueError(f"boundary_width and touch_width shape the contour target's boundary "
                              f"class; target {self.target!r} has none (got "
                              f"{self.boundary_width}, {self.touch_width})")  # fmt: skip
-        for name in ("batch_size", "epochs", "tile", "world_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
-        if not (self.dice >= 0 and math.isfinite(self.dice)):
-            raise ValueError(f"dice must be >= 0, got {self.dice}")
-        if not 0 <= self.ema < 1:
-            raise ValueError(f"ema must be in [0, 1), got {self.ema}")
-        if not (self.time_limit >= 0 and math.isfinite(self.time_limit)):
-            raise ValueError(f"time_limit must be >= 0 minutes, got {self.time_limit}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.classes is not None and not 2 <= self.classes <= MAX_CLASSES:
-            raise ValueError(f"classes must be in 2..{MAX_CLASSES}, got {self.classes}")
-        if self.label_threshold is not None and not math.isfinite(self.label_threshold):
-            raise ValueError(f"label_threshold must be a finite number, got "
-                             f"{self.label_threshold}")  # fmt: skip
-        if self.ignore_label is not None and self.ignore_label < 0:
-            raise ValueError(f"ignore_label must be >= 0, got {self.ignore_label}")
-        if self.ignore_label is not None and self.targets_after_warp:
-            raise ValueError("ignore_label needs class maps warped as such: it does not work "
-                             "with targets_after_warp")  # fmt: skip
 
 
 # How the network's probabilities become instance labels (instances.py): "components"
@@ -253,21 +275,19 @@ METHODS = ("auto", *INSTANCE_METHODS)  # InferenceConfig.method
 METHOD_FOR_TARGET = {"mask": "components", "binary": "binary", "contour": "contour"}
 # the options only the seeded watershed reads
 CONTOUR_OPTIONS = ("seed_threshold", "seed_dynamics", "split_solidity", "split_depth")
-# what each InferenceConfig value must be: (test, the rule as an error message states it)
-_LIMITS = {
-    "threshold": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "tta": (lambda v: isinstance(v, bool), "True or False"),
-    "method": (lambda v: v in METHODS, f"one of {METHODS}"),
-    "min_size": (lambda v: v >= 0, ">= 0 pixels"),
-    "min_peak": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "min_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "seed_threshold": (lambda v: 0 < v < 1, "in (0, 1)"),
-    "seed_dynamics": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "split_solidity": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    "split_depth": (lambda v: v > 0, "> 0 pixels"),
-    "diameter": (lambda v: v == "auto" or (not isinstance(v, str | bool) and 0 <= v < math.inf),
-                 "auto or >= 0 pixels"),
-}  # NaN fails every numeric test
+INFERENCE = ("predict", "export")  # inference settings: for one call, or stored in a model
+DIAMETER = Rule(lambda v: v == "auto" or (not isinstance(v, str | bool) and 0 <= v < math.inf),
+                 "auto or >= 0 pixels")  # fmt: skip
+
+
+def diameter_value(text: str) -> float | str:
+    """--diameter: "auto" or a number of pixels (checked by InferenceConfig)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or pixels, got {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -278,58 +298,63 @@ class InferenceConfig:
     :func:`biounet.segment` use a model's own unless told otherwise.
     """
 
-    # foreground where P(foreground) > threshold (contour models: P(background) <
-    # 1 - threshold): the 0/255 mask and the instances' foreground
-    threshold: float = 0.5
-    # average the 8 flips / quarter turns (for post-processing tuned on averaged
-    # probabilities)
-    tta: bool = False
-    # instances: "auto" (from the training target: mask -> "components", binary ->
-    # "binary", contour -> "contour") or one of INSTANCE_METHODS
-    method: str = "auto"
-    min_size: int = 0  # drop objects under this many pixels
-    # ... and objects whose highest P(interior) (contour) or P(foreground) stays below this:
-    # faint debris (experiments/tune_instances.py chooses it on training images)
-    min_peak: float = 0.0
-    # ... and, with this > 0, the size limit follows each image's scale: objects under
-    # min(min_size, this x the median size of the image's objects of at least min_size px)
-    # are dropped, so an image of small nuclei keeps its small nuclei
-    min_fraction: float = 0.0
-    # contour: P(interior) above which a pixel seeds an object of the watershed
-    seed_threshold: float = 0.5
-    # contour, with this > 0: one seed per peak of P(interior) (smoothed 1 px) standing this
-    # far above the saddle to a higher one, in the region above seed_threshold
-    # (instances.peak_seeds): nuclei whose interiors meet at a ridge get a seed each
-    seed_dynamics: float = 0.0
-    # contour: a seed less solid than this (area / convex hull area; 0 = never) is split at
-    # the peaks of its distance transform that stand split_depth pixels above their saddle
-    # (instances.split_seeds): two nuclei whose interiors meet at a neck
-    split_solidity: float = 0.0
-    split_depth: float = 3.0
-    # the objects' diameter in the images (pixels): with the model's training diameter
-    # (ModelConfig.diameter) known, each image is rescaled by model diameter / this before
-    # the network, so its objects have the size trained on, and every output back to the
-    # image's size (instances are found at the model's scale). "auto": each image's own,
-    # the median equivalent diameter of the instances of a first pass without TTA; 0: the
-    # images as they are
-    diameter: float | str = 0.0
+    threshold: float = setting(
+        0.5, rule=within(0, 1), commands=INFERENCE, metavar="T",
+        help="foreground where P(foreground) > T (contour models: P(background) < 1 - T): "
+        "predict writes it as a 0/255 mask, *-mask.tif, and --instances takes it as their "
+        "foreground")
+    tta: bool = setting(False, rule=BOOLEAN, commands=INFERENCE,
+                        help="average the 8 flips / quarter turns (test-time augmentation; "
+                        "for post-processing tuned on averaged probabilities)")  # fmt: skip
+    method: str = setting("auto", rule=one_of(METHODS),
+                          help="instances: auto (from the training target: mask -> "
+                          "components, binary -> binary, contour -> contour) or one of "
+                          "INSTANCE_METHODS")  # fmt: skip
+    min_size: int = setting(0, rule=at_least(0, " pixels"), commands=INFERENCE, metavar="PX",
+                            parse=int, help="--instances: drop objects under PX pixels")
+    min_peak: float = setting(
+        0.0, rule=within(0, 1), commands=INFERENCE, metavar="P",
+        help="--instances: drop objects whose highest interior / foreground probability "
+        "stays under P (faint debris)")
+    min_fraction: float = setting(
+        0.0, rule=within(0, 1), commands=INFERENCE, metavar="F",
+        help="--instances: in each image, drop objects under F x the median size of its "
+        "objects of at least --min-size pixels where that is less than --min-size (an image "
+        "of small nuclei keeps them); 0: --min-size alone")
+    seed_threshold: float = setting(
+        0.5, rule=within(0, 1, "()"), commands=INFERENCE, metavar="P",
+        help="--instances, contour models: P(interior) above which a pixel seeds an object")
+    seed_dynamics: float = setting(
+        0.0, rule=within(0, 1, "[)"), commands=INFERENCE, metavar="H",
+        help="--instances, contour models: one seed per peak of P(interior) (smoothed 1 px) "
+        "standing H above the saddle to a higher one, where it exceeds --seed-threshold: "
+        "nuclei whose interiors meet at a ridge get a seed each; 0: the thresholded "
+        "region's components")
+    split_solidity: float = setting(
+        0.0, rule=within(0, 1), commands=INFERENCE, metavar="S",
+        help="--instances, contour models: split a seed whose solidity (area / convex hull "
+        "area) is under S at its distance-transform peaks; 0: never")
+    split_depth: float = setting(
+        3.0, rule=above(0, " pixels"), commands=INFERENCE, metavar="PX",
+        help="--instances, contour models: where seeds are split (--split-solidity or the "
+        "model's setting above 0), the peaks that split a seed stand at least PX pixels "
+        "above the saddle between them")
+    diameter: float | str = setting(
+        0.0, rule=DIAMETER, commands=INFERENCE, metavar="D|auto", parse=diameter_value,
+        help="the objects' diameter in the images, in pixels: each image is rescaled so they "
+        "have the size the model was trained on (biounet info MODEL), and every output back "
+        "to its size; auto: measured in each image by a first pass; 0: images as they are")
 
     def __post_init__(self):
-        for f in fields(self):
-            self.check(f.name, getattr(self, f.name))
+        validate(self)
 
     @staticmethod
     def check(name: str, value, label: str | None = None) -> None:
         """ValueError ``"<label> must be <rule>, got <value>"`` unless ``value`` suits the
         field ``name`` (``label``: how the caller names it, e.g. a command-line flag)."""
-        test, rule = _LIMITS[name]
-        try:
-            ok = bool(test(value))
-        except TypeError:  # e.g. a string where a number belongs
-            ok = False
-        if not ok:
-            got = repr(value) if isinstance(value, str) else value
-            raise ValueError(f"{label or name} must be {rule}, got {got}")
+        from .settings import check
+
+        check(InferenceConfig, name, value, label)
 
     def instance_method(self, target: str, out_channels: int) -> str:
         """The instance method for a model trained on ``target`` with ``out_channels``
@@ -358,6 +383,66 @@ class InferenceConfig:
             if self.seed_dynamics > 0:
                 options["seed_dynamics"] = self.seed_dynamics
         return options
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How one ``biounet predict`` call runs (segment.segment_files); not stored."""
+
+    out: str | None = setting(
+        None, rule=TEXT, commands=("predict",),
+        help="output TIFF (file input) or folder (folder input); default: <input name>-prob.tif "
+        "/ <input>-prob/ in the current folder (multi-class models: -classes)")
+    slices: str | None = setting(None, rule=TEXT, commands=("predict",),
+                                 help="only these slices of a stack, e.g. 25-29")
+    channels: str | None = setting(None, rule=TEXT, commands=("predict",), metavar="SPEC",
+                                   help=CHANNELS_HELP + "; they must be as many as the "
+                                   "model's input channels (biounet info MODEL)")  # fmt: skip
+    tile: int | None = setting(None, rule=optional(integers(1)), commands=("predict",),
+                               help="input tile edge in pixels (rounded to a valid size); "
+                               "default: the largest that fits --memory-mb")  # fmt: skip
+    memory_mb: int = setting(1024, rule=integers(1), commands=("predict",), flag_default=1024,
+                             help="activation memory budget per forward pass (default 1024)")
+    overlap: float = setting(DEFAULT_OVERLAP, rule=within(0, 1, "[)"), commands=("predict",),
+                             flag_default=DEFAULT_OVERLAP, help="tile overlap for same-padding "
+                             f"networks (default {DEFAULT_OVERLAP:g})")  # fmt: skip
+    instances: bool = setting(
+        False, rule=BOOLEAN, commands=("predict",), negatable=False, flag_default=False,
+        help="also write instance labels (uint16; uint32 past 65535) as *-instances.tif (mask "
+        "models: connected components; binary: components grown over the carved borders; "
+        "contour: seeded watershed)")
+    roi_zip: bool = setting(
+        False, rule=BOOLEAN, commands=("predict",), negatable=False, flag_default=False,
+        help="with --instances, also write the objects' outlines as an ImageJ ROI set, "
+        "*-rois.zip (one polygon per object, named by label; Fiji's ROI Manager opens it)")
+    probabilities: bool = setting(
+        False, rule=BOOLEAN, commands=("predict",), negatable=False, flag_default=False,
+        help="multi-class models: also write the class probabilities as *-probabilities.tif, "
+        "float32, C pages per image (P(class 0) .. P(class C-1)); for a stack input, image "
+        "i's class c is page i*C+c (an ImageJ hyperstack: Fiji shows slices and channels)")
+    invert: str | None = setting(None, rule=optional(one_of(INVERT)), commands=("predict",),
+                                 help=INVERT_HELP + "; default: as the model was trained "
+                                 "(biounet info MODEL)")  # fmt: skip
+    device: str = setting("auto", rule=TEXT, commands=("predict",), flag_default="auto",
+                          help="auto (default: cuda if present), cpu, cuda, cuda:N")
+    precision: str = setting("auto", rule=one_of(PRECISIONS), commands=("predict",),
+                             flag_default="auto", help="auto (default: bf16 where the hardware "
+                             "has it), bf16 or fp32")  # fmt: skip
+    engine: str = setting(
+        "auto", rule=one_of(ENGINES), commands=("predict",), flag_default="auto",
+        help="how a checkpoint runs: torch, onnxruntime (its ONNX export, made once and "
+        "cached; needs biounet[onnx]) or auto (default: onnxruntime on a CPU without native "
+        "bf16 where it is installed, else torch)")
+    shard: str | None = setting(
+        None, rule=TEXT, commands=("predict",), metavar="K/N",
+        help="predict every N-th image from the K-th (0-based) of the sorted inputs, e.g. "
+        "$SLURM_ARRAY_TASK_ID/8; under torchrun RANK/WORLD_SIZE unless given")
+    skip_existing: bool = setting(False, rule=BOOLEAN, commands=("predict",), negatable=False,
+                                  flag_default=False, help="skip the images whose outputs all "
+                                  "exist (to resume an interrupted run)")  # fmt: skip
+
+    def __post_init__(self):
+        validate(self)
 
 
 # Checkpoints and config.json files written before InferenceConfig existed keep these

@@ -8,7 +8,6 @@ this module is arrays and tensors.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from .io import (
     where_of,
 )
 from .labels import labels_to_instances
-from .targets import NUM_CLASSES, label_context, make_target
+from .targets import NUM_CLASSES, make_target
 from .weights import cached_weight_maps
 
 log = logging.getLogger("biounet")
@@ -368,9 +367,7 @@ def make_sampler(
     cache: str | Path | None = None,
 ) -> TileSampler:
     """The training tile sampler: weight maps if configured (cached in memory and, given a
-    ``cache`` folder, on disk) and the context margin the augmentation needs. With
-    ``targets_after_warp`` it samples the instance labels themselves, with the label
-    context their target needs (:func:`biounet.targets.tile_targets`)."""
+    ``cache`` folder, on disk) and the context margin the augmentation needs."""
     weights = None
     if cfg.weight_map:
         t = time.perf_counter()
@@ -385,10 +382,5 @@ def make_sampler(
         log.info("weight maps (w0 %g, sigma %g, class balance %s): %.2fs", cfg.w0, cfg.sigma,
                  cfg.class_balance, time.perf_counter() - t)  # fmt: skip
     margin = cfg.augment.margin(cfg.tile)
-    labels = data.train_masks
-    if label_context(cfg):  # instance targets made after the warp
-        labels = data.train_instances
-        # the label context, past a rotated tile's corner (sqrt 2 per pixel)
-        margin += math.ceil(label_context(cfg) * math.sqrt(2))
-    return TileSampler(data.train_images, labels, cfg.tile, out_tile, rng, weights, margin,
-                       by=cfg.sample_by)  # fmt: skip
+    return TileSampler(data.train_images, data.train_masks, cfg.tile, out_tile, rng, weights,
+                       margin, by=cfg.sample_by)  # fmt: skip

@@ -243,6 +243,14 @@ def cached_onnx(checkpoint: Path) -> Path:
     return path
 
 
+def preset_of(path: str | Path) -> Preset:
+    """The configuration of the model at ``path`` (checkpoint, ONNX or TorchScript), read
+    without building a checkpoint's network."""
+    if file_format(path) == "biounet":
+        return Preset.from_dict(load_checkpoint(path)["preset"])
+    return load_model(path)[1]
+
+
 def load_model(
     path: str | Path,
     device: str | torch.device = "cpu",

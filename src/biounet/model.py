@@ -19,38 +19,58 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .settings import BOOLEAN, at_least, integers, one_of, setting, validate, within
+
 PADDINGS = ("valid", "same")
 NORMALIZATIONS = ("zscore", "zscore-bright", "zscore-invert")
 # --invert: whether images are negated so that objects are bright (the rule: io.normalize)
 INVERT = {"auto": "zscore-bright", "yes": "zscore-invert", "no": "zscore"}
+INVERT_RULE = (
+    "auto: negate each image whose median exceeds its mean (dark objects on a bright "
+    "background), so the network sees bright objects; yes: negate every image; no: never"
+)
 UPSAMPLINGS = ("transpose", "bilinear")
+
+
+def _invert(name: str, model) -> dict:
+    """--invert NAME (a key of INVERT): the normalisation it stands for."""
+    return {"normalization": INVERT[name]}
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a :class:`UNet`. Stored in every checkpoint to rebuild the network."""
 
-    in_channels: int = 1  # gray-scale microscopy
-    out_channels: int = 2  # 2 = softmax over {membrane/background, cell}; 1 = sigmoid
-    depth: int = 4  # number of 2x2 max-poolings (the paper: 4)
-    base_channels: int = 64  # feature channels at the top level, doubled per level
-    padding: str = "valid"  # "valid" (paper: unpadded 3x3) | "same" (zero-padded)
-    batch_norm: bool = False  # conv -> BN -> ReLU when True (paper: False)
-    dropout: float = 0.5  # dropout at the end of the contracting path (paper: 0.5)
-    upsample: str = "transpose"  # "transpose" (2x2 up-conv, paper) | "bilinear" (+1x1 conv)
-    # input normalisation (io.normalize): "zscore" (zero mean, unit variance per image) |
-    # "zscore-bright" (the same, negated for images whose median exceeds their mean, i.e.
-    # dark objects on a bright background, so objects are always bright) | "zscore-invert"
-    # (the same, every image negated: dark objects on a bright background everywhere)
-    normalization: str = "zscore"
-    # median equivalent diameter (pixels, sqrt(4 area / pi)) of the labelled objects the
-    # network was trained on, where it learnt instances; 0 = not known. Prediction with a
-    # diameter (InferenceConfig.diameter) rescales images so their objects have this size.
-    diameter: float = 0.0
-    # feature channels of each level, top to bottleneck (depth + 1 values), where they should
-    # not simply double: e.g. (16, 32, 64, 256, 512) widens only the cheap low-resolution
-    # levels. None = base_channels doubled per level. base_channels follows channels[0].
-    channels: tuple[int, ...] | None = None
+    in_channels: int = setting(1, rule=integers(1), help="input channels (1: gray-scale)")
+    out_channels: int = setting(2, rule=integers(1), help="outputs: 2 = softmax over "
+                                "{membrane/background, cell}; 1 = sigmoid")  # fmt: skip
+    depth: int = setting(4, rule=integers(1, 8),
+                         help="number of 2x2 max-poolings (the paper: 4)")
+    base_channels: int = setting(64, rule=integers(1), help="feature channels at the top "
+                                 "level, doubled per level")  # fmt: skip
+    padding: str = setting("valid", rule=one_of(PADDINGS), help="valid (paper: unpadded "
+                           "3x3) or same (zero-padded)")  # fmt: skip
+    batch_norm: bool = setting(False, rule=BOOLEAN, help="conv -> BN -> ReLU (paper: no)")
+    dropout: float = setting(0.5, rule=within(0, 1, "[)"), help="dropout at the end of the "
+                             "contracting path (paper: 0.5)")  # fmt: skip
+    upsample: str = setting("transpose", rule=one_of(UPSAMPLINGS), help="transpose (2x2 "
+                            "up-conv, paper) or bilinear (+1x1 conv)")  # fmt: skip
+    normalization: str = setting(
+        "zscore", rule=one_of(NORMALIZATIONS), commands=("train",), flag="--invert",
+        choices=tuple(INVERT), to_field=_invert,
+        help="input normalisation (io.normalize), named by --invert: " + INVERT_RULE + "; the "
+        "model stores it (default: the preset's; nuclei: auto, the others: no)")
+    diameter: float = setting(
+        0.0, rule=at_least(0, " pixels"),
+        help="median equivalent diameter (pixels, sqrt(4 area / pi)) of the labelled objects "
+        "the network was trained on, where it learnt instances; 0 = not known. Prediction "
+        "with a diameter (InferenceConfig.diameter) rescales images so their objects have "
+        "this size")
+    channels: tuple[int, ...] | None = setting(
+        None, help="feature channels of each level, top to bottleneck (depth + 1 values), "
+        "where they should not simply double: e.g. (16, 32, 64, 256, 512) widens only the "
+        "cheap low-resolution levels. None = base_channels doubled per level. base_channels "
+        "follows channels[0]")
 
     def __post_init__(self):
         if isinstance(self.channels, (list, tuple)):  # a list from config.json
@@ -72,23 +92,7 @@ class ModelConfig:
 
 def check_model_config(cfg: ModelConfig) -> None:
     """Raise ValueError with the bad value if ``cfg`` cannot describe a network."""
-    if cfg.normalization not in NORMALIZATIONS:
-        raise ValueError(
-            f"normalization must be one of {NORMALIZATIONS}, got {cfg.normalization!r}"
-        )
-    if cfg.padding not in PADDINGS:
-        raise ValueError(f"padding must be one of {PADDINGS}, got {cfg.padding!r}")
-    if cfg.upsample not in UPSAMPLINGS:
-        raise ValueError(f"upsample must be one of {UPSAMPLINGS}, got {cfg.upsample!r}")
-    if not 1 <= cfg.depth <= 8:
-        raise ValueError(f"depth must be in 1..8, got {cfg.depth}")
-    for name in ("in_channels", "out_channels", "base_channels"):
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"{name} must be >= 1, got {getattr(cfg, name)}")
-    if not 0.0 <= cfg.diameter < math.inf:  # NaN fails too
-        raise ValueError(f"diameter must be >= 0 pixels, got {cfg.diameter}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    validate(cfg)
     if cfg.channels is not None:
         c = cfg.channels  # a tuple after __post_init__; anything else (one number) is wrong
         ok = isinstance(c, tuple) and len(c) == cfg.depth + 1

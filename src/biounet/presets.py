@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import textwrap
+from dataclasses import asdict, replace
 
-from .config import AugmentConfig, InferenceConfig, Preset, TrainConfig
-from .model import INVERT, ModelConfig
+from . import settings
+from .config import HIGHER_IS_BETTER, AugmentConfig, InferenceConfig, Preset, TrainConfig
+from .model import INVERT, ModelConfig, UNet, count_parameters, output_size
+
+# the flags of ``biounet train``: the settings of the network and of training that have one
+TRAIN_FLAGS = settings.flags({"model": ModelConfig, "train": TrainConfig}, "train")
 
 # The paper's augmentation: elastic deformation on a 3 x 3 grid with 10 px standard
 # deviation, composed with rotation, shift, flips and gray-value changes.
@@ -232,45 +237,29 @@ def get_preset(name: str) -> Preset:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
 
 
-def customise(
-    preset: Preset,
-    *,
-    zoom: float | None = None,
-    invert_tiles: float | None = None,
-    invert: str | None = None,
-    **train,
-) -> Preset:
-    """``preset`` reshaped by ``biounet train``'s flags.
+def customise(preset: Preset, **given) -> Preset:
+    """``preset`` reshaped by ``biounet train``'s flags: ``given`` maps a flag's name
+    (:data:`TRAIN_FLAGS` dests: ``lr``, ``zoom``, ``invert_tiles``, ...) to its value, None
+    keeping the preset's.
 
-    ``train``: TrainConfig fields (None keeps the preset's). Other ``images`` than the
-    preset's own make its held-out lists, which name its own data, fall back to
-    ``val_slices="auto"`` and every other image for training, unless ``val_slices`` /
-    ``train_slices`` are given. The binary target turns the paper's weighted loss on
-    (``weight_map=True``) unless ``weight_map`` is given; ``zoom`` R sets random zoom by a
-    factor log-uniform in [1/(1+R), 1+R] (0: off); ``invert_tiles`` P negates a training
-    tile's gray values with probability P (0: off); ``invert`` ("auto", "yes", "no": a key
-    of model.INVERT) how images are normalised, in training and by the model; the network
-    gets as many outputs as the target (or ``classes``) needs (:func:`with_target_outputs`).
+    Other ``images`` than the preset's own make its held-out lists, which name its own
+    data, fall back to ``val_slices="auto"`` and every other image for training, unless
+    ``val_slices`` / ``train_slices`` are given. The binary target turns the paper's
+    weighted loss on (``weight_map=True``) unless ``weight_map`` is given; the network gets
+    as many outputs as the target (or ``classes``) needs (:func:`with_target_outputs`).
     """
-    images = train.get("images")
+    given = {k: v for k, v in given.items() if v is not None}
+    unknown = set(given) - {f.dest for f in TRAIN_FLAGS}
+    if unknown:
+        raise TypeError(f"customise: no train flag {', '.join(sorted(unknown))}")
+    images = given.get("images")
     if images is not None and str(images) != preset.train.images:  # data of the user's own
-        if train.get("val_slices") is None:
-            preset = replace(preset, train=replace(preset.train, val_slices="auto"))
-        if train.get("train_slices") is None:
+        given.setdefault("val_slices", "auto")
+        if "train_slices" not in given:
             preset = replace(preset, train=replace(preset.train, train_slices=None))
-    preset = preset.with_train(**train)
-    if train.get("target") == "binary" and train.get("weight_map") is None:
-        preset = preset.with_train(weight_map=True)
-    if zoom is not None:
-        a = preset.train.augment
-        on = zoom != 0
-        zoomed = replace(a, scale=on, scale_range=zoom if on else a.scale_range)
-        preset = preset.with_train(augment=zoomed)
-    if invert_tiles is not None:
-        preset = preset.with_train(augment=replace(preset.train.augment, invert=invert_tiles))
-    if invert is not None:
-        preset = replace(preset, model=replace(preset.model, normalization=INVERT[invert]))
-    return with_target_outputs(preset)
+    if given.get("target") == "binary":
+        given.setdefault("weight_map", True)
+    return with_target_outputs(settings.changes(preset, TRAIN_FLAGS, given))
 
 
 def with_target_outputs(preset: Preset) -> Preset:
@@ -307,3 +296,40 @@ def init_preset(path: str, name: str | None = None) -> Preset:
     model = Preset.from_dict(load_checkpoint(path)["preset"])
     base = model if name is None else replace(get_preset(name), model=model.model)
     return replace(base, train=replace(base.train, init=str(path)))
+
+
+def describe(preset: Preset, as_dict: bool = False) -> list[str] | dict:
+    """What ``biounet info`` shows of ``preset``: the network's size and shapes, then every
+    setting by section, as declared (biounet.settings.listing); ``as_dict``: one dict
+    (``info --json``)."""
+    m, t = preset.model, preset.train
+    facts = {"preset": preset.name, "description": preset.description,
+             "parameters": count_parameters(UNet(m)), "input_size": t.tile,
+             "output_size": output_size(t.tile, m.depth, m.padding),
+             "padding": m.padding}  # fmt: skip
+    if as_dict:
+        return {**facts, **{k: asdict(getattr(preset, k)) for k in ("model", "train",
+                                                                    "inference")}}  # fmt: skip
+    invert = next(k for k, v in INVERT.items() if v == m.normalization)
+    best = "the last epoch" if t.select_by == "last" else (
+        f"{'highest' if t.select_by in HIGHER_IS_BETTER else 'lowest'} "
+        f"{t.select_by.replace('_', ' ')}")  # fmt: skip
+    lines = [f"{preset.name}: {preset.description}",
+             f"  parameters   {facts['parameters']:,}",
+             f"  input        {m.in_channels} channel{'s' * (m.in_channels != 1)}"
+             + (f" (--channels {t.channels})" if t.channels else "")
+             + (f", --invert {invert}" if invert != "no" else "")
+             + (f", objects of {m.diameter:.3g} px (median diameter)" if m.diameter else ""),
+             f"  tile         {t.tile} -> {facts['output_size']} ({m.padding} padding, "
+             f"depth {m.depth}), network {'/'.join(map(str, m.widths))} channels",
+             f"  best.pt      {best}"]  # fmt: skip
+    if t.world_size > 1:
+        lines.append(f"  ranks        {t.world_size} (torchrun), global batch "
+                     f"{t.batch_size * t.world_size}")  # fmt: skip
+    sections: dict[str, list[str]] = {}
+    for section, label, value in settings.listing(preset):
+        sections.setdefault(section, []).append(f"{label} {value}")
+    for section, items in sections.items():
+        lines += textwrap.wrap(", ".join(items), 100, initial_indent=f"  {section:<14}",
+                               subsequent_indent=" " * 16, break_on_hyphens=False)  # fmt: skip
+    return lines

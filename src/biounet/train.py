@@ -50,7 +50,7 @@ from .metrics.pixel import class_scores_many
 from .model import UNet, count_parameters, output_size
 from .plots import plot_curves, plot_panels
 from .presets import with_classes
-from .targets import NUM_CLASSES, label_context, tile_targets
+from .targets import NUM_CLASSES
 from .tiling import predict
 
 log = logging.getLogger("biounet")
@@ -647,16 +647,11 @@ def training_batch(
     device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``n`` training tiles as the network sees them, on ``device`` (default: the CPU):
-    regions drawn by ``sampler``, augmented with ``gen``, targets made after the warp
-    where configured. x (n, C, S, S) float32, y (n, s, s) int64 class indices, w (n, s, s)
-    float32 loss weights or None; S = ``cfg.tile``, s = ``out_tile``."""
-    context = label_context(cfg)
+    regions drawn by ``sampler``, augmented with ``gen``. x (n, C, S, S) float32, y (n, s, s)
+    int64 class indices, w (n, s, s) float32 loss weights or None; S = ``cfg.tile``,
+    s = ``out_tile``."""
     x, y, w = (None if a is None else a.to(device) for a in sampler.sample(n))  # with margin
-    x, y, w = augment(x, y, w, cfg.augment, gen, tile=cfg.tile, label_size=out_tile,
-                      label_context=context)  # fmt: skip
-    if context:
-        y = tile_targets(y, cfg)
-    return x, y, w
+    return augment(x, y, w, cfg.augment, gen, tile=cfg.tile, label_size=out_tile)
 
 
 def train_step(
@@ -848,3 +843,28 @@ def preview_tiles(preset: Preset, n: int = 12, seed: int = 0) -> tuple[np.ndarra
     sampler = make_sampler(cfg, data, out_tile, np.random.default_rng(seed))
     x, y, _ = training_batch(sampler, cfg, out_tile, torch.Generator().manual_seed(seed), n)
     return x.amax(dim=1).numpy(), y.numpy()
+
+
+def report(result: dict, out: Path) -> str:
+    """A few lines on the best epoch of a run."""
+    if not result:
+        return f"{out}: nothing trained"
+    lines = [
+        f"run {out}: {result['epochs']} epochs in {result['total_seconds'] / 60:.1f} min; "
+        f"best epoch {result['best_epoch']}"
+        + (f" (saved as {out / 'best.pt'})" if (out / "best.pt").is_file() else "")
+    ]
+    if result.get("val_loss") is not None:
+        lines.append(
+            f"  validation: loss {result['val_loss']:.4f}  pixel error "
+            f"{result['val_pixel_error']:.4f}  IoU(cell) {result['val_iou']:.4f}  "
+            f"Dice(cell) {result['val_dice']:.4f}"
+        )
+        if result.get("val_mean_iou") is not None:
+            lines.append(f"  mean IoU of classes 1..C-1: {result['val_mean_iou']:.4f}")
+        if result.get("v_rand") is not None:
+            lines.append(
+                f"  ISBI 2012: V_rand {result['v_rand']:.4f}  V_info {result['v_info']:.4f}"
+            )
+    lines.append(f"  plots: {out / 'curves.png'}, {out / 'val.png'}; log: {out / 'log.csv'}")
+    return "\n".join(lines)

@@ -205,7 +205,8 @@ def isbi_scores(
 ) -> dict:
     """Score probability maps (H, W) or stacks against labels: each metric per slice,
     averaged over slices; V_rand, V_info, pixel and Rand errors per threshold, with the
-    best value and its threshold. Keys as in ``biounet evaluate --json``.
+    best value and its threshold. Keys as in ``biounet evaluate --json``; ``per_image``:
+    each slice's scores (those of thresholds at the chosen threshold), whose means these are.
     """
     probs = [prob] if isinstance(prob, np.ndarray) and prob.ndim == 2 else list(prob)
     labels = [label] if isinstance(label, np.ndarray) and label.ndim == 2 else list(label)
@@ -240,17 +241,29 @@ def isbi_scores(
             out[name] = float(1 - mean[k])
             out[f"{name}_threshold"] = thresholds[k]
             detail[name] = [float(1 - v) for v in mean]
+    per_image: dict[str, list[float]] = {}
+    for name in ("v_rand", "v_info"):
+        if name in metrics:
+            k = thresholds.index(out[f"{name}_threshold"])
+            per_image[name] = [float(v) for v in rows[name][:, k]]
+    for name, key in (("pixel_error", "pixel_f"), ("rand_error", "rand_f")):
+        if name in metrics:
+            k = thresholds.index(out[f"{name}_threshold"])
+            per_image[name] = [float(1 - v) for v in rows[key][:, k]]
     if "warping_error" in metrics:
-        errors = [warping_error(p, g, threshold=warping_threshold) for p, g in pairs]
-        out["warping_error"] = float(np.mean(errors))
+        per_image["warping_error"] = [warping_error(p, g, threshold=warping_threshold)
+                                      for p, g in pairs]  # fmt: skip
     if "iou" in metrics:
-        out["iou"] = float(np.mean([iou(p > 0.5, g) for p, g in pairs]))
+        per_image["iou"] = [iou(p > 0.5, g) for p, g in pairs]
     if "dice" in metrics:
-        out["dice"] = float(np.mean([dice(p > 0.5, g) for p, g in pairs]))
+        per_image["dice"] = [dice(p > 0.5, g) for p, g in pairs]
     if "seg" in metrics:
-        segs = [seg_score(ground_truth_segments(g),
-                          ndimage.label(p > 0.5, structure=FOUR_CONNECTED)[0])
-                for p, g in pairs]  # fmt: skip
-        out["seg"] = float(np.mean(segs))
+        per_image["seg"] = [seg_score(ground_truth_segments(g),
+                                      ndimage.label(p > 0.5, structure=FOUR_CONNECTED)[0])
+                            for p, g in pairs]  # fmt: skip
+    for name in ("warping_error", "iou", "dice", "seg"):
+        if name in per_image:
+            out[name] = float(np.mean(per_image[name]))
     out["thresholds"] = detail
+    out["per_image"] = [{k: float(v[i]) for k, v in per_image.items()} for i in range(len(pairs))]
     return out
