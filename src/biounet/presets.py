@@ -45,7 +45,7 @@ PAPER = Preset(
         epochs=100,
         steps_per_epoch=25,
         optimizer="sgd",
-        lr=0.001,  # 0.01 with momentum 0.99: loss 2.6e6 in epoch 1, then NaN (H100 run)
+        lr=0.001,  # 0.01 diverges (docs/results-isbi2012.md)
         momentum=0.99,
         weight_decay=0.0,
         schedule="constant",
@@ -163,7 +163,7 @@ NUCLEI = Preset(
         "8-view test-time averaging, instances by seeded watershed; the fixed held-out 20% "
         "is never trained on"
     ),
-    # 3 of the 200 images show dark nuclei on a bright background: negate those
+    # why each value: docs/results-nuclei.md, "The nuclei preset, value by value"
     model=replace(FAST.model, out_channels=3, normalization="zscore-bright"),
     train=replace(
         FAST.train,
@@ -171,47 +171,16 @@ NUCLEI = Preset(
         labels="data/dsb2018-fluo/labels",
         target="contour",
         val_slices="@data/splits/dsb2018-fluo-holdout.txt",
-        # 4 tiles a step: in 15 minutes on 2 Zen 3 cores 810 steps of 4 beat 300 of 8
-        # (AP@0.5 0.827 vs 0.779) and 1740 of 2 (0.824, last epoch)
         batch_size=4,
-        # tiles in proportion to each image's pixels: the 10 large images (24 % of the
-        # pixels) got 5 % of the tiles when every image was drawn equally often. Over the
-        # 5-fold cross-validation of the 200 (experiments/cv_nuclei.py --sample-by area)
-        # against drawing every image equally often: pooled AP@0.5 0.771 vs 0.761, per-image
-        # 0.833 vs 0.831, DSB 0.636 vs 0.630, the large group 0.484 vs 0.438
         sample_by="area",
-        # at most 105 epochs (12600 tiles): what 15 minutes hold on 2 Zen 4 cores with bf16.
-        # There the 11520 tiles of the shipped model's first training (steps of 8) took
-        # 13.2-14.0 minutes, 823-873 tiles a minute; steps of 4 cost 10% less a tile on Zen 3
-        # (197 against 178 tiles a minute), so 12600 tiles take about 13-14 minutes, 14.4-15.3
-        # if they cost no less. The time limit plans fewer epochs wherever they do not fit
-        # (27 on 2 Zen 3 cores in fp32) and the cosine ends with them
         epochs=105,
         time_limit=15.0,
         weight_map=True,
-        # plus half a soft Dice loss of the foreground, chosen on the 32 validation images
-        # (experiments/nuclei.py --validation: 20 variants trained for the whole schedule on
-        # an H100): with Dice weight 0.25, 0.5 (two seeds, and with weights
-        # averaged) or 1, validation DSB 0.513-0.518 at each model's best setting; the preset
-        # without it 0.495 / 0.498 (two seeds), no change without Dice above 0.508
         dice=0.5,
         isbi_every=0,
         val_every=24,
-        # best.pt: the last epoch, where the cosine schedule ends. A 30-step epoch's training
-        # loss is too noisy to choose by: it picked epoch 12 of 29 in one run, epoch 37 of 58
-        # in another (held-out AP@0.5 0.800 against the last epoch's 0.824)
         select_by="last",
     ),
-    # predict averages the 8 flips / quarter turns (the paper's test-time averaging), and
-    # instances: one seed per peak of P(interior) standing 0.25 above its saddle, where
-    # P(interior) > 0.4 (no seed split), foreground where P(background) < 0.4, objects of at
-    # least 25 px (or 0.3 x the image's median object if smaller) whose averaged P(interior)
-    # reaches 0.9. Chosen on the 32 validation images of two Dice models that never saw them
-    # (experiments/tune_validation.py --tta --quick): DSB 0.540 / AP@0.5 0.761 on average
-    # (0.539 / 0.762 and 0.542 / 0.759), against 0.531 / 0.748 for seeds at P(interior) >
-    # 0.7 with the same foreground and filters (the best of a 648-setting sweep without peak
-    # seeds) and 0.522 / 0.739 for the best setting without TTA. The 0.3 x median limit
-    # ties with none on the validation images: kept
     inference=InferenceConfig(
         threshold=0.6,
         tta=True,
