@@ -120,3 +120,10 @@ def test_a_form_for_inference_settings_is_built_from_the_declarations(qtbot):
     assert form.min_size.min == 0
     form.threshold.value = 0.7
     assert InferenceConfig(**{w.name: w.value for w in form}).threshold == 0.7
+
+
+def test_warmup_steps_is_a_train_flag():
+    args = build_parser().parse_args(["train", "--warmup-steps", "12"])
+    assert customise(FAST, **settings.given(args, TRAIN)).train.warmup_steps == 12
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0, got -1"):
+        customise(FAST, warmup_steps=-1)

@@ -187,8 +187,8 @@ class TrainConfig:
     step_epochs: int = setting(30, rule=integers(1), help="step schedule: multiply the rate "
                                "by gamma every step_epochs epochs")  # fmt: skip
     gamma: float = setting(0.1, rule=at_least(0), help="step schedule: the factor")
-    warmup_steps: int = setting(0, rule=integers(0),
-                                help="linear warm-up from 0 over this many steps")
+    warmup_steps: int = setting(0, rule=integers(0), commands=("train",), metavar="N",
+                                help="linear warm-up of the learning rate from 0 over N steps")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     weight_map: bool = setting(False, rule=BOOLEAN, commands=("train",),
                                help="weight the loss by the paper's border weight map w(x)")
