@@ -1,5 +1,6 @@
 """Touching nuclei, cross-validated: every one of the 200 bundled DSB 2018 fluorescence images
-scored exactly once, by a `nuclei` model that never saw it.
+(or of the 497 with --data dsb2018-fluo,dsb2018-fluo-more) scored exactly once, by a
+`nuclei` model that never saw it.
 
 Folds: the images are grouped by size (256: 256 x 256 and the few near it; 360: 360 x 360;
 520x696; large: 512 x 640 and larger) and by contrast polarity (dark: the labelled nuclei
@@ -18,7 +19,7 @@ FP and FN over the images, StarDist's way), F1@0.5, merges and splits.
 
     .venv/bin/python experiments/cv_nuclei.py [--folds 0,1,2,3,4] [--epochs 105]
         [--seed 0] [--zoom R] [--invert-tiles P] [--sample-by image|area]
-        [--out runs/cv-nuclei]
+        [--data dsb2018-fluo[,dsb2018-fluo-more]] [--out runs/cv-nuclei]
     .venv/bin/python experiments/cv_nuclei.py --score TAG [--diameter D|auto|labels]
         [--invert auto|yes|no] [--tta | --no-tta] [--out runs/cv-nuclei]
 
@@ -62,9 +63,34 @@ def size_group(shape: tuple[int, int]) -> str:
     return "large"
 
 
+DATA = {"root": None}  # the images/ and labels/ folders cross-validated (--data)
+
+
+def use_data(names: list[str], out: Path) -> Path:
+    """Cross-validate the bundled data sets ``names``: the folder itself for one, or for
+    several one folder of links to all their files (made once in ``out``/data)."""
+    if len(names) == 1:
+        DATA["root"] = find_data(names[0])
+        return DATA["root"]
+    merged = out / "data"
+    for sub in ("images", "labels"):
+        (merged / sub).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            for f in sorted((find_data(name) / sub).iterdir()):
+                link = merged / sub / f.name
+                if not link.exists():
+                    link.symlink_to(f.resolve())
+    DATA["root"] = merged.resolve()
+    return DATA["root"]
+
+
+def data_root() -> Path:
+    return DATA["root"] or find_data("dsb2018-fluo")
+
+
 def image_groups() -> dict[str, dict]:
     """name -> {"size": size group, "polarity": "dark" | "bright", "shape": (H, W)}."""
-    root = find_data("dsb2018-fluo")
+    root = data_root()
     images = read_images(root / "images")
     labels = read_instances(root / "labels")
     order = {n: i for i, n in enumerate(labels.names)}
@@ -95,7 +121,7 @@ def make_folds(groups: dict[str, dict], k: int = FOLDS, seed: int = FOLD_SEED) -
 
 def median_diameter(names: list[str]) -> float:
     """The median equivalent diameter of the labelled nuclei of ``names``."""
-    labels = read_instances(find_data("dsb2018-fluo") / "labels")
+    labels = read_instances(data_root() / "labels")
     lidx = {n: i for i, n in enumerate(labels.names)}
     return float(np.median(np.concatenate([equivalent_diameters(labels.arrays[lidx[n]])
                                            for n in names])))  # fmt: skip
@@ -107,7 +133,7 @@ def score_fold(checkpoint: Path, names: list[str], groups: dict, diameter=None, 
     for ``diameter`` (a number, "auto", or "labels": each image's own labelled median),
     ``invert`` and ``tta`` where given. ``trained_diameter`` stands in for the model's
     stored one where it has none."""
-    root = find_data("dsb2018-fluo")
+    root = data_root()
     images = read_images(root / "images")
     labels = read_instances(root / "labels")
     idx = {n: i for i, n in enumerate(images.names)}
@@ -210,6 +236,10 @@ def main() -> None:
     ap.add_argument("--sample-by", choices=("image", "area"),
                     help="train --sample-by: tiles from every image equally often, or in "
                     "proportion to its pixels (default: the preset's, area)")
+    ap.add_argument("--data", default="dsb2018-fluo",
+                    help="the bundled data set(s) to cross-validate, comma-separated "
+                    "(default dsb2018-fluo: the 200 images; dsb2018-fluo,dsb2018-fluo-more: "
+                    "all 497)")  # fmt: skip
     ap.add_argument("--out", default="runs/cv-nuclei")
     ap.add_argument("--score", metavar="TAG", help="only score the trained folds again, with "
                     "the settings below, into foldK/scores-TAG.json (and summarise them)")
@@ -227,6 +257,7 @@ def main() -> None:
     if diameter not in (None, "auto", "labels"):
         diameter = float(diameter)
     out = Path(args.out)
+    root = use_data(args.data.split(","), out)
     groups = image_groups()
     folds = make_folds(groups)
     with atomic_path(out / "folds.json") as tmp:
@@ -255,7 +286,8 @@ def main() -> None:
             with atomic_path(lists / f"fold{k}-{what}.txt") as tmp:
                 Path(tmp).write_text(f"# fold {k} {what}\n" + "\n".join(members) + "\n")
         p = get_preset("nuclei")
-        cfg = replace(p.train, train_slices=f"@{(lists / f'fold{k}-train.txt').resolve()}",
+        cfg = replace(p.train, images=str(root / "images"), labels=str(root / "labels"),
+                      train_slices=f"@{(lists / f'fold{k}-train.txt').resolve()}",
                       val_slices=f"@{(lists / f'fold{k}-test.txt').resolve()}", val_every=0,
                       select_by="last", epochs=args.epochs, time_limit=0.0,
                       seed=args.seed)  # fmt: skip
