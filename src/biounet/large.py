@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import InputError, PixelSize, channels_text
+from .mirror import mirrored
 from .tiling import (
     DEFAULT_BLOCK,
     DEFAULT_MEMORY_MB,
@@ -126,16 +127,6 @@ class LazyImage:
     def close(self) -> None:
         for f in self.keep:
             f.close()
-
-
-def mirrored(index: np.ndarray, n: int) -> np.ndarray:
-    """Indices of an axis of length ``n`` mirrored into 0..n-1 as numpy's "reflect" padding
-    maps them (period 2 (n - 1); 0 for n = 1)."""
-    if n == 1:
-        return np.zeros_like(index)
-    period = 2 * (n - 1)
-    i = np.abs(index) % period
-    return np.where(i >= n, period - i, i)
 
 
 def open_lazy(path: str | Path) -> LazyImage:

@@ -33,7 +33,6 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .config import CONTOUR_OPTIONS, InferenceConfig, Preset
-from .dataset import parse_slices
 from .device import select_device
 from .exported import load_model
 from .instances import equivalent_diameters, instances, resize_labels
@@ -41,6 +40,7 @@ from .io import InputError, StackWriter, channels_text, read_images
 from .large import ZARR_SUFFIX, OmeZarrWriter, is_zarr_path, large_probabilities, open_lazy
 from .model import INVERT, UNet
 from .rois import rois_of, write_roi_zip
+from .slices import parse_slices
 from .tiling import DEFAULT_MEMORY_MB, predict
 
 log = logging.getLogger("biounet")

@@ -35,9 +35,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import dihedral, inverse_dihedral
-from .dataset import mirror_pad
 from .device import autocast, memory_format, resolve_precision
 from .io import InputError, channels_of, channels_text, normalize
+from .mirror import mirror_pad
 from .model import (
     ModelConfig,
     UNet,
