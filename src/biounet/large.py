@@ -3,10 +3,12 @@ block by block and written to OME-Zarr as the blocks come.
 
 - :func:`open_lazy`: a Zarr array, an OME-Zarr image (level 0 of its ``multiscales``) or a
   TIFF (tifffile's Zarr store: tiles or strips are read as needed) -> a :class:`LazyImage`,
-  which reads any window, mirrored past the image's edges as ``mirror_pad`` mirrors.
-- :func:`streamed_normalization`: the image-wide statistics of ``io.normalize`` (mean,
-  standard deviation, the sign of the median) in passes over 2048 x 2048 windows; exact for
-  8- and 16-bit integers (a histogram), float64 sums of the float32 pixels otherwise.
+  which reads any window, mirrored past the image's edges as :mod:`biounet.mirror` mirrors.
+- :func:`streamed_normalization`: the image-wide statistics of ``normalization.normalize``
+  (mean, standard deviation, the sign of the median) in passes over 2048 x 2048 windows;
+  exact for 8- and 16-bit integers (a histogram), float64 sums of the float32 pixels
+  otherwise, as the :class:`~biounet.normalization.Normalization` that the in-memory run
+  applies.
 - :class:`OmeZarrWriter`: a new OME-Zarr image (NGFF 0.5: Zarr v3, 1024 x 1024 chunks,
   axes and the input's pixel size), written window by window, renamed into place when
   complete.
@@ -31,6 +33,7 @@ import numpy as np
 
 from .io import InputError, PixelSize, channels_text
 from .mirror import mirrored
+from .normalization import Normalization
 from .tiling import (
     DEFAULT_BLOCK,
     DEFAULT_MEMORY_MB,
@@ -255,28 +258,9 @@ def _open_tiff(path: Path) -> LazyImage:
 # Normalisation from streamed statistics
 
 
-@dataclass(frozen=True)
-class Normalization:
-    """``io.normalize`` of one channel with image-wide statistics: (x - mean) / std in
-    float32 (std 1 for a constant image), negated where ``negate``."""
-
-    mean: float
-    std: float
-    negate: bool = False
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Any dtype -> float32, the same operations as ``io.normalize``."""
-        x = x.astype(np.float32)
-        x -= self.mean
-        x /= self.std if self.std > 1e-8 else 1.0
-        if self.negate:
-            np.negative(x, out=x)
-        return x
-
-
 def streamed_normalization(image: LazyImage, mode: str = "zscore") -> list[Normalization]:
-    """One :class:`Normalization` per channel, as ``io.normalize(image, mode)`` computes it
-    on the whole image (mode: "zscore", "zscore-bright" or "zscore-invert").
+    """One :class:`Normalization` per channel, as ``normalization.normalize(image, mode)``
+    computes it on the whole image (mode: "zscore", "zscore-bright" or "zscore-invert").
 
     8- and 16-bit integers: one pass building a histogram; mean and median (the sign of the
     normalised median decides "zscore-bright") are those of the whole array, and the

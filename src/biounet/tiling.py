@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .augment import dihedral, inverse_dihedral
 from .device import autocast, memory_format, resolve_precision
-from .io import InputError, channels_of, channels_text, normalize
+from .io import InputError, channels_of, channels_text
 from .mirror import mirror_pad
 from .model import (
     ModelConfig,
@@ -47,6 +47,7 @@ from .model import (
     output_size,
     valid_input_size,
 )
+from .normalization import normalize
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
 """(B, 1, S, S) float32 tiles -> (B, K, s, s) float32 probabilities; s = S (same padding) or
