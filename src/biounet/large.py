@@ -13,7 +13,8 @@ block by block and written to OME-Zarr as the blocks come.
   axes and the input's pixel size), written window by window, renamed into place when
   complete.
 - :func:`large_probabilities`: ``tiling.probabilities`` for a :class:`LazyImage`, through
-  ``tiling.blockwise_probabilities``: the same tiles, so the same probabilities.
+  the one tiling engine, ``tiling.blockwise_probabilities``: the same tiles, so the same
+  probabilities.
 
 Peak memory is the network's activations (``memory_mb``) plus one block of about 2048 x 2048
 pixels, whatever the image's size. Zarr is an optional dependency (``biounet[zarr]``),
@@ -35,13 +36,14 @@ from .io import InputError, PixelSize, channels_text
 from .mirror import mirrored
 from .normalization import Normalization
 from .tiling import (
-    DEFAULT_BLOCK,
-    DEFAULT_MEMORY_MB,
+    TileOptions,
     activation_bytes,
     blockwise_probabilities,
     dihedral_predictor,
     evaluating,
     plan_tiles,
+    run_precision,
+    tile_options,
     unet_predictor,
 )
 
@@ -433,39 +435,33 @@ def large_probabilities(
     model,
     image: LazyImage,
     write: Callable[[int, int, np.ndarray], None],
+    options: TileOptions | None = None,
     *,
-    tile: int | None = None,
-    precision: str = "auto",
-    tta: bool = False,
-    memory_mb: int = DEFAULT_MEMORY_MB,
-    overlap: float = 0.25,
-    progress: bool = False,
     normalization: str | None = None,
-    block: int = DEFAULT_BLOCK,
+    **tiling,
 ) -> None:
     """``tiling.probabilities`` of a :class:`LazyImage`: ``write(y, x, probs)`` receives the
-    (K, h, w) float32 probabilities of image rows y..y+h, columns x..x+w, block by block,
-    covering the image once. Without ``tta`` they equal the in-memory run's (the same tile
-    plan and tiles, see ``tiling.blockwise_probabilities``; batches of at most half of
-    ``memory_mb``, which change the outputs only by float rounding); ``tta`` averages the 8
-    views of each tile (``tiling.dihedral_predictor``) rather than of the whole image."""
-    from .device import memory_format, resolve_precision
-
+    (K, h, w) float32 probabilities of image rows y..y+h, columns x..x+w, block by block
+    (``options.block`` pixels a side), covering the image once; ``options`` with the
+    keyword ``tiling`` changes (TileOptions fields) say how. Without ``tta`` they equal the
+    in-memory run's (the same engine, tile plan and tiles, see
+    ``tiling.blockwise_probabilities``; batches of at most half of ``memory_mb``, which
+    change the outputs only by float rounding); ``tta`` averages the 8 views of each tile
+    (``tiling.dihedral_predictor``) rather than of the whole image."""
+    options = tile_options(options, **tiling)
     takes = model.config.in_channels
     if image.channels != takes:
         raise InputError(f"{image.path}: {channels_text(image.channels)}; the model takes "
                          f"{takes}")  # fmt: skip
-    device = next(model.parameters()).device
-    precision = getattr(model, "fixed_precision", None) or resolve_precision(precision, device)
-    model.to(memory_format=memory_format(device, precision))
+    precision = run_precision(model, options.precision)
     norms = streamed_normalization(image, normalization or model.config.normalization)
-    plan = plan_tiles(model.config, image.shape, tile=tile, precision=precision,
-                      memory_mb=memory_mb, overlap=overlap)  # fmt: skip
+    plan = plan_tiles(model.config, image.shape, options, precision=precision)
     # the in-memory run's tiles (the same outputs) in batches within half the budget, one
     # tile at least: the plan fills the budget with tiles of a size that depends on the
     # image's, and the block and the Python runtime live beside them
     per_tile = activation_bytes(model.config, plan.tile, precision)
-    plan = replace(plan, batch=max(1, min(plan.batch, memory_mb * 2**20 // 2 // per_tile)))
+    half = options.memory_mb * 2**20 // 2 // per_tile
+    plan = replace(plan, batch=max(1, min(plan.batch, half)))
 
     def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         raw = image.window(y0, y1, x0, x1)  # (C, h, w) stored dtype
@@ -473,7 +469,7 @@ def large_probabilities(
 
     with evaluating(model):
         predictor = unet_predictor(model, precision)
-        if tta:
+        if options.tta:
             predictor = dihedral_predictor(predictor)
-        blockwise_probabilities(predictor, read, image.shape, plan, write, block=block,
-                                progress=progress)  # fmt: skip
+        blockwise_probabilities(predictor, read, image.shape, plan, write, block=options.block,
+                                progress=options.progress)  # fmt: skip

@@ -41,7 +41,7 @@ from .large import ZARR_SUFFIX, OmeZarrWriter, is_zarr_path, large_probabilities
 from .model import INVERT, UNet
 from .rois import rois_of, write_roi_zip
 from .slices import parse_slices
-from .tiling import DEFAULT_MEMORY_MB, predict
+from .tiling import TileOptions, predict
 
 log = logging.getLogger("biounet")
 
@@ -245,7 +245,7 @@ def segment(
     tile: int | None = None,
     precision: str = "auto",
     device: str | torch.device = "cpu",
-    memory_mb: int = DEFAULT_MEMORY_MB,
+    memory_mb: int = TileOptions.memory_mb,
     overlap: float = 0.25,
     progress: bool = False,
     invert: str | None = None,
@@ -309,7 +309,7 @@ def segment_files(
     tile: int | None = None,
     precision: str = "auto",
     device: str = "auto",
-    memory_mb: int = DEFAULT_MEMORY_MB,
+    memory_mb: int = TileOptions.memory_mb,
     overlap: float = 0.25,
     progress: bool = False,
     label: Callable[[str], str] = str,
