@@ -334,7 +334,7 @@ def test_a_tile_plan_refuses_gaps_and_inconsistent_edges():
 # One engine: in memory is block-wise over one block; one declaration of each option
 
 from biounet.mirror import mirrored_window  # noqa: E402
-from biounet.tiling import blockwise_probabilities  # noqa: E402
+from biounet.tiling import TileOptions, blockwise_probabilities  # noqa: E402
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
@@ -355,3 +355,21 @@ def test_in_memory_tiling_is_the_blockwise_engine_whatever_the_blocks(rng, paddi
         blockwise_probabilities(predictor, read, image.shape[-2:], plan, write, block=block)
         np.testing.assert_array_equal(out, ref)
 
+
+
+def test_tile_options_hold_the_one_default_of_each_setting():
+    import inspect
+
+    from biounet.large import large_probabilities
+    from biounet.segment import segment, segment_files
+
+    for f in (predict, probabilities, plan_tiles, segment, segment_files, large_probabilities):
+        assert not {"tile", "overlap", "memory_mb"} & set(inspect.signature(f).parameters)
+    cfg = ModelConfig(depth=2, base_channels=4, padding="same")
+    default = plan_tiles(cfg, (300, 300), tile=16)
+    assert default == plan_tiles(cfg, (300, 300), TileOptions(tile=16, overlap=0.25))
+    assert default != plan_tiles(cfg, (300, 300), tile=16, overlap=0.5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'overlapp'"):
+        predict(_net("same"), np.zeros((8, 8)), overlapp=0.5)
+    with pytest.raises(ValueError, match=r"overlap must be in \[0, 1\), got -0.1"):
+        TileOptions(overlap=-0.1)
