@@ -373,3 +373,15 @@ def test_tile_options_hold_the_one_default_of_each_setting():
         predict(_net("same"), np.zeros((8, 8)), overlapp=0.5)
     with pytest.raises(ValueError, match=r"overlap must be in \[0, 1\), got -0.1"):
         TileOptions(overlap=-0.1)
+
+
+@pytest.mark.parametrize("module", ["tiling", "large", "segment", "mirror", "normalization"])
+def test_inference_does_not_import_the_training_modules(module):
+    import ast
+    from pathlib import Path
+
+    import biounet
+
+    tree = ast.parse((Path(biounet.__file__).parent / f"{module}.py").read_text())
+    imported = {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 1}
+    assert not imported & {"dataset", "train", "losses", "targets", "weights"}
