@@ -71,3 +71,28 @@ def _torch_engine(monkeypatch):
     import biounet.exported
 
     monkeypatch.setattr(biounet.exported, "_onnxruntime_available", lambda: False)
+
+
+def _whole_image_probabilities(model, image: np.ndarray, precision: str) -> np.ndarray:
+    """One pass of ``model`` over the whole mirror-padded (H, W) or (C, H, W) normalised
+    image -> (K, H, W) float32; memory grows with the image."""
+    import torch
+
+    from biounet.mirror import mirror_pad
+    from biounet.tiling import padding_for, unet_predictor
+
+    cfg = model.config
+    image = image[None] if image.ndim == 2 else image
+    H, W = image.shape[-2:]
+    (top, bottom), (left, right) = (padding_for(s, cfg.depth, cfg.padding) for s in (H, W))
+    padded = mirror_pad(image, top, bottom, left, right)
+    probs = unet_predictor(model, precision)(torch.from_numpy(padded[None]))[0]
+    oy, ox = (0, 0) if cfg.padding == "valid" else (top, left)
+    return probs[:, oy : oy + H, ox : ox + W].numpy()
+
+
+@pytest.fixture
+def whole_image_probabilities():
+    """``(model, image, precision) -> (K, H, W)``: one pass over the whole padded image,
+    the reference that tiled prediction is tested against."""
+    return _whole_image_probabilities

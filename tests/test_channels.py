@@ -22,7 +22,6 @@ from biounet.tiling import (
     probabilities,
     tiled_probabilities,
     unet_predictor,
-    whole_image_probabilities,
 )
 
 
@@ -144,7 +143,7 @@ def test_each_channel_is_normalised_on_its_own(rng):
 # Prediction of multi-channel images
 
 
-def test_multichannel_tiling_equals_one_pass_over_the_whole_image(rng):
+def test_multichannel_tiling_equals_one_pass_over_the_whole_image(rng, whole_image_probabilities):
     torch.manual_seed(0)
     model = UNet(ModelConfig(in_channels=3, depth=4, base_channels=2, padding="valid")).eval()
     x = normalize(rng.random((3, 150, 211)).astype(np.float32))

@@ -14,15 +14,14 @@ import torch
 from biounet import InferenceConfig, Preset, TrainConfig
 from biounet.checkpoint import save_checkpoint
 from biounet.cli import main
-from biounet.dataset import mirror_pad
 from biounet.io import InputError, normalize
 from biounet.large import (
     OmeZarrWriter,
     large_probabilities,
-    mirrored,
     open_lazy,
     streamed_normalization,
 )
+from biounet.mirror import mirror_pad
 from biounet.model import ModelConfig, UNet
 from biounet.segment import parse_shard, shard_of_environment
 from biounet.tiling import probabilities
@@ -80,13 +79,6 @@ def _image(shape=(150, 230), seed=0) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------
 # The same probabilities as in memory
-
-
-def test_mirrored_indices_are_numpys_reflect_padding_even_past_the_image():
-    for n in (1, 2, 3, 7):
-        for pad in (0, 1, 5, 20):
-            padded = np.pad(np.arange(n), (pad, pad + 3), mode="reflect")
-            assert (mirrored(np.arange(-pad, n + pad + 3), n) == padded).all()
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])

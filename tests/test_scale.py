@@ -17,6 +17,7 @@ from biounet.instances import equivalent_diameters, resize_labels
 from biounet.io import InputError, normalize
 from biounet.model import ModelConfig, UNet
 from biounet.segment import rescale_image
+from biounet.tiling import TileOptions
 
 segment_module = importlib.import_module("biounet.segment")
 
@@ -47,7 +48,7 @@ def seen(monkeypatch):
     every image it is given."""
     shapes = []
 
-    def network(model, image, *, tta=False, normalization=None, **tiling):
+    def network(model, image, options=None, *, normalization=None):
         shapes.append(image.shape)
         x = np.asarray(image, np.float32)
         return (x - x.min()) / max(1e-6, float(x.max() - x.min()))
@@ -115,7 +116,7 @@ def test_auto_measures_each_image_with_a_first_pass(seen):
     image, truth = disks(diameter=30)
     pair = _pair(_model(diameter=15.0), diameter="auto", threshold=0.5)
     run = segment_module._segmenter(pair, None, {}, "cpu", str)
-    measured = run.measure(image, {})
+    measured = run.measure(image, TileOptions())
     assert measured == pytest.approx(float(np.median(equivalent_diameters(truth))), rel=1e-9)
     seen.clear()
     got = segment(pair, image)

@@ -192,11 +192,11 @@ def test_a_failure_midway_leaves_no_file_and_big_stacks_go_to_bigtiff(
     calls = []
     real = segment_module._Segmenter.__call__
 
-    def fail_on_the_third(self, image, outputs, **tiling):
+    def fail_on_the_third(self, image, outputs, options):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("out of memory")
-        return real(self, image, outputs, **tiling)
+        return real(self, image, outputs, options)
 
     monkeypatch.setattr(segment_module._Segmenter, "__call__", fail_on_the_third)
     with pytest.raises(RuntimeError, match="out of memory"):

@@ -12,12 +12,20 @@ import pytest
 
 from biounet import settings
 from biounet.cli import INFERENCE, PREDICT, TRAIN, build_parser, main
-from biounet.config import AugmentConfig, InferenceConfig, PredictOptions, Preset, TrainConfig
+from biounet.config import (
+    AugmentConfig,
+    InferenceConfig,
+    PredictOptions,
+    Preset,
+    TileOptions,
+    TrainConfig,
+)
 from biounet.model import ModelConfig
 from biounet.presets import FAST, NUCLEI, customise, describe
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-CONFIGS = (ModelConfig, AugmentConfig, TrainConfig, InferenceConfig, PredictOptions)
+CONFIGS = (ModelConfig, AugmentConfig, TrainConfig, InferenceConfig, PredictOptions,
+           TileOptions)
 # flags that are no setting: which preset, where the run goes, how it shows progress
 STRUCTURAL = {"--preset", "--out", "--resume", "--no-progress", "--format", "--author",
               "--license", "--cite", "--sample"}  # fmt: skip
@@ -51,7 +59,9 @@ def test_a_flag_default_is_not_given_so_the_preset_or_model_keeps_its_own():
     assert settings.given(args, TRAIN) == {}
     assert customise(NUCLEI, **settings.given(args, TRAIN)) == NUCLEI
     args = build_parser().parse_args(["predict", "m.pt", "x.tif"])
-    assert PredictOptions(**settings.given(args, PREDICT)) == PredictOptions()
+    given = settings.sections(PREDICT, settings.given(args, PREDICT))
+    assert PredictOptions(**given["options"]) == PredictOptions()
+    assert TileOptions(**given["tiles"]) == TileOptions()  # the flags' defaults are its own
 
 
 def test_flags_land_in_their_sections_and_conversions_apply():
@@ -78,7 +88,7 @@ def test_flags_land_in_their_sections_and_conversions_apply():
      "optimizer must be one of ('sgd', 'adam', 'adamw'), got 'lbfgs'"),
     (AugmentConfig, "contrast", 1, r"contrast must be in [0, 1), got 1"),
     (ModelConfig, "depth", 9, "depth must be in 1..8, got 9"),
-    (PredictOptions, "overlap", 1.0, "overlap must be in [0, 1), got 1.0"),
+    (TileOptions, "overlap", 1.0, "overlap must be in [0, 1), got 1.0"),
     (InferenceConfig, "tta", "yes", "tta must be True or False, got 'yes'"),
 ])  # fmt: skip
 def test_one_rule_per_setting_states_itself_in_the_error(cls, name, value, message):

@@ -89,7 +89,6 @@ from biounet.tiling import (  # noqa: E402
     probabilities,
     tiled_probabilities,
     unet_predictor,
-    whole_image_probabilities,
 )
 
 
@@ -100,7 +99,9 @@ def _paper_shaped(seed=0, base=2):
 
 @pytest.mark.parametrize("shape", [(300, 211), (5, 600), (1, 1), (223, 223)])
 @pytest.mark.parametrize("tile", [204, 236, 316])
-def test_valid_tiling_equals_one_pass_over_the_whole_padded_image(rng, shape, tile):
+def test_valid_tiling_equals_one_pass_over_the_whole_padded_image(
+    rng, shape, tile, whole_image_probabilities
+):
     model = _paper_shaped()
     x = normalize(rng.random(shape).astype(np.float32))
     plan = plan_tiles(model.config, shape, tile=tile, precision="fp32")
@@ -134,7 +135,7 @@ def test_same_padding_blending_leaves_no_seam_on_a_constant_image():
     assert step[:, seam_cols].max() <= step[:, inner_cols].max() + 1e-6
 
 
-def test_same_padding_tiles_match_a_whole_pass_in_the_interior(rng):
+def test_same_padding_tiles_match_a_whole_pass_in_the_interior(rng, whole_image_probabilities):
     model = _net("same")
     image = rng.random((160, 160)).astype(np.float32)
     x = normalize(image)
@@ -327,3 +328,60 @@ def test_a_tile_plan_refuses_gaps_and_inconsistent_edges():
         TilePlan(tile=16, out=16, stride=12, batch=1, padding="full")
     with pytest.raises(ValueError, match="batch must be >= 1, got 0"):
         TilePlan(tile=16, out=16, stride=12, batch=0, padding="same")
+
+
+# ---------------------------------------------------------------------------------------
+# One engine: in memory is block-wise over one block; one declaration of each option
+
+from biounet.mirror import mirrored_window  # noqa: E402
+from biounet.tiling import TileOptions, blockwise_probabilities  # noqa: E402
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_in_memory_tiling_is_the_blockwise_engine_whatever_the_blocks(rng, padding):
+    image = rng.random((2, 57, 83)).astype(np.float32)  # two channels in, three out
+    plan = _small_plan(padding, image.shape[-2:], batch=3)
+    wavy = lambda x: torch.cat([torch.sin(3 * x), x * x, x[:, :1] - x[:, 1:]], 1)  # noqa: E731
+    predictor = lambda x: wavy(_cropped(x, plan))  # noqa: E731
+    ref = tiled_probabilities(predictor, image, plan)
+    for block in (None, 1, 30, 10_000):
+        out = np.full(ref.shape, np.nan, np.float32)
+
+        def write(y, x, p, out=out):
+            assert np.isnan(out[:, y : y + p.shape[1], x : x + p.shape[2]]).all()  # once each
+            out[:, y : y + p.shape[1], x : x + p.shape[2]] = p
+
+        read = lambda y0, y1, x0, x1: mirrored_window(image, y0, y1, x0, x1)  # noqa: E731
+        blockwise_probabilities(predictor, read, image.shape[-2:], plan, write, block=block)
+        np.testing.assert_array_equal(out, ref)
+
+
+
+def test_tile_options_hold_the_one_default_of_each_setting():
+    import inspect
+
+    from biounet.large import large_probabilities
+    from biounet.segment import segment, segment_files
+
+    for f in (predict, probabilities, plan_tiles, segment, segment_files, large_probabilities):
+        assert not {"tile", "overlap", "memory_mb"} & set(inspect.signature(f).parameters)
+    cfg = ModelConfig(depth=2, base_channels=4, padding="same")
+    default = plan_tiles(cfg, (300, 300), tile=16)
+    assert default == plan_tiles(cfg, (300, 300), TileOptions(tile=16, overlap=0.25))
+    assert default != plan_tiles(cfg, (300, 300), tile=16, overlap=0.5)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'overlapp'"):
+        predict(_net("same"), np.zeros((8, 8)), overlapp=0.5)
+    with pytest.raises(ValueError, match=r"overlap must be in \[0, 1\), got -0.1"):
+        TileOptions(overlap=-0.1)
+
+
+@pytest.mark.parametrize("module", ["tiling", "large", "segment", "mirror", "normalization"])
+def test_inference_does_not_import_the_training_modules(module):
+    import ast
+    from pathlib import Path
+
+    import biounet
+
+    tree = ast.parse((Path(biounet.__file__).parent / f"{module}.py").read_text())
+    imported = {n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 1}
+    assert not imported & {"dataset", "train", "losses", "targets", "weights"}

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from . import settings
-from .config import InferenceConfig, PredictOptions
+from .config import InferenceConfig, PredictOptions, TileOptions
 from .distributed import RankLost
 from .evaluate import evaluate
 from .exported import FORMATS, ONNX_OPSET
@@ -27,7 +27,7 @@ ABOUT = ("biounet: the U-Net of Ronneberger, Fischer and Brox for microscopy ima
          "on a few annotated images, predict probabilities, masks and separated objects in "
          "images of any size, and score them.")  # fmt: skip
 TRAIN = TRAIN_FLAGS
-PREDICT = settings.flags({"options": PredictOptions}, "predict")
+PREDICT = settings.flags({"options": PredictOptions, "tiles": TileOptions}, "predict")
 INFERENCE = settings.flags({"inference": InferenceConfig}, "predict")
 INSTANCE_OPTIONS = [f for f in INFERENCE if f.dest not in ("tta", "threshold", "diameter")]
 
@@ -246,13 +246,14 @@ def cmd_predict(args) -> int:
     if not args.instances and set(overrides) & {f.dest for f in INSTANCE_OPTIONS}:
         raise InputError(", ".join(f.flag for f in INSTANCE_OPTIONS[:-1]) + " and "
                          f"{INSTANCE_OPTIONS[-1].flag} shape instances: add --instances")
-    o = PredictOptions(**settings.given(args, PREDICT))
+    given = settings.sections(PREDICT, settings.given(args, PREDICT))
+    o = PredictOptions(**given.get("options", {}))
+    tiles = TileOptions(**given.get("tiles", {}), progress=not args.no_progress)
     flag_of = {f.dest: f.flag for f in INFERENCE}
     segment_files(args.checkpoint, args.input, o.out, slices=o.slices, channels=o.channels,
                   overrides=overrides, write_mask=args.threshold is not None,
                   write_instances=o.instances, write_probabilities=o.probabilities,
-                  write_rois=o.roi_zip, tile=o.tile, precision=o.precision, device=o.device,
-                  memory_mb=o.memory_mb, overlap=o.overlap, progress=not args.no_progress,
+                  write_rois=o.roi_zip, device=o.device, options=tiles,
                   label=lambda field: flag_of.get(field, field), invert=o.invert,
                   engine=o.engine, shard=o.shard, skip_existing=o.skip_existing,
                   report=lambda paths: print("wrote " + ", ".join(map(str, paths))))  # fmt: skip

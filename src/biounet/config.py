@@ -386,6 +386,36 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True)
+class TileOptions:
+    """How prediction tiles an image (tiling.py): each field is the one declaration of its
+    default; ``predict``, ``segment``, ``segment_files`` and ``large_probabilities`` take
+    them as keywords."""
+
+    tile: int | None = setting(None, rule=optional(integers(1)), commands=("predict",),
+                               help="input tile edge in pixels (rounded to a valid size); "
+                               "default: the largest that fits --memory-mb")  # fmt: skip
+    overlap: float = setting(DEFAULT_OVERLAP, rule=within(0, 1, "[)"), commands=("predict",),
+                             flag_default=DEFAULT_OVERLAP, help="tile overlap for "
+                             f"same-padding networks (default {DEFAULT_OVERLAP:g}); "
+                             "valid-padding tiles abut exactly")  # fmt: skip
+    memory_mb: int = setting(1024, rule=integers(1), commands=("predict",), flag_default=1024,
+                             help="activation memory budget per forward pass, MiB (default "
+                             "1024): it chooses the tile and the batch")  # fmt: skip
+    precision: str = setting("auto", rule=one_of(PRECISIONS), commands=("predict",),
+                             flag_default="auto", help="auto (default: bf16 where the hardware "
+                             "has it), bf16 or fp32")  # fmt: skip
+    tta: bool = setting(False, rule=BOOLEAN, help="average over the 8 flips / quarter turns "
+                        "(the paper's rotations); predict takes it from the model's inference "
+                        "settings")  # fmt: skip
+    progress: bool = setting(False, rule=BOOLEAN, help="a progress bar over tiles")
+    block: int = setting(2048, rule=integers(1), help="output pixels along a block's edge, "
+                         "for images read block by block")  # fmt: skip
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass(frozen=True)
 class PredictOptions:
     """How one ``biounet predict`` call runs (segment.segment_files); not stored."""
 
@@ -398,14 +428,6 @@ class PredictOptions:
     channels: str | None = setting(None, rule=TEXT, commands=("predict",), metavar="SPEC",
                                    help=CHANNELS_HELP + "; they must be as many as the "
                                    "model's input channels (biounet info MODEL)")  # fmt: skip
-    tile: int | None = setting(None, rule=optional(integers(1)), commands=("predict",),
-                               help="input tile edge in pixels (rounded to a valid size); "
-                               "default: the largest that fits --memory-mb")  # fmt: skip
-    memory_mb: int = setting(1024, rule=integers(1), commands=("predict",), flag_default=1024,
-                             help="activation memory budget per forward pass (default 1024)")
-    overlap: float = setting(DEFAULT_OVERLAP, rule=within(0, 1, "[)"), commands=("predict",),
-                             flag_default=DEFAULT_OVERLAP, help="tile overlap for same-padding "
-                             f"networks (default {DEFAULT_OVERLAP:g})")  # fmt: skip
     instances: bool = setting(
         False, rule=BOOLEAN, commands=("predict",), negatable=False, flag_default=False,
         help="also write instance labels (uint16; uint32 past 65535) as *-instances.tif (mask "
@@ -425,9 +447,6 @@ class PredictOptions:
                                  "(biounet info MODEL)")  # fmt: skip
     device: str = setting("auto", rule=TEXT, commands=("predict",), flag_default="auto",
                           help="auto (default: cuda if present), cpu, cuda, cuda:N")
-    precision: str = setting("auto", rule=one_of(PRECISIONS), commands=("predict",),
-                             flag_default="auto", help="auto (default: bf16 where the hardware "
-                             "has it), bf16 or fp32")  # fmt: skip
     engine: str = setting(
         "auto", rule=one_of(ENGINES), commands=("predict",), flag_default="auto",
         help="how a checkpoint runs: torch, onnxruntime (its ONNX export, made once and "

@@ -31,6 +31,8 @@ from .io import (
     where_of,
 )
 from .labels import labels_to_instances
+from .mirror import mirror_pad
+from .slices import parse_slices
 from .targets import NUM_CLASSES, make_target
 from .weights import cached_weight_maps
 
@@ -212,55 +214,6 @@ def auto_validation(n: int, seed: int, share: float = VAL_SHARE) -> list[int]:
     return sorted(int(i) for i in rng.choice(n, size=k, replace=False))
 
 
-def parse_slices(
-    spec: str, n: int, what: str = "slices", names: list[str] | None = None
-) -> list[int]:
-    """Slice indices from a spec such as ``"25-29"``, ``"28,29"`` or ``"0-4,10"``, or
-    ``"@list.txt"``: a text file naming images (file stems, one per line, ``#`` comments),
-    looked up in ``names``.
-
-    Ranges are inclusive; ``""`` or ``"none"`` gives no slices. InputError if an index is
-    outside 0..n-1, a listed name is not among ``names``, or the spec does not parse.
-    """
-    spec = spec.strip()
-    if spec.lower() in ("", "none"):
-        return []
-    if spec.startswith("@"):
-        return _listed(spec[1:], names, what)
-    out: list[int] = []
-    for part in spec.split(","):
-        try:
-            lo, _, hi = part.strip().partition("-")
-            a = int(lo)
-            b = int(hi) if hi else a
-        except ValueError:
-            raise InputError(f"{what} {spec!r}: expected indices like 25-29 or 28,29") from None
-        if not 0 <= a <= b < n:
-            raise InputError(f"{what} {spec!r}: {part.strip()} is outside 0..{n - 1} ({n} images)")
-        out.extend(range(a, b + 1))
-    return sorted(set(out))
-
-
-def _listed(path: str, names: list[str] | None, what: str) -> list[int]:
-    file = resolve_data_path(path)
-    if not file.is_file():
-        raise InputError(f"{what} @{path}: no such list file")
-    try:
-        text = file.read_text()
-    except (UnicodeDecodeError, OSError) as e:
-        raise InputError(f"{file}: not a readable text list of image names ({e})") from None
-    wanted = [ln.split("#")[0].strip() for ln in text.splitlines()]
-    wanted = [w for w in wanted if w]
-    if names is None:
-        raise InputError(f"{what} @{path}: a name list needs named images (a folder)")
-    index = {n: i for i, n in enumerate(names)}
-    unknown = [w for w in wanted if w not in index]
-    if unknown:
-        more = f" ({len(unknown) - 1} more unknown)" if len(unknown) > 1 else ""
-        raise InputError(f"{file}: {unknown[0]!r} is not among the {len(names)} images{more}")
-    return sorted({index[w] for w in wanted})
-
-
 def split(
     n: int, val: str, train: str | None, names: list[str] | None = None
 ) -> tuple[list[int], list[int]]:
@@ -274,17 +227,6 @@ def split(
     if not train_idx:
         raise InputError(f"no training slices left (n = {n}, validation slices {val!r})")
     return train_idx, val_idx
-
-
-def mirror_pad(image: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-    """(..., H, W) -> (..., H + top + bottom, W + left + right), context mirrored at the
-    borders (each channel of a (C, H, W) image alike).
-
-    Mirroring excludes the edge pixel (numpy "reflect"); pads wider than the image reflect
-    again, so any image, however small, gets context.
-    """
-    lead = [(0, 0)] * (image.ndim - 2)
-    return np.pad(image, (*lead, (top, bottom), (left, right)), mode="reflect")
 
 
 class TileSampler:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .dataset import parse_slices
 from .io import (
     IGNORE_INDEX,
     IMAGE_SUFFIXES,
@@ -36,6 +35,7 @@ from .metrics import (
     instance_scores_many,
     isbi_scores,
 )
+from .slices import parse_slices
 
 INSTANCE_SUFFIX = "-instances"  # predict --instances writes NAME-instances.tif
 PROBABILITIES_SUFFIX = "-probabilities"  # predict --probabilities writes NAME-probabilities.tif

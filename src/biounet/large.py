@@ -3,15 +3,18 @@ block by block and written to OME-Zarr as the blocks come.
 
 - :func:`open_lazy`: a Zarr array, an OME-Zarr image (level 0 of its ``multiscales``) or a
   TIFF (tifffile's Zarr store: tiles or strips are read as needed) -> a :class:`LazyImage`,
-  which reads any window, mirrored past the image's edges as ``mirror_pad`` mirrors.
-- :func:`streamed_normalization`: the image-wide statistics of ``io.normalize`` (mean,
-  standard deviation, the sign of the median) in passes over 2048 x 2048 windows; exact for
-  8- and 16-bit integers (a histogram), float64 sums of the float32 pixels otherwise.
+  which reads any window, mirrored past the image's edges as :mod:`biounet.mirror` mirrors.
+- :func:`streamed_normalization`: the image-wide statistics of ``normalization.normalize``
+  (mean, standard deviation, the sign of the median) in passes over 2048 x 2048 windows;
+  exact for 8- and 16-bit integers (a histogram), float64 sums of the float32 pixels
+  otherwise, as the :class:`~biounet.normalization.Normalization` that the in-memory run
+  applies.
 - :class:`OmeZarrWriter`: a new OME-Zarr image (NGFF 0.5: Zarr v3, 1024 x 1024 chunks,
   axes and the input's pixel size), written window by window, renamed into place when
   complete.
 - :func:`large_probabilities`: ``tiling.probabilities`` for a :class:`LazyImage`, through
-  ``tiling.blockwise_probabilities``: the same tiles, so the same probabilities.
+  the one tiling engine, ``tiling.blockwise_probabilities``: the same tiles, so the same
+  probabilities.
 
 Peak memory is the network's activations (``memory_mb``) plus one block of about 2048 x 2048
 pixels, whatever the image's size. Zarr is an optional dependency (``biounet[zarr]``),
@@ -30,14 +33,17 @@ from pathlib import Path
 import numpy as np
 
 from .io import InputError, PixelSize, channels_text
+from .mirror import mirrored
+from .normalization import Normalization
 from .tiling import (
-    DEFAULT_BLOCK,
-    DEFAULT_MEMORY_MB,
+    TileOptions,
     activation_bytes,
     blockwise_probabilities,
     dihedral_predictor,
     evaluating,
     plan_tiles,
+    run_precision,
+    tile_options,
     unet_predictor,
 )
 
@@ -126,16 +132,6 @@ class LazyImage:
     def close(self) -> None:
         for f in self.keep:
             f.close()
-
-
-def mirrored(index: np.ndarray, n: int) -> np.ndarray:
-    """Indices of an axis of length ``n`` mirrored into 0..n-1 as numpy's "reflect" padding
-    maps them (period 2 (n - 1); 0 for n = 1)."""
-    if n == 1:
-        return np.zeros_like(index)
-    period = 2 * (n - 1)
-    i = np.abs(index) % period
-    return np.where(i >= n, period - i, i)
 
 
 def open_lazy(path: str | Path) -> LazyImage:
@@ -264,28 +260,9 @@ def _open_tiff(path: Path) -> LazyImage:
 # Normalisation from streamed statistics
 
 
-@dataclass(frozen=True)
-class Normalization:
-    """``io.normalize`` of one channel with image-wide statistics: (x - mean) / std in
-    float32 (std 1 for a constant image), negated where ``negate``."""
-
-    mean: float
-    std: float
-    negate: bool = False
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Any dtype -> float32, the same operations as ``io.normalize``."""
-        x = x.astype(np.float32)
-        x -= self.mean
-        x /= self.std if self.std > 1e-8 else 1.0
-        if self.negate:
-            np.negative(x, out=x)
-        return x
-
-
 def streamed_normalization(image: LazyImage, mode: str = "zscore") -> list[Normalization]:
-    """One :class:`Normalization` per channel, as ``io.normalize(image, mode)`` computes it
-    on the whole image (mode: "zscore", "zscore-bright" or "zscore-invert").
+    """One :class:`Normalization` per channel, as ``normalization.normalize(image, mode)``
+    computes it on the whole image (mode: "zscore", "zscore-bright" or "zscore-invert").
 
     8- and 16-bit integers: one pass building a histogram; mean and median (the sign of the
     normalised median decides "zscore-bright") are those of the whole array, and the
@@ -458,39 +435,33 @@ def large_probabilities(
     model,
     image: LazyImage,
     write: Callable[[int, int, np.ndarray], None],
+    options: TileOptions | None = None,
     *,
-    tile: int | None = None,
-    precision: str = "auto",
-    tta: bool = False,
-    memory_mb: int = DEFAULT_MEMORY_MB,
-    overlap: float = 0.25,
-    progress: bool = False,
     normalization: str | None = None,
-    block: int = DEFAULT_BLOCK,
+    **tiling,
 ) -> None:
     """``tiling.probabilities`` of a :class:`LazyImage`: ``write(y, x, probs)`` receives the
-    (K, h, w) float32 probabilities of image rows y..y+h, columns x..x+w, block by block,
-    covering the image once. Without ``tta`` they equal the in-memory run's (the same tile
-    plan and tiles, see ``tiling.blockwise_probabilities``; batches of at most half of
-    ``memory_mb``, which change the outputs only by float rounding); ``tta`` averages the 8
-    views of each tile (``tiling.dihedral_predictor``) rather than of the whole image."""
-    from .device import memory_format, resolve_precision
-
+    (K, h, w) float32 probabilities of image rows y..y+h, columns x..x+w, block by block
+    (``options.block`` pixels a side), covering the image once; ``options`` with the
+    keyword ``tiling`` changes (TileOptions fields) say how. Without ``tta`` they equal the
+    in-memory run's (the same engine, tile plan and tiles, see
+    ``tiling.blockwise_probabilities``; batches of at most half of ``memory_mb``, which
+    change the outputs only by float rounding); ``tta`` averages the 8 views of each tile
+    (``tiling.dihedral_predictor``) rather than of the whole image."""
+    options = tile_options(options, **tiling)
     takes = model.config.in_channels
     if image.channels != takes:
         raise InputError(f"{image.path}: {channels_text(image.channels)}; the model takes "
                          f"{takes}")  # fmt: skip
-    device = next(model.parameters()).device
-    precision = getattr(model, "fixed_precision", None) or resolve_precision(precision, device)
-    model.to(memory_format=memory_format(device, precision))
+    precision = run_precision(model, options.precision)
     norms = streamed_normalization(image, normalization or model.config.normalization)
-    plan = plan_tiles(model.config, image.shape, tile=tile, precision=precision,
-                      memory_mb=memory_mb, overlap=overlap)  # fmt: skip
+    plan = plan_tiles(model.config, image.shape, options, precision=precision)
     # the in-memory run's tiles (the same outputs) in batches within half the budget, one
     # tile at least: the plan fills the budget with tiles of a size that depends on the
     # image's, and the block and the Python runtime live beside them
     per_tile = activation_bytes(model.config, plan.tile, precision)
-    plan = replace(plan, batch=max(1, min(plan.batch, memory_mb * 2**20 // 2 // per_tile)))
+    half = options.memory_mb * 2**20 // 2 // per_tile
+    plan = replace(plan, batch=max(1, min(plan.batch, half)))
 
     def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         raw = image.window(y0, y1, x0, x1)  # (C, h, w) stored dtype
@@ -498,7 +469,7 @@ def large_probabilities(
 
     with evaluating(model):
         predictor = unet_predictor(model, precision)
-        if tta:
+        if options.tta:
             predictor = dihedral_predictor(predictor)
-        blockwise_probabilities(predictor, read, image.shape, plan, write, block=block,
-                                progress=progress)  # fmt: skip
+        blockwise_probabilities(predictor, read, image.shape, plan, write, block=options.block,
+                                progress=options.progress)  # fmt: skip

@@ -33,7 +33,6 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from .config import CONTOUR_OPTIONS, InferenceConfig, Preset
-from .dataset import parse_slices
 from .device import select_device
 from .exported import load_model
 from .instances import equivalent_diameters, instances, resize_labels
@@ -41,7 +40,8 @@ from .io import InputError, StackWriter, channels_text, read_images
 from .large import ZARR_SUFFIX, OmeZarrWriter, is_zarr_path, large_probabilities, open_lazy
 from .model import INVERT, UNet
 from .rois import rois_of, write_roi_zip
-from .tiling import DEFAULT_MEMORY_MB, predict
+from .slices import parse_slices
+from .tiling import TileOptions, predict, tile_options
 
 log = logging.getLogger("biounet")
 
@@ -96,26 +96,26 @@ class _Segmenter:
     channels: str | None = None  # the --channels it was trained with, if any
     normalization: str | None = None  # in place of the model's (predict --invert)
 
-    def _probabilities(self, image: np.ndarray, tta: bool, tiling: dict) -> np.ndarray:
-        return predict(self.model, image, tta=tta, normalization=self.normalization, **tiling)
+    def _probabilities(self, image: np.ndarray, options: TileOptions) -> np.ndarray:
+        return predict(self.model, image, options, normalization=self.normalization)
 
     def _instances(self, probs: np.ndarray) -> np.ndarray:
         options = self.config.instance_options(self.method)
         return instances(probs if self.method == "contour" else _foreground(probs), **options)
 
-    def measure(self, image: np.ndarray, tiling: dict) -> float | None:
+    def measure(self, image: np.ndarray, options: TileOptions) -> float | None:
         """The objects' diameter in ``image`` as a first pass (without TTA) sees it: the
         median equivalent diameter of the foreground's connected components of at least
         config.min_size pixels (touching objects count as one; on the bundled nuclei this
         came closer to the labelled size than the first pass's instances, which split
         large nuclei); None where there are none."""
-        prob = _foreground(self._probabilities(image, False, tiling))
+        prob = _foreground(self._probabilities(image, replace(options, tta=False)))
         labels, _ = ndimage.label(prob > self.config.threshold)
         found = equivalent_diameters(labels)
         found = found[found >= np.sqrt(4.0 * max(1, self.config.min_size) / np.pi)]
         return float(np.median(found)) if found.size else None
 
-    def scale(self, image: np.ndarray, tiling: dict) -> float:
+    def scale(self, image: np.ndarray, options: TileOptions) -> float:
         """The factor by which ``image`` is rescaled before the network: the model's
         training diameter over the image's objects' (config.diameter; "auto": measured on a
         first pass, :meth:`measure`), within [1 / MAX_RESCALE, MAX_RESCALE]; 1 without a
@@ -124,19 +124,24 @@ class _Segmenter:
         if not diameter:
             return 1.0
         if diameter == "auto":
-            diameter = self.measure(image, tiling)
+            diameter = self.measure(image, options)
             if diameter is None:  # nothing found: nothing to measure
                 return 1.0
         factor = self.model.config.diameter / diameter
         return float(np.clip(factor, 1 / MAX_RESCALE, MAX_RESCALE))
 
-    def __call__(self, image: np.ndarray, outputs: Iterable[str], **tiling) -> Segmentation:
+    def __call__(
+        self, image: np.ndarray, outputs: Iterable[str], options: TileOptions
+    ) -> Segmentation:
+        """The ``outputs`` of one (H, W) or (C, H, W) image, tiled as ``options`` say (TTA
+        as config.tta says)."""
         shape = image.shape[-2:]
-        factor = self.scale(image, tiling)
+        factor = self.scale(image, options)
         if factor != 1.0:
             scaled = tuple(max(1, round(n * factor)) for n in shape)
             image = rescale_image(image, scaled)
-        probs = self._probabilities(image, self.config.tta, tiling)  # (H, W) | (C, H, W)
+        options = replace(options, tta=self.config.tta)
+        probs = self._probabilities(image, options)  # (H, W) | (C, H, W)
         made = {}
         if "instances" in outputs and not self.multiclass:  # found at the model's scale
             labels = self._instances(probs)
@@ -242,14 +247,11 @@ def segment(
     config: InferenceConfig | None = None,
     *,
     outputs: Iterable[str] | None = None,
-    tile: int | None = None,
-    precision: str = "auto",
     device: str | torch.device = "cpu",
-    memory_mb: int = DEFAULT_MEMORY_MB,
-    overlap: float = 0.25,
-    progress: bool = False,
     invert: str | None = None,
     engine: str = "auto",
+    options: TileOptions | None = None,
+    **tiling,
 ) -> Segmentation:
     """Segment one image: its foreground probability, 0/255 mask and instance labels; or,
     for a multi-class model, its class probabilities and class map.
@@ -265,8 +267,6 @@ def segment(
         outputs: which of "probabilities", "mask", "instances" (binary and contour
             models) or "probabilities", "classes" (multi-class models) to make; default
             all the model makes. Asking a model for what it does not make is an InputError.
-        tile, precision, memory_mb, overlap, progress: overlap-tile inference, as in
-            :func:`biounet.predict`.
         device: where to run a checkpoint path's model (a loaded model runs where it is).
         invert: "auto" (negate images whose median exceeds their mean: dark objects on a
             bright background), "yes" (negate every image) or "no", in place of the
@@ -274,11 +274,15 @@ def segment(
         engine: how a checkpoint path runs: "torch", "onnxruntime" (its cached ONNX
             export) or "auto" (onnxruntime on a CPU without native bf16 where it is
             installed; :func:`biounet.exported.load_model`).
+        options, **tiling: overlap-tile inference (:class:`biounet.tiling.TileOptions`:
+            tile, overlap, memory_mb, precision, progress), as in :func:`biounet.predict`;
+            TTA is ``config.tta``.
 
     Returns a :class:`Segmentation` with the asked-for arrays, the others None: the arrays
     ``biounet predict`` writes for the image. For many images load the checkpoint once
     (``model_from_checkpoint``) and pass the pair.
     """
+    options = _tile_options(options, tiling)
     if outputs is not None:
         outputs = tuple(outputs)
         unknown = sorted(set(outputs) - set(OUTPUTS))
@@ -286,12 +290,19 @@ def segment(
             raise ValueError(f"outputs must be among {OUTPUTS}, got "
                              f"{', '.join(map(repr, unknown))}")  # fmt: skip
     name = str(model) if isinstance(model, str | Path) else "model"
-    run = _segmenter(model, config, {}, device, str, invert, engine, precision)
+    run = _segmenter(model, config, {}, device, str, invert, engine, options.precision)
     if outputs is None:
         outputs = CLASS_OUTPUTS if run.multiclass else BINARY_OUTPUTS
     _check_outputs(run, outputs, name)
-    return run(image, outputs, tile=tile, precision=precision, memory_mb=memory_mb,
-               overlap=overlap, progress=progress)  # fmt: skip
+    return run(image, outputs, options)
+
+
+def _tile_options(options: TileOptions | None, tiling: dict) -> TileOptions:
+    """``options`` with the keyword ``tiling`` changes; TypeError for TTA, which is the
+    inference configuration's (config.tta, predict --tta)."""
+    if "tta" in tiling:
+        raise TypeError("segment takes TTA from its InferenceConfig (config.tta), not tta=")
+    return tile_options(options, **tiling)
 
 
 def segment_files(
@@ -306,18 +317,15 @@ def segment_files(
     write_instances: bool = False,
     write_probabilities: bool = False,
     write_rois: bool = False,
-    tile: int | None = None,
-    precision: str = "auto",
     device: str = "auto",
-    memory_mb: int = DEFAULT_MEMORY_MB,
-    overlap: float = 0.25,
-    progress: bool = False,
     label: Callable[[str], str] = str,
     report: Callable[[list[Path]], None] | None = None,
     invert: str | None = None,
     engine: str = "auto",
     shard: str | tuple[int, int] | None = None,
     skip_existing: bool = False,
+    options: TileOptions | None = None,
+    **tiling,
 ) -> list[list[Path]]:
     """Segment the images at ``source`` with the model of ``checkpoint`` and write TIFFs.
 
@@ -332,7 +340,9 @@ def segment_files(
     model's input channels; ``overrides`` (InferenceConfig fields; None keeps the model's
     setting) change the checkpoint's inference configuration, and overriding a
     contour-only option (CONTOUR_OPTIONS) of another model is an InputError, named in
-    messages by ``label(field)``; ``invert`` and ``engine`` are as in :func:`segment`.
+    messages by ``label(field)``; ``invert``, ``engine``, ``options`` and the keyword
+    ``tiling`` changes to them (tile, overlap, memory_mb, precision, progress) are as in
+    :func:`segment`.
     Pages past 2 GiB of float32 go to a BigTIFF. Outputs carry their input's pixel size
     (ImageJ resolution and unit), if it has one. Each output and its companions are
     complete or not written at all; ``report`` is called with them once they are.
@@ -358,8 +368,54 @@ def segment_files(
     Returns the files written, one list per output (probabilities or class map, then mask,
     instances or class probabilities).
     """
-    source = Path(source)
-    shard = parse_shard(shard) if shard is not None else shard_of_environment()
+    options = _tile_options(options, tiling)
+    plan = _plan_files(
+        checkpoint, Path(source), out, slices=slices, channels=channels, overrides=overrides,
+        write_mask=write_mask, write_instances=write_instances, write_rois=write_rois,
+        write_probabilities=write_probabilities, device=device, label=label, invert=invert,
+        engine=engine, precision=options.precision, skip_existing=skip_existing,
+        shard=parse_shard(shard) if shard is not None else shard_of_environment(),
+    )  # fmt: skip
+    try:
+        if plan.large:
+            return [_write_zarr(plan, path, options, report) for path, _ in plan.groups]
+        bar = tqdm(total=sum(len(m) for _, m in plan.groups), desc="predict", unit="image",
+                   disable=not options.progress)  # fmt: skip
+        with bar:
+            return [_write_tiffs(plan, path, members, options, bar, report)
+                    for path, members in plan.groups]  # fmt: skip
+    finally:
+        if plan.large:
+            plan.images.close()
+
+
+@dataclass(frozen=True)
+class _FilePlan:
+    """What :func:`segment_files` writes: for each of ``groups`` (output path, indices of
+    its images), the outputs ``kinds`` in files named by ``suffix``."""
+
+    run: _Segmenter
+    images: object  # io.Images; a large.LazyImage for a Zarr run (``large``)
+    kinds: tuple[str, ...]  # main output, then mask, instances, class probabilities
+    suffix: dict[str, str]  # of each kind's file name, "" for the main output
+    groups: list[tuple[Path, list[int]]]  # this shard's, less those skipped
+    rois: bool = False  # ImageJ ROI sets of the instances beside them
+    large: bool = False  # OME-Zarr outputs written block by block
+
+    def outputs_of(self, path: Path) -> dict[str, Path]:
+        """The output files of ``path`` by kind: ``path`` and its companions."""
+        if self.large:
+            base = path.name[: -len(ZARR_SUFFIX)]
+            return {k: path.with_name(base + self.suffix[k] + ZARR_SUFFIX) for k in self.kinds}
+        return {k: path.with_name(path.stem + self.suffix[k] + ".tif") if self.suffix[k]
+                else path for k in self.kinds}  # fmt: skip
+
+
+def _plan_files(checkpoint, source: Path, out, *, slices, channels, overrides, write_mask,
+                write_instances, write_rois, write_probabilities, device, label, invert,
+                engine, precision, skip_existing, shard) -> _FilePlan:  # fmt: skip
+    """Read (or open) the images, load the model and settle what to write, with every
+    input error of :func:`segment_files` raised before any prediction."""
     large = is_zarr_path(source) or is_zarr_path(out)
     # input errors first: reading is cheaper than loading the model
     if large:
@@ -368,14 +424,9 @@ def segment_files(
         images = read_images(source, channels=channels)
     run = _segmenter(checkpoint, None, overrides or {}, select_device(device), label, invert,
                      engine, precision)  # fmt: skip
+    if not large and channels is None:
+        images = _model_channels(images, run, source)
     takes = run.model.config.in_channels
-    if not large and channels is None and images.channels != takes and run.channels:
-        # the model's own --channels: a model trained on picked channels reads them again
-        try:
-            images = read_images(source, channels=run.channels)
-            log.info("%s: --channels %s, as the model was trained", source, run.channels)
-        except InputError:  # the images lack them: the mismatch below says so
-            pass
     if images.channels != takes:
         trained = run.channels and f" (it was trained with --channels {run.channels})"
         raise InputError(f"{source}: {channels_text(images.channels)}; "
@@ -390,68 +441,84 @@ def segment_files(
                          "models; this model's NAME.tif is its P(foreground)")  # fmt: skip
     if write_rois and not write_instances:
         raise InputError(f"{checkpoint}: ImageJ ROIs outline instances: add --instances")
-    default = "classes" if run.multiclass else "prob"
-    kinds = (*asked, *(("probabilities",) if write_probabilities else ()))
     suffix = {main: "", "mask": "-mask", "instances": "-instances",
               **({"probabilities": "-probabilities"} if run.multiclass else {})}  # fmt: skip
-    tiling = dict(tile=tile, precision=precision, memory_mb=memory_mb, overlap=overlap,
-                  progress=progress)  # fmt: skip
-    if large:
+    kinds = (*asked, *(("probabilities",) if write_probabilities else ()))
+    plan = _FilePlan(run, images, kinds, suffix, [], write_rois, large)
+    groups = _groups(plan, source, out, slices, "classes" if run.multiclass else "prob")
+    return replace(plan, groups=_mine(groups, shard, skip_existing, plan.outputs_of))
+
+
+def _model_channels(images, run: _Segmenter, source: Path):
+    """``images`` read again with the channels the model was trained to pick (its own
+    --channels) where they are not the model's input channels as stored and can be."""
+    if images.channels == run.model.config.in_channels or not run.channels:
+        return images
+    try:
+        images = read_images(source, channels=run.channels)
+        log.info("%s: --channels %s, as the model was trained", source, run.channels)
+    except InputError:  # the images lack them: the mismatch check says so
+        pass
+    return images
+
+
+def _groups(plan: _FilePlan, source: Path, out, slices, default: str) -> list:
+    """(output path, indices of its images) of every output, before sharding: one per file
+    of a folder, one for a stack, one for a Zarr run's image."""
+    if plan.large:
         path = Path(out) if out else Path(f"{_stem(source)}-{default}{ZARR_SUFFIX}")
         if not is_zarr_path(path):
             raise InputError(f"{path}: a Zarr input is written as OME-Zarr; give --out "
                              f"NAME{ZARR_SUFFIX}")  # fmt: skip
-        try:
-            return _segment_large(run, images, path, kinds, suffix, shard, skip_existing,
-                                  report, tiling)  # fmt: skip
-        finally:
-            images.close()
+        if plan.run.config.diameter:
+            raise InputError(f"{plan.images.path}: --diameter rescales whole images; a Zarr "
+                             "run predicts at the stored scale")  # fmt: skip
+        return [(path, [0])]
+    images = plan.images
     idx = list(range(len(images)))
     if slices:
         idx = parse_slices(slices, len(images), f"{source}: --slices", images.names)
     if source.is_dir():  # one output file per input file
         folder = Path(out) if out else Path(f"{source.resolve().name}-{default}")
-        groups = [(folder / f"{images.names[i]}.tif", [i]) for i in idx]
-    else:  # one output stack for the input stack
-        groups = [(Path(out) if out else Path(f"{source.stem}-{default}.tif"), idx)]
+        return [(folder / f"{images.names[i]}.tif", [i]) for i in idx]
+    return [(Path(out) if out else Path(f"{source.stem}-{default}.tif"), idx)]
 
-    def outputs_of(path: Path) -> dict[str, Path]:
-        return {k: path.with_name(path.stem + suffix[k] + ".tif") if suffix[k] else path
-                for k in kinds}  # fmt: skip
 
-    groups = _mine(groups, shard, skip_existing, outputs_of)
-    pages = run.model.config.out_channels if write_probabilities else 1  # per image, at most
-    channels = run.model.config.out_channels if run.multiclass else 1  # of the probabilities
-    written = []
-    bar = tqdm(total=sum(len(m) for _, m in groups), desc="predict", unit="image",
-               disable=not progress)  # fmt: skip
-    for path, members in groups:
-        paths = outputs_of(path)
-        big = sum(images.arrays[i].size for i in members) * 4 * pages > CLASSIC_TIFF_BYTES
-        pixel_size = images.pixel_sizes[members[0]] if members else None  # the input's
-        rois = []  # ImageJ ROIs of the group's instances
-        with ExitStack() as stack:  # every file is complete, or none is written
-            # ImageJ hyperstacks of known shape (instances: until one needs uint32)
-            shapes = {k: (len(members), channels if k == "probabilities" else 1) for k in paths}
-            writers = {k: stack.enter_context(StackWriter(p, big, pixel_size, shapes[k]))
-                       for k, p in paths.items()}  # fmt: skip
-            for n, i in enumerate(members, 1):
-                result = run(images.arrays[i], kinds, tile=tile, precision=precision,
-                             memory_mb=memory_mb, overlap=overlap, progress=progress)  # fmt: skip
-                for k, writer in writers.items():
-                    data = getattr(result, k)  # (H, W), or (C, H, W) class probabilities
-                    for page in (data if data.ndim == 3 else [data]):
-                        writer.write(page)
-                if write_rois:
-                    rois += rois_of(result.instances, n if len(members) > 1 else None)
-                bar.update(1)
-            if write_rois:  # inside the stack: should it fail, no TIFF is kept either
-                roi_path = path.with_name(path.stem + "-rois.zip")
-                write_roi_zip(roi_path, rois)
-        written.append(list(paths.values()) + ([roi_path] if write_rois else []))
-        if report is not None:
-            report(written[-1])
-    bar.close()
+def _segmentations(plan: _FilePlan, members: list[int], options: TileOptions):
+    """Yield the :class:`Segmentation` of each of the images ``members``, in order."""
+    for i in members:
+        yield plan.run(plan.images.arrays[i], plan.kinds, options)
+
+
+def _write_tiffs(plan: _FilePlan, path: Path, members: list[int], options: TileOptions, bar,
+                 report) -> list[Path]:  # fmt: skip
+    """Segment the images ``members`` into the TIFF ``path`` and its companions (and the
+    ROI set), each complete or not written at all; the files written."""
+    run, images, paths = plan.run, plan.images, plan.outputs_of(path)
+    classes = run.model.config.out_channels if run.multiclass else 1  # of the probabilities
+    pages = classes if "probabilities" in plan.kinds else 1  # per image, at most
+    big = sum(images.arrays[i].size for i in members) * 4 * pages > CLASSIC_TIFF_BYTES
+    pixel_size = images.pixel_sizes[members[0]] if members else None  # the input's
+    rois = []  # ImageJ ROIs of the group's instances
+    with ExitStack() as stack:  # every file is complete, or none is written
+        # ImageJ hyperstacks of known shape (instances: until one needs uint32)
+        shapes = {k: (len(members), classes if k == "probabilities" else 1) for k in paths}
+        writers = {k: stack.enter_context(StackWriter(p, big, pixel_size, shapes[k]))
+                   for k, p in paths.items()}  # fmt: skip
+        for n, result in enumerate(_segmentations(plan, members, options), 1):
+            for k, writer in writers.items():
+                data = getattr(result, k)  # (H, W), or (C, H, W) class probabilities
+                for page in data if data.ndim == 3 else [data]:
+                    writer.write(page)
+            if plan.rois:
+                rois += rois_of(result.instances, n if len(members) > 1 else None)
+            bar.update(1)
+        if plan.rois:  # inside the stack: should it fail, no TIFF is kept either
+            roi_path = path.with_name(path.stem + "-rois.zip")
+            write_roi_zip(roi_path, rois)
+    written = list(paths.values()) + ([roi_path] if plan.rois else [])
+    if report is not None:
+        report(written)
     return written
 
 
@@ -534,21 +601,10 @@ def _open_large(source: Path, slices, channels, instances: bool):
     return open_lazy(source)
 
 
-def _segment_large(run: _Segmenter, image, path: Path, kinds, suffix, shard, skip_existing,
-                   report, tiling: dict) -> list[list[Path]]:  # fmt: skip
-    """Predict the LazyImage ``image`` block by block into OME-Zarr ``path`` and its
-    companions (``kinds`` named by ``suffix``)."""
-    if run.config.diameter:
-        raise InputError(f"{image.path}: --diameter rescales whole images; a Zarr run "
-                         "predicts at the stored scale")  # fmt: skip
-
-    def outputs_of(p: Path) -> dict[str, Path]:
-        base = p.name[: -len(ZARR_SUFFIX)]
-        return {k: p.with_name(base + suffix[k] + ZARR_SUFFIX) for k in kinds}
-
-    if not _mine([(path, [0])], shard, skip_existing, outputs_of):
-        return []
-    paths = outputs_of(path)
+def _write_zarr(plan: _FilePlan, path: Path, options: TileOptions, report) -> list[Path]:
+    """Predict the LazyImage of ``plan`` block by block into OME-Zarr ``path`` and its
+    companions; the stores written."""
+    run, image, paths = plan.run, plan.images, plan.outputs_of(path)
     H, W = image.shape
     classes = run.model.config.out_channels if run.multiclass else None
     log.info("%s: %d x %d, read and written block by block", image.path, H, W)
@@ -561,13 +617,13 @@ def _segment_large(run: _Segmenter, image, path: Path, kinds, suffix, shard, ski
         }  # fmt: skip
 
         def write(y: int, x: int, probs: np.ndarray) -> None:  # (K, h, w)
-            made = run.pixel_outputs(probs[0] if probs.shape[0] == 1 else probs, kinds)
+            made = run.pixel_outputs(probs[0] if probs.shape[0] == 1 else probs, plan.kinds)
             for k, writer in writers.items():
                 writer.write(y, x, made[k])
 
-        large_probabilities(run.model, image, write, tta=run.config.tta,
-                            normalization=run.normalization, **tiling)  # fmt: skip
+        options = replace(options, tta=run.config.tta)
+        large_probabilities(run.model, image, write, options, normalization=run.normalization)
     written = list(paths.values())
     if report is not None:
         report(written)
-    return [written]
+    return written

@@ -218,6 +218,16 @@ def given(args: argparse.Namespace, found: list[Flag]) -> dict[str, object]:
             if getattr(args, f.dest, None) is not None}  # fmt: skip
 
 
+def sections(found: list[Flag], values: dict[str, object]) -> dict[str, dict[str, object]]:
+    """``values`` (dest -> value) grouped by the section their settings live in, as field
+    names: {"options": {"out": ...}, "tiles": {"tile": ...}}."""
+    out: dict[str, dict[str, object]] = {}
+    for f in found:
+        if f.dest in values:
+            out.setdefault(f.path[0], {})[f.path[-1]] = values[f.dest]
+    return out
+
+
 def fixed_on_resume(found: list[Flag]) -> list[Flag]:
     """The flags a ``--resume`` may not change (their settings are the run's own)."""
     return [f for f in found if not f.setting.resume]

@@ -1,9 +1,14 @@
 """Overlap-tile inference: any image size, bounded memory, seamless.
 
-The core, :func:`tiled_probabilities`, runs any predictor: a callable mapping a (B, 1, S, S)
-float32 batch of tiles to (B, K, s, s) float32 probabilities. A UNet becomes one with
-:func:`unet_predictor` (device, memory layout, autocast, logits -> probabilities); a test can
-pass ``lambda x: x + 1`` and check that the stitching is exact.
+One engine, :func:`blockwise_probabilities`, runs any predictor over any image reader. A
+predictor maps a (B, C, S, S) float32 batch of tiles to (B, K, s, s) float32 probabilities:
+a UNet becomes one with :func:`unet_predictor` (device, memory layout, autocast, logits ->
+probabilities); a test can pass ``lambda x: x + 1`` and check that the stitching is exact. A
+reader returns any window of the normalised image, mirrored past its edges
+(:mod:`biounet.mirror`). An image in memory is read from its array as one block
+(:func:`tiled_probabilities`, :func:`predict`); an image larger than memory
+(:mod:`biounet.large`) is read, predicted and written block by block: the same tiles, so
+the same probabilities. How an image is tiled is one :class:`TileOptions`.
 
 Valid padding (the paper): the image is mirror-padded by the network's border (92 px for
 depth 4) and cut into input tiles whose output tiles abut. Tile origins are multiples of
@@ -17,17 +22,19 @@ zero-padded tile edge. The blend is a running weighted mean, so tiles that agree
 give exactly their value there.
 
 Memory: the tile edge is the largest valid one whose estimated activations fit a budget
-(default 1 GiB), tiles are batched to fill it, and only the output (H, W) and the padded
-input are held, so memory does not grow with image area beyond the image itself.
+(default 1 GiB), tiles are batched to fill it, and only the output and one block of input
+are held: for an image in memory, the padded image; read block by block, about
+``TileOptions.block`` pixels a side.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +42,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .augment import dihedral, inverse_dihedral
-from .dataset import mirror_pad
+from .config import TileOptions
 from .device import autocast, memory_format, resolve_precision
-from .io import InputError, channels_of, channels_text, normalize
+from .io import InputError, channels_of, channels_text
+from .mirror import mirrored_window
 from .model import (
     ModelConfig,
     UNet,
@@ -47,14 +55,28 @@ from .model import (
     output_size,
     valid_input_size,
 )
+from .normalization import normalize
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
-"""(B, 1, S, S) float32 tiles -> (B, K, s, s) float32 probabilities; s = S (same padding) or
-S - 2 * border (valid padding), K fixed for a predictor."""
+"""(B, C, S, S) float32 tiles -> (B, K, s, s) float32 probabilities; s = S (same padding)
+or S - 2 * border (valid padding), K fixed for a predictor."""
+
+Reader = Callable[[int, int, int, int], np.ndarray]
+"""(y0, y1, x0, x1): image rows y0..y1 and columns x0..x1, which may reach past the image's
+edges -> (C, y1 - y0, x1 - x0) float32 normalised pixels, mirrored there as
+:func:`biounet.mirror.mirrored_window` mirrors them."""
+
+Writer = Callable[[int, int, np.ndarray], None]
+"""(y, x, (K, h, w) float32): the final probabilities of image rows y..y+h, columns
+x..x+w."""
 
 log = logging.getLogger("biounet")
 
-DEFAULT_MEMORY_MB = 1024
+
+def tile_options(options: TileOptions | None = None, **changes) -> TileOptions:
+    """``options`` (default ``TileOptions()``) with the keyword ``changes`` to its fields;
+    TypeError for a keyword that is not one."""
+    return replace(options or TileOptions(), **changes)
 
 
 def padding_for(size: int, depth: int, padding: str) -> tuple[int, int]:
@@ -126,26 +148,22 @@ def activation_bytes(cfg: ModelConfig, tile: int, precision: str) -> int:
 
 
 def plan_tiles(
-    cfg: ModelConfig,
-    shape: tuple[int, int],
-    *,
-    tile: int | None = None,
-    precision: str = "fp32",
-    memory_mb: int = DEFAULT_MEMORY_MB,
-    overlap: float = 0.25,
+    cfg: ModelConfig, shape: tuple[int, int], options: TileOptions | None = None, **tiling
 ) -> TilePlan:
-    """Choose the tile for an image of ``shape`` (H, W).
+    """Choose the tile for an image of ``shape`` (H, W) under ``options`` with the keyword
+    ``tiling`` changes (TileOptions fields: tile, overlap, memory_mb and precision, whose
+    "bf16" sizes activations at 2 bytes a value, any other at 4).
 
     ``tile`` (an input edge) is rounded to the nearest valid size, with a notice. By
     default, among the valid tiles whose activations fit ``memory_mb`` (and no larger than
     the image needs), the one that computes the fewest pixels for this image. Small tiles
     are batched up to the budget.
     """
-    if not 0 <= overlap < 1:
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    options = tile_options(options, **tiling)
+    tile, overlap, precision = options.tile, options.overlap, options.precision
     d, pad = cfg.depth, cfg.padding
     q = 2**d
-    budget = memory_mb * 2**20
+    budget = options.memory_mb * 2**20
     # one tile that covers the whole image, and the smallest tile whose stride is >= 2**d
     longest = max(shape)
     if pad == "valid":
@@ -153,8 +171,6 @@ def plan_tiles(
     else:
         need, smallest = max(q, -(-longest // q) * q), q
     if tile is not None:
-        if tile < 1:
-            raise ValueError(f"tile must be >= 1, got {tile}")
         chosen = nearest_valid_input_size(max(tile, smallest), d, pad)
         if chosen != tile:
             log.info("tile %d is not a usable input size here; using %d", tile, chosen)
@@ -210,125 +226,8 @@ def gaussian_window(tile: int, sigma_scale: float = 1 / 8) -> np.ndarray:
     w = np.outer(g, g)
     return np.maximum(w / w.max(), 1e-3).astype(np.float32)
 
-
 # ---------------------------------------------------------------------------------------
-# The core: any predictor
-
-DIHEDRAL = [(k, f) for k in range(4) for f in (False, True)]  # the 8 TTA transforms
-
-
-def tiled_probabilities(
-    predictor: Predictor,
-    image: np.ndarray,
-    plan: TilePlan,
-    *,
-    tta: bool = False,
-    progress: bool = False,
-) -> np.ndarray:
-    """(H, W) or (C, H, W) float32 image -> (K, H, W) float32 ``predictor`` output, tiled as
-    ``plan`` says; the predictor gets (B, C, S, S) tiles (C = 1 for an (H, W) image).
-
-    The image is passed to the predictor as it is (normalise it first). With ``tta``, the
-    mean over the 8 flips / quarter turns of the image, each mapped back (the plan, chosen
-    from max(H, W) and H * W, serves the transposed image as well).
-    """
-    image = np.asarray(image, dtype=np.float32)
-    if image.ndim not in (2, 3) or min(image.shape) < 1:
-        raise ValueError(f"expected a non-empty (H, W) or (C, H, W) image, got shape "
-                         f"{image.shape}")  # fmt: skip
-    image = image[None] if image.ndim == 2 else image
-    if not tta:
-        return _stitched(predictor, image, plan, progress)
-    total = None
-    for k, flip in DIHEDRAL:
-        xt = np.ascontiguousarray(dihedral(torch.from_numpy(image), k, flip).numpy())
-        p = _stitched(predictor, xt, plan, progress)
-        p = inverse_dihedral(torch.from_numpy(p), k, flip).numpy()
-        if total is None:
-            total = np.ascontiguousarray(p)
-        else:
-            total += p
-    total /= len(DIHEDRAL)
-    return total
-
-
-def _stitched(predictor: Predictor, image: np.ndarray, plan: TilePlan, progress: bool):
-    """One tiled pass: (C, H, W) float32 -> (K, H, W) float32."""
-    H, W = image.shape[-2:]
-    S = plan.tile
-    if plan.padding == "valid":
-        b = (S - plan.out) // 2
-        oy, ox = _origins(H, plan), _origins(W, plan)
-        padded = mirror_pad(image, b, oy[-1] + S - H - b, b, ox[-1] + S - W - b)
-        out = None
-        for y, x, p in _tile_outputs(predictor, padded, oy, ox, plan, progress):
-            if out is None:
-                out = np.empty((p.shape[0], H, W), np.float32)
-            h, w = min(plan.out, H - y), min(plan.out, W - x)
-            out[:, y : y + h, x : x + w] = p[:, :h, :w]  # abutting tiles, no blending
-        return out
-    # same padding: Gaussian-blended overlapping tiles on a mirror-padded canvas
-    m = _margin(plan)
-    oy, ox = _origins(H + 2 * m, plan), _origins(W + 2 * m, plan)
-    Hp, Wp = oy[-1] + S, ox[-1] + S
-    top, left = m + (Hp - H - 2 * m) // 2, m + (Wp - W - 2 * m) // 2
-    padded = mirror_pad(image, top, Hp - H - top, left, Wp - W - left)
-    window = gaussian_window(S)
-    mean, wsum = None, np.zeros((Hp, Wp), np.float32)
-    for y, x, p in _tile_outputs(predictor, padded, oy, ox, plan, progress):
-        if mean is None:
-            mean = np.zeros((p.shape[0], Hp, Wp), np.float32)
-        # running weighted mean: mean += (p - mean) * w / (sum of w so far). The first tile
-        # gives p * (w / w) = p exactly, and a tile that agrees with the mean adds exactly
-        # 0, so tiles that agree on a pixel leave exactly their value there.
-        ws = wsum[y : y + S, x : x + S]
-        ws += window
-        mt = mean[:, y : y + S, x : x + S]
-        mt += (p - mt) * (window / ws)
-    return mean[:, top : top + H, left : left + W]
-
-
-def _tile_outputs(predictor, padded, oy, ox, plan, progress):
-    """Yield (y, x, (K, out, out) float32) for the tiles at origins oy x ox of the padded
-    image, run in batches, with a progress bar when there is more than one batch."""
-    S, s = plan.tile, plan.out
-    coords = [(y, x) for y in oy for x in ox]
-    quiet = not progress or len(coords) <= plan.batch
-    K = None  # the predictor's channels, fixed by its first answer
-    with tqdm(total=len(coords), desc="tiles", unit="tile", disable=quiet, leave=False) as bar:
-        for batch in _batches(coords, plan.batch):
-            B = len(batch)
-            tiles = np.stack([padded[:, y : y + S, x : x + S] for y, x in batch])
-            with torch.inference_mode():
-                probs = predictor(torch.from_numpy(tiles))  # (B, K, s, s)
-            K = probs.shape[1] if K is None and probs.ndim == 4 else K
-            if tuple(probs.shape) != (B, K, s, s):
-                want = f"({B}, {'K' if K is None else K}, {s}, {s})"
-                raise ValueError(f"predictor returned {tuple(probs.shape)} for tiles "
-                                 f"{tiles.shape}; expected {want}")  # fmt: skip
-            for (y, x), p in zip(batch, probs.float().cpu().numpy(), strict=True):
-                yield y, x, p
-            bar.update(B)
-
-
-def _batches(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-# ---------------------------------------------------------------------------------------
-# Images larger than memory: the same tiles, block by block
-
-Reader = Callable[[int, int, int, int], np.ndarray]
-"""(y0, y1, x0, x1): image rows y0..y1 and columns x0..x1, which may reach past the image's
-edges -> (C, y1 - y0, x1 - x0) float32 normalised pixels, mirrored there as ``mirror_pad``
-mirrors them."""
-
-Writer = Callable[[int, int, np.ndarray], None]
-"""(y, x, (K, h, w) float32): the final probabilities of image rows y..y+h, columns
-x..x+w."""
-
-DEFAULT_BLOCK = 2048  # output pixels along each edge of a block (rounded to whole tiles)
+# The engine: any predictor, any reader, block by block
 
 
 def blockwise_probabilities(
@@ -338,38 +237,31 @@ def blockwise_probabilities(
     plan: TilePlan,
     write: Writer,
     *,
-    block: int = DEFAULT_BLOCK,
+    block: int | None = TileOptions.block,
     progress: bool = False,
 ) -> None:
-    """:func:`tiled_probabilities` (without TTA) of an (H, W) = ``shape`` image that is never
-    held whole: read through ``read``, written through ``write`` block by block.
+    """The ``predictor``'s (K, H, W) float32 output over an (H, W) = ``shape`` image, tiled
+    as ``plan`` says: read through ``read``, written through ``write`` block by block, each
+    pixel once.
 
-    A block is a rectangle of whole tiles of the in-memory run's tile grid (about ``block``
-    output pixels a side), so every tile sees the same input and computes the same output.
-    Valid padding: blocks abut. Same padding: the running blended mean of the strips a
-    block shares with its right and lower neighbours is carried over to them; wherever at
-    most two tiles overlap along each axis (overlap <= 0.5) a pixel receives its tiles in
-    the in-memory order, so the results are the same. Memory: one block's input and output
-    and, for same padding, a strip of the tile overlap across the image's width.
+    A block is a rectangle of whole tiles of the image's tile grid (about ``block`` output
+    pixels a side; None: the whole image, one block), so every tile sees the same input and
+    computes the same output whatever the blocks. Valid padding: blocks abut. Same padding:
+    the running blended mean of the strips a block shares with its right and lower
+    neighbours is carried over to them; wherever at most two tiles overlap along each axis
+    (overlap <= 0.5) a pixel receives its tiles in the one-block order, so the results are
+    the same. Memory: one block's input and output and, for same padding, a strip of the
+    tile overlap across the image's width.
     """
-    if block < 1:
+    if block is not None and block < 1:
         raise ValueError(f"block must be >= 1 pixel, got {block}")
-    H, W = shape
+    oy, ox, size, shift, image_at = _grid(shape, plan)
     S = plan.tile
-    if plan.padding == "valid":  # the padded input is image[p - border], mirrored
-        oy, ox = _origins(H, plan), _origins(W, plan)
-        size, shift = (H, W), ((S - plan.out) // 2,) * 2
-        image_at = (0, 0)  # where the image lies on the output canvas
-    else:  # the canvas is image[p - top, p - left], mirrored
-        m = _margin(plan)
-        oy, ox = _origins(H + 2 * m, plan), _origins(W + 2 * m, plan)
-        Hp, Wp = oy[-1] + S, ox[-1] + S
-        top, left = m + (Hp - H - 2 * m) // 2, m + (Wp - W - 2 * m) // 2
-        size, shift, image_at = (Hp, Wp), (top, left), (top, left)
-    n = max(1, block // plan.stride)  # tiles per block along an axis
+    n = max(len(oy), len(ox)) if block is None else max(1, block // plan.stride)  # tiles
     rows, cols = list(_batches(range(len(oy)), n)), list(_batches(range(len(ox)), n))
-    blend = _Blend(size[1], S)
-    with tqdm(total=len(oy) * len(ox), desc="tiles", unit="tile", disable=not progress,
+    blend = _Blend(size[1], S) if plan.padding == "same" else None
+    quiet = not progress or len(oy) * len(ox) <= plan.batch
+    with tqdm(total=len(oy) * len(ox), desc="tiles", unit="tile", disable=quiet,
               leave=False) as bar:  # fmt: skip
         for r in rows:
             for c in cols:
@@ -378,15 +270,56 @@ def blockwise_probabilities(
                 h, w = ys[-1] + S - y0, xs[-1] + S - x0  # the block's input on the canvas
                 window = read(y0 - shift[0], y0 + h - shift[0], x0 - shift[1], x0 + w - shift[1])
                 tiles = _tile_outputs(predictor, window, [y - y0 for y in ys],
-                                      [x - x0 for x in xs], plan, False)  # fmt: skip
+                                      [x - x0 for x in xs], plan, bar)  # fmt: skip
                 final = (_end(oy, r, size[0]) - y0, _end(ox, c, size[1]) - x0)
-                if plan.padding == "valid":
+                if blend is None:
                     out = _abutting(tiles, final, plan.out)
                 else:
                     out = blend.block(tiles, x0, (h, w), final, r is rows[0],
                                       c is cols[0], c is cols[-1])  # fmt: skip
                 _emit(write, out, (y0, x0), image_at, shape)
-                bar.update(len(r) * len(c))
+
+
+def _grid(shape: tuple[int, int], plan: TilePlan):
+    """(row origins, column origins, the output canvas (h, w), where image pixel (0, 0)
+    lies on the input canvas, and where on the output canvas) of an (H, W) image: tile
+    origins are on both canvases, the input tile at an origin gives the output tile there."""
+    H, W = shape
+    if plan.padding == "valid":  # the padded input is image[p - border], mirrored
+        b = (plan.tile - plan.out) // 2
+        return _origins(H, plan), _origins(W, plan), (H, W), (b, b), (0, 0)
+    # same padding: the canvas is image[p - top, p - left], mirrored
+    m = _margin(plan)
+    oy, ox = _origins(H + 2 * m, plan), _origins(W + 2 * m, plan)
+    Hp, Wp = oy[-1] + plan.tile, ox[-1] + plan.tile
+    top, left = m + (Hp - H - 2 * m) // 2, m + (Wp - W - 2 * m) // 2
+    return oy, ox, (Hp, Wp), (top, left), (top, left)
+
+
+def _tile_outputs(predictor, padded, oy, ox, plan, bar):
+    """Yield (y, x, (K, out, out) float32) for the tiles at origins oy x ox of the padded
+    (C, h, w) input, run in batches of plan.batch, counted on the progress ``bar``."""
+    S, s = plan.tile, plan.out
+    coords = [(y, x) for y in oy for x in ox]
+    K = None  # the predictor's channels, fixed by its first answer
+    for batch in _batches(coords, plan.batch):
+        B = len(batch)
+        tiles = np.stack([padded[:, y : y + S, x : x + S] for y, x in batch])
+        with torch.inference_mode():
+            probs = predictor(torch.from_numpy(tiles))  # (B, K, s, s)
+        K = probs.shape[1] if K is None and probs.ndim == 4 else K
+        if tuple(probs.shape) != (B, K, s, s):
+            want = f"({B}, {'K' if K is None else K}, {s}, {s})"
+            raise ValueError(f"predictor returned {tuple(probs.shape)} for tiles "
+                             f"{tiles.shape}; expected {want}")  # fmt: skip
+        for (y, x), p in zip(batch, probs.float().cpu().numpy(), strict=True):
+            yield y, x, p
+        bar.update(B)
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
 
 
 def _end(origins: list[int], group: list[int], size: int) -> int:
@@ -403,7 +336,7 @@ def _abutting(tiles, final: tuple[int, int], out_edge: int) -> np.ndarray:
         if out is None:
             out = np.empty((p.shape[0], *final), np.float32)
         h, w = min(out_edge, final[0] - y), min(out_edge, final[1] - x)
-        if h > 0 and w > 0:  # a later tile overwrites the rows both hold, as in memory
+        if h > 0 and w > 0:  # a later tile overwrites the rows both hold
             out[:, y : y + h, x : x + w] = p[:, :h, :w]
     return out
 
@@ -445,7 +378,9 @@ class _Blend:
                 if not first_col:  # the left block's tiles reach into this one
                     s = self.right[1].shape[1]
                     mean[:, :, :s], wsum[:, :s] = self.right
-            # the running weighted mean of _stitched, in the same tile order
+            # running weighted mean: mean += (p - mean) * w / (sum of w so far). The first
+            # tile gives p * (w / w) = p exactly, and a tile that agrees with the mean adds
+            # exactly 0, so tiles that agree on a pixel leave exactly their value there.
             ws = wsum[y : y + S, x : x + S]
             ws += self.window
             mt = mean[:, y : y + S, x : x + S]
@@ -460,6 +395,62 @@ class _Blend:
             self.below[0][:, :, x0 : x0 + stop] = mean[:, fy:, :stop]
             self.below[1][:, x0 : x0 + stop] = wsum[fy:, :stop]
         return mean[:, :fy, :fx]
+
+
+# ---------------------------------------------------------------------------------------
+# An image in memory: one block, read from the array
+
+DIHEDRAL = [(k, f) for k in range(4) for f in (False, True)]  # the 8 TTA transforms
+
+
+def tiled_probabilities(
+    predictor: Predictor,
+    image: np.ndarray,
+    plan: TilePlan,
+    *,
+    tta: bool = False,
+    progress: bool = False,
+) -> np.ndarray:
+    """(H, W) or (C, H, W) float32 image -> (K, H, W) float32 ``predictor`` output, tiled as
+    ``plan`` says; the predictor gets (B, C, S, S) tiles (C = 1 for an (H, W) image).
+
+    The image is passed to the predictor as it is (normalise it first). With ``tta``, the
+    mean over the 8 flips / quarter turns of the image, each mapped back (the plan, chosen
+    from max(H, W) and H * W, serves the transposed image as well).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim not in (2, 3) or min(image.shape) < 1:
+        raise ValueError(f"expected a non-empty (H, W) or (C, H, W) image, got shape "
+                         f"{image.shape}")  # fmt: skip
+    image = image[None] if image.ndim == 2 else image
+    if not tta:
+        return _in_memory(predictor, image, plan, progress)
+    total = None
+    for k, flip in DIHEDRAL:
+        xt = np.ascontiguousarray(dihedral(torch.from_numpy(image), k, flip).numpy())
+        p = _in_memory(predictor, xt, plan, progress)
+        p = inverse_dihedral(torch.from_numpy(p), k, flip).numpy()
+        if total is None:
+            total = np.ascontiguousarray(p)
+        else:
+            total += p
+    total /= len(DIHEDRAL)
+    return total
+
+
+def _in_memory(predictor: Predictor, image: np.ndarray, plan: TilePlan, progress: bool):
+    """One tiled pass: (C, H, W) float32 -> (K, H, W) float32, the engine reading the array
+    as one block (the tile batches span the whole image)."""
+    shape = image.shape[-2:]
+    held = []
+
+    def keep(y: int, x: int, probs: np.ndarray) -> None:  # one block: the whole image
+        assert (y, x) == (0, 0) and probs.shape[1:] == shape, "one block covers the image"
+        held.append(probs)
+
+    read = functools.partial(mirrored_window, image)
+    blockwise_probabilities(predictor, read, shape, plan, keep, block=None, progress=progress)
+    return held[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -510,51 +501,40 @@ def dihedral_predictor(predictor: Predictor) -> Predictor:
     return averaged
 
 
-def whole_image_probabilities(model: UNet, image: np.ndarray, precision: str) -> np.ndarray:
-    """One pass over the whole mirror-padded (H, W) or (C, H, W) normalised image ->
-    (K, H, W).
-
-    The reference the tiling is tested against; memory grows with the image.
-    """
-    cfg = model.config
-    image = image[None] if image.ndim == 2 else image
-    H, W = image.shape[-2:]
-    (top, bottom), (left, right) = (padding_for(s, cfg.depth, cfg.padding) for s in (H, W))
-    padded = mirror_pad(image, top, bottom, left, right)
-    probs = unet_predictor(model, precision)(torch.from_numpy(padded[None]))[0]
-    oy, ox = (0, 0) if cfg.padding == "valid" else (top, left)
-    return probs[:, oy : oy + H, ox : ox + W].numpy()
+def run_precision(model: torch.nn.Module, precision: str) -> str:
+    """The precision ``model`` runs in, "bf16" or "fp32": an exported model's own, else
+    ``precision`` ("auto", "bf16", "fp32") settled for its device; the model's memory layout
+    is set to match (in place; the same weights)."""
+    device = next(model.parameters()).device
+    precision = getattr(model, "fixed_precision", None) or resolve_precision(precision, device)
+    model.to(memory_format=memory_format(device, precision))
+    return precision
 
 
 def probabilities(
     model: UNet,
     image: np.ndarray,
+    options: TileOptions | None = None,
     *,
-    tile: int | None = None,
-    precision: str = "auto",
-    tta: bool = False,
-    memory_mb: int = DEFAULT_MEMORY_MB,
-    overlap: float = 0.25,
-    progress: bool = False,
     normalization: str | None = None,
+    **tiling,
 ) -> np.ndarray:
     """(H, W) or (C, H, W) image, any dtype -> (K, H, W) float32 probabilities, K = 1
-    (foreground) for 1- and 2-output models, C for more. Normalises the image as in
+    (foreground) for 1- and 2-output models, C for more, tiled as ``options`` with the
+    keyword ``tiling`` changes (:class:`TileOptions` fields) say. Normalises the image as in
     training (or by ``normalization``, one of model.NORMALIZATIONS, where given).
     InputError if the image's channels are not the model's input channels."""
+    options = tile_options(options, **tiling)
     if image.ndim not in (2, 3) or min(image.shape) < 1:
         raise ValueError(f"expected a non-empty (H, W) or (C, H, W) image, got shape "
                          f"{image.shape}")  # fmt: skip
     check_channels(model, image)
-    device = next(model.parameters()).device
-    precision = getattr(model, "fixed_precision", None) or resolve_precision(precision, device)
-    model.to(memory_format=memory_format(device, precision))  # in place; the same weights
+    precision = run_precision(model, options.precision)
     x = normalize(image, normalization or model.config.normalization)
-    plan = plan_tiles(model.config, x.shape[-2:], tile=tile, precision=precision,
-                      memory_mb=memory_mb, overlap=overlap)  # fmt: skip
+    plan = plan_tiles(model.config, x.shape[-2:], options, precision=precision)
     with evaluating(model):
-        return tiled_probabilities(unet_predictor(model, precision), x, plan, tta=tta,
-                                   progress=progress)  # fmt: skip
+        return tiled_probabilities(unet_predictor(model, precision), x, plan, tta=options.tta,
+                                   progress=options.progress)  # fmt: skip
 
 
 def check_channels(model: UNet, image: np.ndarray, where: str = "the image") -> None:
@@ -570,15 +550,11 @@ def check_channels(model: UNet, image: np.ndarray, where: str = "the image") -> 
 def predict(
     model_or_checkpoint: UNet | str | Path,
     image: np.ndarray,
+    options: TileOptions | None = None,
     *,
-    tile: int | None = None,
-    precision: str = "auto",
-    tta: bool = False,
     device: str | torch.device | None = None,
-    memory_mb: int = DEFAULT_MEMORY_MB,
-    overlap: float = 0.25,
-    progress: bool = False,
     normalization: str | None = None,
+    **tiling,
 ) -> np.ndarray:
     """Probability map of one image by overlap-tile inference.
 
@@ -586,28 +562,22 @@ def predict(
         model_or_checkpoint: a :class:`UNet` or the path of a biounet checkpoint.
         image: (H, W) array of any dtype and size, or (C, H, W) for a model of C input
             channels.
-        tile: input tile edge in pixels (rounded to the nearest valid size); default: the
-            tile within ``memory_mb`` that computes the fewest pixels (see plan_tiles).
-        precision: "auto" (bf16 where fast), "bf16" or "fp32".
-        tta: average over the 8 flips / quarter turns (the paper averaged rotations).
+        options: how to tile (:class:`TileOptions`: tile, overlap, memory_mb, precision,
+            tta, progress); default ``TileOptions()``.
         device: where to run a checkpoint's model (default: cpu); a model runs where it is.
-        memory_mb: activation memory budget for choosing the tile and batch.
-        overlap: share of a tile that overlaps its neighbour (same-padding networks only;
-            valid-padding tiles abut exactly).
-        progress: a progress bar over tiles.
         normalization: how to normalise the image (model.NORMALIZATIONS); default the
             model's own, as in training.
+        **tiling: changes to ``options`` by field, e.g. ``tile=572, tta=True``.
 
     Returns (H, W) float32 probability of the foreground (cell) class for 1- and 2-output
     networks, (C, H, W) class probabilities for more.
     """
+    options = tile_options(options, **tiling)
     if isinstance(model_or_checkpoint, torch.nn.Module):  # a UNet, or an exported one
         model = model_or_checkpoint
     else:  # a checkpoint, ONNX or TorchScript file
         from .exported import load_model
 
         model, _ = load_model(model_or_checkpoint, device or "cpu")
-    probs = probabilities(model, image, tile=tile, precision=precision, tta=tta,
-                          memory_mb=memory_mb, overlap=overlap, progress=progress,
-                          normalization=normalization)  # fmt: skip
+    probs = probabilities(model, image, options, normalization=normalization)
     return probs[0] if probs.shape[0] == 1 else probs
