@@ -15,7 +15,8 @@ from PIL import Image
 
 from biounet import model_from_checkpoint
 from biounet.cli import build_parser, main
-from biounet.io import InputError, normalize, parse_channels, read_images
+from biounet.errors import InputError
+from biounet.io import normalize, parse_channels, read_images
 from biounet.model import ModelConfig, UNet
 from biounet.tiling import (
     plan_tiles,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from biounet.dataset import TileSampler, mirror_pad, parse_slices, split
-from biounet.io import InputError
+from biounet.errors import InputError
 
 
 def test_parse_slices():

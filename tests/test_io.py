@@ -6,9 +6,9 @@ import pytest
 import tifffile
 from PIL import Image
 
+from biounet.errors import InputError
 from biounet.io import (
     Images,
-    InputError,
     check_pairs,
     mask_to_classes,
     normalize,

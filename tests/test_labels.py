@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from biounet import weights
-from biounet.io import InputError
+from biounet.errors import InputError
 from biounet.labels import (
     EIGHT_CONNECTED,
     FOUR_CONNECTED,

@@ -15,7 +15,8 @@ from biounet import InferenceConfig, Preset, TrainConfig
 from biounet.checkpoint import save_checkpoint
 from biounet.cli import main
 from biounet.dataset import mirror_pad
-from biounet.io import InputError, normalize
+from biounet.errors import InputError
+from biounet.io import normalize
 from biounet.large import (
     OmeZarrWriter,
     large_probabilities,

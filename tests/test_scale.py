@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from skimage.measure import regionprops
 
 from biounet import InferenceConfig, Preset, TrainConfig, segment
+from biounet.errors import InputError
 from biounet.instances import equivalent_diameters, resize_labels
-from biounet.io import InputError, normalize
+from biounet.io import normalize
 from biounet.model import ModelConfig, UNet
 from biounet.segment import rescale_image
 

@@ -11,7 +11,7 @@ import torch
 
 from biounet.checkpoint import load_checkpoint, model_from_checkpoint
 from biounet.config import AugmentConfig, Preset, TrainConfig
-from biounet.io import InputError
+from biounet.errors import InputError
 from biounet.losses import segmentation_loss
 from biounet.model import ModelConfig, UNet
 from biounet.train import learning_rate, plan_epochs, train

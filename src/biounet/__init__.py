@@ -7,8 +7,9 @@ Public API (re-exported names only)::
 
 from .checkpoint import export_model, load_checkpoint, model_from_checkpoint
 from .config import AugmentConfig, InferenceConfig, Preset, TrainConfig
+from .errors import InputError
 from .instances import instances
-from .io import InputError, read_images, read_instances, read_masks
+from .io import read_images, read_instances, read_masks
 from .model import (
     ModelConfig,
     UNet,

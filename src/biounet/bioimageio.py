@@ -35,8 +35,9 @@ import torch
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import Preset
 from .dataset import mirror_pad
+from .errors import InputError
 from .exported import ONNX_OPSET, export_onnx, export_torchscript
-from .io import InputError, find_data, read_images, resolve_data_path
+from .io import find_data, read_images, resolve_data_path
 from .model import border, min_input_size
 
 UNET_DOI = "10.1007/978-3-319-24574-4_28"

@@ -23,9 +23,8 @@ from .config import (
     InferenceConfig,
     Preset,
 )
-from .distributed import RankLost
+from .errors import InputError, RankLost
 from .exported import ENGINES, FORMATS, ONNX_OPSET
-from .io import InputError
 from .metrics import METRICS as ALL_METRICS
 from .model import INVERT
 

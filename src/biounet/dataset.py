@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from .config import MAX_FOUND_CLASSES, SAMPLE_BY, TrainConfig
+from .errors import InputError
 from .io import (
     IGNORE_INDEX,
     THRESHOLD_HINT,
     Images,
-    InputError,
     as_instances,
     check_pairs,
     find_data,

@@ -33,7 +33,8 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import Preset
-from .io import InputError, atomic_path
+from .errors import InputError
+from .io import atomic_path
 from .model import UNet, is_valid_input_size, min_input_size
 
 ONNX_OPSET = 18

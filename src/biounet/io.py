@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 IGNORE_INDEX = 255  # class-map value of pixels to leave out (mask_to_classes' ``ignore``)
 THRESHOLD_HINT = (
@@ -38,10 +40,6 @@ PixelSize = tuple[float, float, str]  # (x, y, unit): the width and height of on
 MICRONS = {"micron": 1.0, "microns": 1.0, "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00B5m": 1.0,
            "nm": 1e-3, "nanometer": 1e-3, "mm": 1e3, "millimeter": 1e3, "cm": 1e4,
            "centimeter": 1e4, "m": 1e6, "meter": 1e6, "inch": 25400.0}  # fmt: skip
-
-
-class InputError(ValueError):
-    """Bad user input. The message is one line that names the file and the problem."""
 
 
 @dataclass

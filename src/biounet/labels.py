@@ -22,7 +22,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .io import InputError
+from .errors import InputError
 
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)  # (3, 3) bool: the cross
 EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)  # (3, 3) bool: all True

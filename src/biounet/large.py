@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError, PixelSize, channels_text
+from .errors import InputError
+from .io import PixelSize, channels_text
 from .tiling import (
     DEFAULT_BLOCK,
     DEFAULT_MEMORY_MB,

@@ -35,9 +35,10 @@ from tqdm.auto import tqdm
 from .config import CONTOUR_OPTIONS, InferenceConfig, Preset
 from .dataset import parse_slices
 from .device import select_device
+from .errors import InputError
 from .exported import load_model
 from .instances import equivalent_diameters, instances, resize_labels
-from .io import InputError, StackWriter, channels_text, read_images
+from .io import StackWriter, channels_text, read_images
 from .large import ZARR_SUFFIX, OmeZarrWriter, is_zarr_path, large_probabilities, open_lazy
 from .model import INVERT, UNet
 from .rois import rois_of, write_roi_zip

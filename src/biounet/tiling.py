@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 from .augment import dihedral, inverse_dihedral
 from .dataset import mirror_pad
 from .device import autocast, memory_format, resolve_precision
-from .io import InputError, channels_of, channels_text, normalize
+from .errors import InputError
+from .io import channels_of, channels_text, normalize
 from .model import (
     ModelConfig,
     UNet,

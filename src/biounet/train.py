@@ -43,8 +43,9 @@ from .distributed import (
     rank_device,
     world_from_env,
 )
+from .errors import InputError, TrainingDiverged
 from .instances import equivalent_diameters
-from .io import IGNORE_INDEX, InputError, RunLock, write_text
+from .io import IGNORE_INDEX, RunLock, write_text
 from .losses import segmentation_loss
 from .metrics.pixel import class_scores_many
 from .model import UNet, count_parameters, output_size
@@ -54,10 +55,6 @@ from .targets import NUM_CLASSES, label_context, tile_targets
 from .tiling import predict
 
 log = logging.getLogger("biounet")
-
-
-class TrainingDiverged(ValueError):
-    """The loss became NaN or infinite: the run stops with a one-line message."""
 
 
 LOG_COLUMNS = (

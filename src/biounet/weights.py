@@ -36,7 +36,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import labels
-from .io import InputError
+from .errors import InputError
 
 
 def class_balance(
