@@ -10,13 +10,13 @@ from biounet.errors import InputError
 from biounet.io import (
     Images,
     check_pairs,
-    mask_to_classes,
     normalize,
     read_images,
     read_masks,
     read_pairs,
     write_tiff,
 )
+from biounet.labels import mask_to_classes
 
 
 def test_reads_the_isbi_stack_as_30_slices(isbi):
@@ -359,7 +359,7 @@ def test_a_label_threshold_outside_the_masks_values_is_refused(tmp_path):
 
 
 def test_ignore_label_marks_unlabelled_pixels_and_may_not_be_a_class():
-    from biounet.io import IGNORE_INDEX
+    from biounet.labels import IGNORE_INDEX
 
     assert IGNORE_INDEX == 255
     m = np.array([[0, 1], [255, 1]], np.uint8)  # 255: not labelled

@@ -521,7 +521,7 @@ def test_customise_keeps_data_specific_splits_for_the_presets_own_data_only():
 def test_ignored_pixels_train_and_stay_out_of_the_validation_scores(isbi_crops, tmp_path):
     from biounet import metrics
     from biounet.dataset import Data
-    from biounet.io import IGNORE_INDEX
+    from biounet.labels import IGNORE_INDEX
     from biounet.tiling import predict
     from biounet.train import validate
 

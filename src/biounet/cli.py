@@ -767,7 +767,8 @@ PROBABILITIES_SUFFIX = "-probabilities"  # predict --probabilities writes NAME-p
 
 def evaluate_classes(args) -> int:
     """``evaluate --classes C``: per-class IoU and Dice of class maps (metrics.class_scores)."""
-    from .io import IGNORE_INDEX, Images, list_image_files, read_masks
+    from .io import Images, list_image_files, read_masks
+    from .labels import IGNORE_INDEX
     from .metrics import class_scores_many
 
     c = args.classes

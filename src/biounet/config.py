@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from .labels import MAX_CLASSES
 from .model import ModelConfig
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -21,7 +22,6 @@ HIGHER_IS_BETTER = ("v_rand", "v_info")
 TARGETS = ("mask", "binary", "contour")  # see targets.py
 CLASS_BALANCES = ("image", "dataset", "none")  # see weights.background_weights
 SAMPLE_BY = ("image", "area")  # see TrainConfig.sample_by
-MAX_CLASSES = 255  # class maps are uint8 and 255 marks ignored pixels (io.IGNORE_INDEX)
 MAX_FOUND_CLASSES = 16  # more classes than this are not guessed from masks: give classes
 
 

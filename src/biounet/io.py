@@ -19,6 +19,7 @@ inputs in Fiji and napari.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import tempfile
@@ -29,12 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .labels import labels_to_instances, mask_to_classes
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
-IGNORE_INDEX = 255  # class-map value of pixels to leave out (mask_to_classes' ``ignore``)
-THRESHOLD_HINT = (
-    "; for soft or anti-aliased masks add --label-threshold T (value > T is foreground)"
-)
 
 PixelSize = tuple[float, float, str]  # (x, y, unit): the width and height of one pixel
 MICRONS = {"micron": 1.0, "microns": 1.0, "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00B5m": 1.0,
@@ -552,90 +550,6 @@ def _to_gray(data: np.ndarray, path: Path, mask: bool) -> np.ndarray:
     return gray.astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------
-# Masks
-
-
-def mask_to_classes(
-    mask: np.ndarray,
-    num_classes: int,
-    where: str,
-    hint: str = "",
-    *,
-    threshold: float | None = None,
-    ignore: int | None = None,
-) -> np.ndarray:
-    """Class-index map (H, W) uint8 from a stored mask, or InputError naming ``where``.
-
-    Accepted: binary 0/255 (255 -> 1), 0/65535 (the 16-bit binary mask; 65535 -> 1) or
-    0/1, or integer class maps with values in 0..num_classes-1 (for a 1-output sigmoid
-    network, ``num_classes`` is 2), of any integer dtype or float holding whole numbers.
-    Anything else (anti-aliased or JPEG-compressed masks, instance labels given to a
-    binary model, float masks with fractions) is an error, never a silent guess; the
-    error for many values names ``--label-threshold`` as the way on.
-
-    Args:
-        mask: (H, W) any numeric dtype.
-        num_classes: classes the model predicts (2 for a binary model).
-        where: names the mask in messages (a path, "x.tif slice 3").
-        hint: ends the message of a mask whose values are not classes; default
-            :data:`THRESHOLD_HINT`, the way on for soft masks.
-        threshold: binarise instead: value > threshold is foreground (1), else 0, for soft
-            or anti-aliased masks. InputError if the mask has two or more values and all of
-            them lie on one side (the threshold is outside the mask's value range); a
-            constant mask (an empty image) passes.
-        ignore: pixels of this stored value become :data:`IGNORE_INDEX` (255), "not
-            labelled", in the class map; the other pixels map as above. InputError if the
-            value is also a class (below ``num_classes`` without a threshold).
-    """
-    if ignore is not None:
-        if threshold is None and 0 <= ignore < num_classes:
-            raise InputError(f"--ignore-label {ignore:g} is also a class of {where} "
-                             f"(classes 0..{num_classes - 1})")  # fmt: skip
-        ignored = mask == ignore
-        if ignored.any():
-            rest = mask[~ignored]
-            classes = np.full(mask.shape, IGNORE_INDEX, np.uint8)
-            if rest.size:
-                classes[~ignored] = mask_to_classes(rest, num_classes, where, hint,
-                                                    threshold=threshold)  # fmt: skip
-            return classes
-    if threshold is not None:
-        return _threshold_mask(mask, threshold, where)
-    values = np.unique(mask)
-    if mask.dtype.kind == "f" and not np.all(values == np.round(values)):
-        raise InputError(
-            f"{where}: mask values are not classes: fractional values such as "
-            f"{values[values != np.round(values)][0]:g}{hint or THRESHOLD_HINT}"
-        )
-    if values.min() < 0:
-        raise InputError(f"{where}: mask values are not classes: negative value {values.min():g}")
-    for top in (255, 65535):  # the 8- and 16-bit binary masks
-        if np.isin(values, (0, top)).all() and not np.isin(values, (0, 1)).all():
-            return (mask == top).astype(np.uint8)  # binary 0/top -> 0/1
-    if values.max() < num_classes:
-        return mask.astype(np.uint8)
-    shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if len(values) > 6 else "")
-    expected = "0/255 or 0/1" if num_classes == 2 else f"0/255, 0/1 or 0..{num_classes - 1}"
-    raise InputError(
-        f"{where}: mask values are not classes: {len(values)} distinct values ({shown}); "
-        f"expected {expected}{hint or THRESHOLD_HINT}"
-    )
-
-
-def _threshold_mask(mask: np.ndarray, threshold: float, where: str) -> np.ndarray:
-    """(H, W) uint8: 1 where ``mask > threshold``, else 0; InputError if the threshold is
-    outside the range of a mask with two or more values."""
-    if not np.isfinite(threshold):
-        raise InputError(f"--label-threshold must be a finite number, got {threshold}")
-    low, high = mask.min(), mask.max()
-    if low != high and not (low <= threshold < high):
-        side = "foreground" if threshold < low else "background"
-        raise InputError(f"{where}: --label-threshold {threshold:g} is outside the mask's values "
-                         f"{low:g}..{high:g}: every pixel would be {side}")  # fmt: skip
-    return (mask > threshold).astype(np.uint8)
-
-
 def read_masks(
     path: str | Path,
     num_classes: int = 2,
@@ -645,9 +559,9 @@ def read_masks(
     ignore: int | None = None,
 ) -> Images:
     """Read masks like :func:`read_images` and map each to class indices (H, W) uint8 with
-    :func:`mask_to_classes` (``threshold`` binarises soft masks, ``ignore`` marks
-    unlabelled pixels as :data:`IGNORE_INDEX`); ``hint`` ends the message of a mask whose
-    values are not classes (default: :data:`THRESHOLD_HINT`)."""
+    :func:`biounet.labels.mask_to_classes` (``threshold`` binarises soft masks, ``ignore``
+    marks unlabelled pixels as ``labels.IGNORE_INDEX``); ``hint`` ends the message of a mask
+    whose values are not classes (default: ``labels.THRESHOLD_HINT``)."""
     masks = read_images(path, mask=True)
     masks.arrays = [
         mask_to_classes(
@@ -670,10 +584,6 @@ def read_instances(path: str | Path) -> Images:
 
 def as_instances(labels: Images) -> Images:
     """:func:`read_instances` for images already read (``mask=True``): converted in place."""
-    import logging
-
-    from .labels import labels_to_instances  # labels imports this module (InputError)
-
     binary = []
     for i, arr in enumerate(labels.arrays):
         labels.arrays[i], was_binary = labels_to_instances(arr, where_of(labels, i))

@@ -45,7 +45,8 @@ from .distributed import (
 )
 from .errors import InputError, TrainingDiverged
 from .instances import equivalent_diameters
-from .io import IGNORE_INDEX, RunLock, write_text
+from .io import RunLock, write_text
+from .labels import IGNORE_INDEX
 from .losses import segmentation_loss
 from .metrics.pixel import class_scores_many
 from .model import UNet, count_parameters, output_size
