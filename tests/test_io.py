@@ -13,7 +13,6 @@ from biounet.io import (
     normalize,
     read_images,
     read_masks,
-    read_pairs,
     write_tiff,
 )
 from biounet.labels import mask_to_classes
@@ -96,6 +95,13 @@ def test_colour_coded_mask_is_an_error(tmp_path):
     Image.fromarray(data).save(tmp_path / "m.png")
     with pytest.raises(InputError, match="m.png: colour mask"):
         read_masks(tmp_path / "m.png")
+
+
+def read_pairs(images, masks):
+    """Images and their class-index masks, checked to pair one to one (as training does)."""
+    imgs, ms = read_images(images), read_masks(masks)
+    check_pairs(imgs, ms)
+    return imgs, ms
 
 
 def test_folders_pair_by_file_name_whatever_the_extension(tmp_path, rng):

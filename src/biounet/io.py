@@ -632,16 +632,6 @@ def check_pairs(images: Images, masks: Images) -> None:
             )
 
 
-def read_pairs(
-    images: str | Path, masks: str | Path, num_classes: int = 2
-) -> tuple[Images, Images]:
-    """Images and their class-index masks, checked to pair one to one."""
-    imgs = read_images(images)
-    ms = read_masks(masks, num_classes)
-    check_pairs(imgs, ms)
-    return imgs, ms
-
-
 def normalize(image: np.ndarray, mode: str = "zscore") -> np.ndarray:
     """(H, W) any dtype -> (H, W) float32 with zero mean and unit variance (per image);
     (C, H, W) -> (C, H, W), each channel on its own.
