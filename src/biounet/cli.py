@@ -661,6 +661,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .bioimageio import export_bioimageio
     from .checkpoint import export_model
     from .exported import export
 
@@ -670,8 +671,11 @@ def cmd_export(args) -> int:
     if args.format != "bioimageio" and (args.author or args.cite or args.sample):
         raise InputError("--author, --cite and --sample describe bioimageio packages: add "
                          "--format bioimageio")  # fmt: skip
+    if args.format == "bioimageio":
+        export_bioimageio(args.checkpoint, args.out, **package, **overrides)
+    elif args.format != "biounet":
+        export(args.checkpoint, args.out, args.format, **overrides)
     if args.format != "biounet":
-        export(args.checkpoint, args.out, args.format, package=package, **overrides)
         size = Path(args.out).stat().st_size / 2**20
         print(f"wrote {args.out}: {args.format}, {size:.1f} MB (network and configuration)")
         return 0

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import export_model, load_checkpoint, model_from_checkpoint
 from .config import Preset
 from .errors import InputError
 from .io import atomic_path
@@ -244,6 +244,12 @@ def cached_onnx(checkpoint: Path) -> Path:
     return path
 
 
+def check_checkpoint_file(source: str | Path) -> None:
+    """InputError unless ``source`` is a biounet checkpoint (what every export reads)."""
+    if file_format(source) != "biounet":
+        raise InputError(f"{source}: not a biounet checkpoint; export reads those")
+
+
 def load_model(
     path: str | Path,
     device: str | torch.device = "cpu",
@@ -277,24 +283,19 @@ def load_model(
     return model_from_checkpoint(path, device)
 
 
-def export(source: str | Path, dest: str | Path, fmt: str, package: dict | None = None,
-           **inference) -> Path:  # fmt: skip
-    """Export the biounet checkpoint ``source`` to ``dest`` as ``fmt`` (one of FORMATS);
-    ``inference`` (InferenceConfig fields, None ignored) replace its stored settings;
-    ``package``: :func:`biounet.bioimageio.export_bioimageio`'s metadata arguments."""
-    from .checkpoint import export_model
-
+def export(source: str | Path, dest: str | Path, fmt: str, **inference) -> Path:
+    """Export the biounet checkpoint ``source`` to ``dest`` as ``fmt`` (one of FORMATS but
+    "bioimageio", whose packages :func:`biounet.bioimageio.export_bioimageio` writes);
+    ``inference`` (InferenceConfig fields, None ignored) replace its stored settings."""
     if fmt not in FORMATS:
         raise InputError(f"{dest}: unknown format {fmt!r}; one of {', '.join(FORMATS)}")
-    if file_format(source) != "biounet":
-        raise InputError(f"{source}: not a biounet checkpoint; export reads those")
+    if fmt == "bioimageio":
+        raise ValueError("bioimage.io packages are written by biounet.bioimageio."
+                         "export_bioimageio, which builds on this module")  # fmt: skip
+    check_checkpoint_file(source)
     if fmt == "biounet":
         export_model(source, dest, **inference)
         return Path(dest)
-    if fmt == "bioimageio":
-        from .bioimageio import export_bioimageio
-
-        return export_bioimageio(source, dest, **(package or {}), **inference)
     ckpt = load_checkpoint(source)
     given = {k: v for k, v in inference.items() if v is not None}
     model, preset = model_from_checkpoint(ckpt, "cpu")
