@@ -24,9 +24,8 @@ from .presets import PRESETS, get_preset
 from .segment import Segmentation, segment, segment_files
 from .tiling import predict
 from .train import train
+from .version import __version__
 from .weights import weight_map
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AugmentConfig",
@@ -56,5 +55,6 @@ __all__ = [
     "segment_files",
     "train",
     "valid_input_size",
+    "__version__",
     "weight_map",
 ]

@@ -33,9 +33,11 @@ from torch import nn
 
 from .checkpoint import export_model, load_checkpoint, model_from_checkpoint
 from .config import Preset
+from .device import resolve_precision
 from .errors import InputError
 from .io import atomic_path
 from .model import UNet, is_valid_input_size, min_input_size
+from .version import __version__
 
 ONNX_OPSET = 18
 FORMATS = ("biounet", "onnx", "torchscript", "bioimageio")
@@ -232,8 +234,6 @@ def cached_onnx(checkpoint: Path) -> Path:
     import hashlib
     import os
 
-    from . import __version__
-
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:20]
     root = os.environ.get("BIOUNET_CACHE") or Path(
         os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "biounet"
@@ -263,8 +263,6 @@ def load_model(
     where ``precision`` "auto" means fp32 (no native bf16; there onnxruntime predicts
     about 3x faster than PyTorch in fp32, docs/usage.md) and onnxruntime is installed, else
     torch. ONNX and TorchScript files run as they are."""
-    from .device import resolve_precision
-
     path, device = Path(path), torch.device(device)
     if engine not in ENGINES:
         raise InputError(f"{path}: engine must be one of {', '.join(ENGINES)}, got {engine!r}")
