@@ -17,9 +17,10 @@ import torch
 
 from biounet.augment import augment
 from biounet.dataset import TileSampler
-from biounet.io import find_data, normalize
+from biounet.io import find_data
 from biounet.losses import segmentation_loss
 from biounet.model import UNet
+from biounet.normalization import normalize
 from biounet.presets import PRESETS
 from biounet.weights import cached_weight_maps
 

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from biounet.io import normalize
 from biounet.model import UNet
+from biounet.normalization import normalize
 from biounet.presets import PRESETS
 from biounet.tiling import plan_tiles, predict
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +23,76 @@ from biounet import model_from_checkpoint, predict, segment
 from biounet.dataset import parse_slices
 from biounet.io import find_data, read_images, read_instances, read_masks, resolve_data_path
 from biounet.metrics import isbi_scores, thinned_segments
-from biounet.plots import plot_outlines, plot_segmentation
+from biounet.plots import pyplot, save_figure
+
+
+def _colours(n: int, seed: int = 0) -> np.ndarray:
+    """(n + 1, 3) random bright colours, row 0 black (background)."""
+    c = np.random.default_rng(seed).uniform(0.25, 1.0, (n + 1, 3))
+    c[0] = 0
+    return c
+
+
+def plot_segmentation(
+    image: np.ndarray,
+    label: np.ndarray,
+    prob: np.ndarray,
+    segments: np.ndarray,
+    path: str | Path,
+    title: str = "",
+) -> Path:
+    """One held-out slice: input | ground truth | prediction P(cell) | thinned segmentation
+    (the ISBI 2012 proposal: segments in colour, one-pixel boundaries black)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
+    panels = (
+        (image, "input", {"cmap": "gray"}),
+        (label, "ground truth (cell = white)", {"cmap": "gray"}),
+        (prob, "prediction P(cell)", {"cmap": "magma", "vmin": 0, "vmax": 1}),
+        (_colours(int(segments.max()))[segments], "thinned segmentation", {}),
+    )
+    for ax, (data, name, kw) in zip(axes, panels, strict=True):
+        ax.imshow(data, **kw)
+        ax.set_title(name, fontsize=10)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.94) if title else None)
+    return save_figure(fig, path)
+
+
+def plot_outlines(
+    images: Sequence[np.ndarray],
+    references: Sequence[np.ndarray],
+    predictions: Sequence[np.ndarray],
+    path: str | Path,
+    names: Sequence[str] | None = None,
+) -> Path:
+    """One row per image: image | reference outlines | predicted outlines (instance
+    boundaries drawn in colour over the image, one colour per object)."""
+    from skimage.segmentation import find_boundaries
+
+    plt = pyplot()
+    n = len(images)
+    fig, axes = plt.subplots(n, 3, figsize=(12, 4 * n), squeeze=False)
+    for i in range(n):
+        img = images[i].astype(np.float32)
+        lo, hi = np.percentile(img, (0.5, 99.5))
+        gray = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)[..., None].repeat(3, -1)
+        for ax, lab, what in ((axes[i][1], references[i], "reference"),
+                              (axes[i][2], predictions[i], "predicted")):  # fmt: skip
+            lab = np.asarray(lab, np.int64)
+            edge = find_boundaries(lab, mode="inner")
+            over = gray.copy()
+            over[edge] = _colours(int(lab.max()), seed=i)[lab[edge]]
+            ax.imshow(over)
+            ax.set_title(f"{what} outlines ({len(np.unique(lab)) - 1} objects)", fontsize=10)
+        axes[i][0].imshow(gray)
+        axes[i][0].set_title(names[i] if names else "image", fontsize=10)
+        for ax in axes[i]:
+            ax.axis("off")
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def isbi_figure(checkpoint: Path, out: Path, slice_: int = 25) -> None:

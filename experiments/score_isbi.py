@@ -18,7 +18,8 @@ from pathlib import Path
 from biounet import model_from_checkpoint, predict
 from biounet.dataset import parse_slices
 from biounet.device import select_device
-from biounet.io import InputError, find_data, read_images, read_masks, write_text
+from biounet.errors import InputError
+from biounet.io import find_data, read_images, read_masks, write_text
 from biounet.metrics import isbi_scores
 
 KEYS = ("v_rand", "v_info", "pixel_error", "rand_error", "warping_error")

@@ -34,8 +34,9 @@ from biounet import model_from_checkpoint, predict
 from biounet.checkpoint import export_model
 from biounet.dataset import parse_slices
 from biounet.device import select_device
+from biounet.errors import InputError
 from biounet.instances import contour_instances
-from biounet.io import InputError, read_images, read_instances, resolve_data_path, write_text
+from biounet.io import read_images, read_instances, resolve_data_path, write_text
 from biounet.metrics import instance_scores_many
 
 KEYS = ("ap50", "dsb_score", "seg", "merges", "splits")

@@ -41,8 +41,9 @@ from nuclei import SPLITS, scored_images  # experiments/nuclei.py, beside this s
 
 from biounet import get_preset, model_from_checkpoint, predict
 from biounet.device import select_device
+from biounet.errors import InputError
 from biounet.instances import contour_instances, filter_objects
-from biounet.io import InputError, atomic_path, write_text
+from biounet.io import atomic_path, write_text
 from biounet.metrics import instance_scores_many
 
 KEYS = ("ap50", "dsb_score", "f1", "seg", "merges", "splits")

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The test suite, after the same idempotent set-up (with the test extras). Where an X
-# server can be had (xvfb-run, and the libraries Qt's xcb platform needs), the napari
-# viewer test draws into one; elsewhere Qt runs offscreen and that test is skipped.
+# The import layering check and the test suite, after the same idempotent set-up (with
+# the test extras). Where an X server can be had (xvfb-run, and the libraries Qt's xcb
+# platform needs), the napari viewer test draws into one; elsewhere Qt runs offscreen and
+# that test is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
+.venv/bin/lint-imports  # the layers contract in pyproject.toml: imports go downward only
 qt_probe="from PyQt5.QtWidgets import QApplication; QApplication([])"
 if [ -z "${DISPLAY:-}" ] && command -v xvfb-run > /dev/null 2>&1 \
     && QT_QPA_PLATFORM=xcb xvfb-run -a .venv/bin/python -c "$qt_probe" > /dev/null 2>&1; then

@@ -13,10 +13,9 @@ from bioimageio.core import test_model as run_model_test
 from ruyaml import YAML
 
 from biounet import InferenceConfig, Preset, TrainConfig
-from biounet.bioimageio import UNET_DOI, preprocess
+from biounet.bioimageio import UNET_DOI, export_bioimageio, preprocess
 from biounet.checkpoint import save_checkpoint
 from biounet.cli import main
-from biounet.exported import export
 from biounet.model import ModelConfig, UNet, output_size
 
 
@@ -47,7 +46,7 @@ def _rdf(package) -> dict:
 def test_a_package_passes_the_model_test_and_reproduces_through_onnxruntime(tmp_path, padding):
     src = _checkpoint(tmp_path, padding, "zscore-invert" if padding == "valid" else "zscore")
     meta = {"authors": ["A. Tester"], "cite": ["A paper|10.1000/xyz"]}
-    package = export(src, tmp_path / "p.zip", "bioimageio", package=meta)
+    package = export_bioimageio(src, tmp_path / "p.zip", **meta)
     _passes(package)
     rdf = _rdf(package)
     (inp,), (out,) = rdf["inputs"], rdf["outputs"]

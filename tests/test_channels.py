@@ -15,8 +15,10 @@ from PIL import Image
 
 from biounet import model_from_checkpoint
 from biounet.cli import build_parser, main
-from biounet.io import InputError, normalize, parse_channels, read_images
+from biounet.errors import InputError
+from biounet.io import parse_channels, read_images
 from biounet.model import ModelConfig, UNet
+from biounet.normalization import normalize
 from biounet.tiling import (
     plan_tiles,
     probabilities,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from biounet.dataset import TileSampler, mirror_pad, parse_slices, split
-from biounet.io import InputError
+from biounet.errors import InputError
 
 
 def test_parse_slices():
@@ -239,7 +239,7 @@ def test_auto_validation_holds_out_among_the_images_not_trained_on(tmp_path, rng
 def test_label_threshold_ignore_label_and_classes_found_in_the_masks(tmp_path, rng):
     from biounet.config import TrainConfig
     from biounet.dataset import load_data
-    from biounet.io import IGNORE_INDEX
+    from biounet.labels import IGNORE_INDEX
 
     soft = [np.clip(rng.normal(128, 60, (16, 16)), 0, 254).astype(np.uint8) for _ in range(3)]
     soft[0][:2] = 255  # pixels not labelled
@@ -273,7 +273,7 @@ def test_label_threshold_ignore_label_and_classes_found_in_the_masks(tmp_path, r
 def test_instance_labels_thresholded_into_components_and_ignored(tmp_path):
     from biounet.config import TrainConfig
     from biounet.dataset import load_data
-    from biounet.io import IGNORE_INDEX
+    from biounet.labels import IGNORE_INDEX
     from biounet.targets import contour_target
 
     soft = np.zeros((20, 20), np.uint8)

@@ -17,7 +17,8 @@ import torch.multiprocessing as mp
 from biounet import distributed
 from biounet.config import Preset, TrainConfig
 from biounet.distributed import World, rank_device, world_from_env
-from biounet.io import InputError, RunLock, remove_stale_temps
+from biounet.errors import InputError
+from biounet.io import RunLock, remove_stale_temps
 from biounet.model import ModelConfig
 from biounet.train import _build, _seed_epoch, train_step
 

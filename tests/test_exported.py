@@ -15,8 +15,8 @@ from PIL import Image
 from biounet import InferenceConfig, Preset, TrainConfig, predict, segment
 from biounet.checkpoint import save_checkpoint
 from biounet.cli import main
+from biounet.errors import InputError
 from biounet.exported import export, file_format, load_model
-from biounet.io import InputError
 from biounet.model import ModelConfig, UNet
 
 CONFIGS = {

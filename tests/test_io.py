@@ -6,17 +6,16 @@ import pytest
 import tifffile
 from PIL import Image
 
+from biounet.errors import InputError
 from biounet.io import (
     Images,
-    InputError,
     check_pairs,
-    mask_to_classes,
     normalize,
     read_images,
     read_masks,
-    read_pairs,
     write_tiff,
 )
+from biounet.labels import mask_to_classes
 
 
 def test_reads_the_isbi_stack_as_30_slices(isbi):
@@ -62,40 +61,19 @@ def test_planar_rgb_tiff_is_one_gray_image_and_gray_stacks_stay_stacks(tmp_path,
     assert len(read_images(tmp_path / "stack.tif")) == 3
 
 
-def test_mask_encodings_map_to_classes():
-    m255 = np.array([[0, 255], [255, 0]], np.uint8)
-    np.testing.assert_array_equal(mask_to_classes(m255, 2, "m"), [[0, 1], [1, 0]])
-    m01 = np.array([[0, 1], [1, 1]], np.uint8)
-    np.testing.assert_array_equal(mask_to_classes(m01, 2, "m"), m01)
-    m3 = np.array([[0, 1], [2, 2]], np.uint16)
-    np.testing.assert_array_equal(mask_to_classes(m3, 3, "m"), m3)
-    # all-background 0/255 masks stay all zeros; a mask of only 255 is all foreground
-    np.testing.assert_array_equal(mask_to_classes(np.full((2, 2), 255, np.uint8), 2, "m"), 1)
-
-
-@pytest.mark.parametrize(
-    "mask,match",
-    [
-        (
-            np.array([[0, 128], [255, 3]], np.uint8),
-            "m.png: mask values are not classes: 4 distinct",
-        ),
-        (np.array([[0, 1], [2, 0]], np.uint8), "expected 0/255 or 0/1"),
-        (np.array([[0, 0.5]], np.float32), "fractional values such as 0.5"),
-        (np.array([[0, -1]], np.int16), "negative value -1"),
-    ],
-)
-def test_masks_that_are_not_classes_are_errors(mask, match):
-    with pytest.raises(InputError, match=match):
-        mask_to_classes(mask, 2, "m.png")
-
-
 def test_colour_coded_mask_is_an_error(tmp_path):
     data = np.zeros((4, 4, 3), np.uint8)
     data[0, 0] = (255, 0, 0)
     Image.fromarray(data).save(tmp_path / "m.png")
     with pytest.raises(InputError, match="m.png: colour mask"):
         read_masks(tmp_path / "m.png")
+
+
+def read_pairs(images, masks):
+    """Images and their class-index masks, checked to pair one to one (as training does)."""
+    imgs, ms = read_images(images), read_masks(masks)
+    check_pairs(imgs, ms)
+    return imgs, ms
 
 
 def test_folders_pair_by_file_name_whatever_the_extension(tmp_path, rng):
@@ -185,7 +163,7 @@ def test_stack_writer_writes_bigtiff_on_request(tmp_path):
 
 
 def test_bright_normalization_makes_objects_bright_on_either_background():
-    from biounet.io import normalize
+    from biounet.normalization import normalize
 
     fluo = np.zeros((20, 20), np.uint8)
     fluo[5:9, 5:9] = 200  # bright nucleus, dark background
@@ -356,27 +334,6 @@ def test_a_label_threshold_outside_the_masks_values_is_refused(tmp_path):
                                                   threshold=127), 0)  # fmt: skip
     with pytest.raises(InputError, match="--label-threshold must be a finite number, got nan"):
         mask_to_classes(mask, 2, "m", threshold=float("nan"))
-
-
-def test_ignore_label_marks_unlabelled_pixels_and_may_not_be_a_class():
-    from biounet.io import IGNORE_INDEX
-
-    assert IGNORE_INDEX == 255
-    m = np.array([[0, 1], [255, 1]], np.uint8)  # 255: not labelled
-    np.testing.assert_array_equal(mask_to_classes(m, 2, "m", ignore=255), [[0, 1], [255, 1]])
-    m = np.array([[0, 255], [128, 255]], np.uint8)  # 0/255 binary, 128 not labelled
-    np.testing.assert_array_equal(mask_to_classes(m, 2, "m", ignore=128), [[0, 1], [255, 1]])
-    soft = np.array([[0, 90], [200, 7]], np.uint16)  # soft mask, 7 marks unlabelled pixels
-    np.testing.assert_array_equal(mask_to_classes(soft, 2, "m", threshold=50, ignore=7),
-                                  [[0, 1], [1, 255]])  # fmt: skip
-    with pytest.raises(InputError, match=r"--ignore-label 1 is also a class of m.png "
-                       r"\(classes 0..1\)"):  # fmt: skip
-        mask_to_classes(np.array([[0, 1]], np.uint8), 2, "m.png", ignore=1)
-    with pytest.raises(InputError, match=r"--ignore-label 2 is also a class of m \(classes 0..2"):
-        mask_to_classes(np.array([[0, 1]], np.uint8), 3, "m", ignore=2)
-    # the rest still has to be classes
-    with pytest.raises(InputError, match="m: mask values are not classes: 3 distinct"):
-        mask_to_classes(np.array([[0, 3, 4, 9]], np.uint8), 2, "m", ignore=9)
 
 
 @pytest.mark.parametrize("mode", ["LA", "RGBA"])

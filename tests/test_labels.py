@@ -1,4 +1,5 @@
-"""Label geometry on tiny hand-made arrays and against brute-force references."""
+"""Label geometry and mask conversion on tiny hand-made arrays and against brute-force
+references."""
 
 import math
 
@@ -8,12 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from biounet import weights
-from biounet.io import InputError
+from biounet.errors import InputError
 from biounet.labels import (
     EIGHT_CONNECTED,
     FOUR_CONNECTED,
+    IGNORE_INDEX,
     instances_from_mask,
     labels_to_instances,
+    mask_to_classes,
     nearest_two_distances,
     separate_touching,
 )
@@ -168,3 +171,50 @@ def test_weights_keeps_only_the_weight_map():
         assert not hasattr(weights, name)
     with pytest.raises(ImportError, match="cannot import name 'separate_touching'"):
         from biounet.weights import separate_touching  # noqa: F401
+
+
+def test_mask_encodings_map_to_classes():
+    m255 = np.array([[0, 255], [255, 0]], np.uint8)
+    np.testing.assert_array_equal(mask_to_classes(m255, 2, "m"), [[0, 1], [1, 0]])
+    m01 = np.array([[0, 1], [1, 1]], np.uint8)
+    np.testing.assert_array_equal(mask_to_classes(m01, 2, "m"), m01)
+    m3 = np.array([[0, 1], [2, 2]], np.uint16)
+    np.testing.assert_array_equal(mask_to_classes(m3, 3, "m"), m3)
+    # all-background 0/255 masks stay all zeros; a mask of only 255 is all foreground
+    np.testing.assert_array_equal(mask_to_classes(np.full((2, 2), 255, np.uint8), 2, "m"), 1)
+
+
+@pytest.mark.parametrize(
+    "mask,match",
+    [
+        (
+            np.array([[0, 128], [255, 3]], np.uint8),
+            "m.png: mask values are not classes: 4 distinct",
+        ),
+        (np.array([[0, 1], [2, 0]], np.uint8), "expected 0/255 or 0/1"),
+        (np.array([[0, 0.5]], np.float32), "fractional values such as 0.5"),
+        (np.array([[0, -1]], np.int16), "negative value -1"),
+    ],
+)
+def test_masks_that_are_not_classes_are_errors(mask, match):
+    with pytest.raises(InputError, match=match):
+        mask_to_classes(mask, 2, "m.png")
+
+
+def test_ignore_label_marks_unlabelled_pixels_and_may_not_be_a_class():
+    assert IGNORE_INDEX == 255
+    m = np.array([[0, 1], [255, 1]], np.uint8)  # 255: not labelled
+    np.testing.assert_array_equal(mask_to_classes(m, 2, "m", ignore=255), [[0, 1], [255, 1]])
+    m = np.array([[0, 255], [128, 255]], np.uint8)  # 0/255 binary, 128 not labelled
+    np.testing.assert_array_equal(mask_to_classes(m, 2, "m", ignore=128), [[0, 1], [255, 1]])
+    soft = np.array([[0, 90], [200, 7]], np.uint16)  # soft mask, 7 marks unlabelled pixels
+    np.testing.assert_array_equal(mask_to_classes(soft, 2, "m", threshold=50, ignore=7),
+                                  [[0, 1], [1, 255]])  # fmt: skip
+    with pytest.raises(InputError, match=r"--ignore-label 1 is also a class of m.png "
+                       r"\(classes 0..1\)"):  # fmt: skip
+        mask_to_classes(np.array([[0, 1]], np.uint8), 2, "m.png", ignore=1)
+    with pytest.raises(InputError, match=r"--ignore-label 2 is also a class of m \(classes 0..2"):
+        mask_to_classes(np.array([[0, 1]], np.uint8), 3, "m", ignore=2)
+    # the rest still has to be classes
+    with pytest.raises(InputError, match="m: mask values are not classes: 3 distinct"):
+        mask_to_classes(np.array([[0, 3, 4, 9]], np.uint8), 2, "m", ignore=9)

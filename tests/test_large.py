@@ -14,7 +14,7 @@ import torch
 from biounet import InferenceConfig, Preset, TrainConfig
 from biounet.checkpoint import save_checkpoint
 from biounet.cli import main
-from biounet.io import InputError, normalize
+from biounet.errors import InputError
 from biounet.large import (
     OmeZarrWriter,
     large_probabilities,
@@ -23,6 +23,7 @@ from biounet.large import (
 )
 from biounet.mirror import mirror_pad
 from biounet.model import ModelConfig, UNet
+from biounet.normalization import normalize
 from biounet.segment import parse_shard, shard_of_environment
 from biounet.tiling import probabilities
 

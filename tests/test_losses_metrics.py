@@ -100,7 +100,7 @@ def test_soft_dice_is_zero_for_a_perfect_prediction_and_near_one_for_the_inverse
 def test_ignored_pixels_change_neither_the_loss_nor_its_gradient(channels):
     """A 1x1-conv network: each logit sees only its own pixel, so changing the image and the
     label under ignored pixels may change only their own logits, whose loss weight is 0."""
-    from biounet.io import IGNORE_INDEX
+    from biounet.labels import IGNORE_INDEX
 
     g = torch.Generator().manual_seed(0)
     net = torch.nn.Conv2d(1, channels, 1)

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from skimage.measure import regionprops
 
 from biounet import InferenceConfig, Preset, TrainConfig, segment
+from biounet.errors import InputError
 from biounet.instances import equivalent_diameters, resize_labels
-from biounet.io import InputError, normalize
 from biounet.model import ModelConfig, UNet
+from biounet.normalization import normalize
 from biounet.segment import rescale_image
 from biounet.tiling import TileOptions
 

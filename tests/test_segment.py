@@ -11,7 +11,7 @@ import torch
 
 from biounet import InferenceConfig, Preset, TrainConfig, instances, predict, segment
 from biounet.checkpoint import save_checkpoint
-from biounet.io import InputError
+from biounet.errors import InputError
 from biounet.model import ModelConfig, UNet
 from biounet.segment import Segmentation, segment_files
 

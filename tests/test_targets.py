@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from biounet.dataset import parse_slices
-from biounet.io import InputError, read_instances, write_tiff
+from biounet.errors import InputError
+from biounet.io import read_instances, write_tiff
 from biounet.labels import labels_to_instances
 from biounet.targets import (
     contour_target,

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from biounet.io import normalize
 from biounet.model import ModelConfig, UNet, valid_input_size
+from biounet.normalization import normalize
 from biounet.tiling import padding_for, predict
 
 

@@ -11,7 +11,7 @@ import torch
 
 from biounet.checkpoint import load_checkpoint, model_from_checkpoint
 from biounet.config import AugmentConfig, Preset, TrainConfig
-from biounet.io import InputError
+from biounet.errors import InputError
 from biounet.losses import segmentation_loss
 from biounet.model import ModelConfig, UNet
 from biounet.train import learning_rate, plan_epochs, train
@@ -496,7 +496,7 @@ def test_customise_keeps_data_specific_splits_for_the_presets_own_data_only():
 def test_ignored_pixels_train_and_stay_out_of_the_validation_scores(isbi_crops, tmp_path):
     from biounet import metrics
     from biounet.dataset import Data
-    from biounet.io import IGNORE_INDEX
+    from biounet.labels import IGNORE_INDEX
     from biounet.tiling import predict
     from biounet.train import validate
 

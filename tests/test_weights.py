@@ -4,7 +4,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from biounet.io import InputError
+from biounet.errors import InputError
 from biounet.labels import instances_from_mask, separate_touching
 from biounet.weights import background_weights, cached_weight_maps, class_balance, weight_map
 

@@ -7,9 +7,10 @@ Public API (re-exported names only)::
 
 from .checkpoint import export_model, load_checkpoint, model_from_checkpoint
 from .config import AugmentConfig, InferenceConfig, PredictOptions, Preset, TrainConfig
+from .errors import InputError
 from .evaluate import Evaluation, evaluate
 from .instances import instances
-from .io import InputError, read_images, read_instances, read_masks
+from .io import read_images, read_instances, read_masks
 from .model import (
     ModelConfig,
     UNet,
@@ -24,9 +25,8 @@ from .presets import PRESETS, get_preset
 from .segment import Segmentation, segment, segment_files
 from .tiling import predict
 from .train import train
+from .version import __version__
 from .weights import weight_map
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AugmentConfig",
@@ -59,5 +59,6 @@ __all__ = [
     "segment_files",
     "train",
     "valid_input_size",
+    "__version__",
     "weight_map",
 ]

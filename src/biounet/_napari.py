@@ -29,7 +29,7 @@ FILE = "a model file..."
 def shipped_path(name: str) -> Path:
     """The shipped model file of a SHIPPED choice."""
     from .checkpoint import shipped_model
-    from .io import InputError
+    from .errors import InputError
 
     path = shipped_model(SHIPPED[name])
     if path is None:

@@ -34,8 +34,9 @@ import torch
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import Preset
-from .exported import ONNX_OPSET, export_onnx, export_torchscript
-from .io import InputError, find_data, read_images, resolve_data_path
+from .errors import InputError
+from .exported import ONNX_OPSET, check_checkpoint_file, export_onnx, export_torchscript
+from .io import find_data, read_images, resolve_data_path
 from .mirror import mirror_pad
 from .model import border, min_input_size
 
@@ -182,6 +183,7 @@ def export_bioimageio(
     the U-Net paper and the bundled training data are always cited) and ``sample`` (an
     image for the test tensors; default the model's training data) fill what the
     checkpoint does not hold."""
+    check_checkpoint_file(source)
     try:
         from bioimageio.spec import save_bioimageio_package
         from bioimageio.spec.model import v0_5 as bio

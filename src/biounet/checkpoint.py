@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from .config import Preset
-from .io import InputError, atomic_path
+from .errors import InputError
+from .io import atomic_path
 from .model import UNet
 
 FORMAT_VERSION = 1

@@ -14,10 +14,9 @@ from pathlib import Path
 
 from . import settings
 from .config import InferenceConfig, PredictOptions, TileOptions
-from .distributed import RankLost
+from .errors import InputError, RankLost
 from .evaluate import evaluate
 from .exported import FORMATS, ONNX_OPSET
-from .io import InputError
 from .metrics import METRICS
 from .presets import DEFAULT, PRESETS, TRAIN_FLAGS
 
@@ -261,6 +260,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .bioimageio import export_bioimageio
     from .checkpoint import export_model
     from .exported import export
 
@@ -270,8 +270,11 @@ def cmd_export(args) -> int:
     if args.format != "bioimageio" and (args.author or args.cite or args.sample):
         raise InputError("--author, --cite and --sample describe bioimageio packages: add "
                          "--format bioimageio")  # fmt: skip
+    if args.format == "bioimageio":
+        export_bioimageio(args.checkpoint, args.out, **package, **overrides)
+    if args.format not in ("biounet", "bioimageio"):
+        export(args.checkpoint, args.out, args.format, **overrides)
     if args.format != "biounet":
-        export(args.checkpoint, args.out, args.format, package=package, **overrides)
         what = f"{args.format}, {{size:.1f}} MB (network and configuration)"
     else:
         shipped = export_model(args.checkpoint, args.out, **overrides)

@@ -18,6 +18,7 @@ import math
 import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from .labels import MAX_CLASSES
 from .model import INVERT, INVERT_RULE, ModelConfig
 from .settings import (
     BOOLEAN,
@@ -41,7 +42,6 @@ TARGETS = ("mask", "binary", "contour")  # see targets.py
 CLASS_BALANCES = ("image", "dataset", "none")  # see weights.background_weights
 SAMPLE_BY = ("image", "area")  # see TrainConfig.sample_by
 ENGINES = ("auto", "torch", "onnxruntime")  # how predict runs a checkpoint (exported.py)
-MAX_CLASSES = 255  # class maps are uint8 and 255 marks ignored pixels (io.IGNORE_INDEX)
 MAX_FOUND_CLASSES = 16  # more classes than this are not guessed from masks: give classes
 DEFAULT_OVERLAP = 0.25  # tile overlap of same-padding networks, a share of the tile
 

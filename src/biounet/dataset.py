@@ -16,22 +16,19 @@ import numpy as np
 import torch
 
 from .config import MAX_FOUND_CLASSES, SAMPLE_BY, TrainConfig
+from .errors import InputError
 from .io import (
-    IGNORE_INDEX,
-    THRESHOLD_HINT,
     Images,
-    InputError,
     as_instances,
     check_pairs,
     find_data,
-    mask_to_classes,
-    normalize,
     read_images,
     resolve_data_path,
     where_of,
 )
-from .labels import labels_to_instances
+from .labels import IGNORE_INDEX, THRESHOLD_HINT, labels_to_instances, mask_to_classes
 from .mirror import mirror_pad
+from .normalization import normalize
 from .slices import parse_slices
 from .targets import NUM_CLASSES, make_target
 from .weights import cached_weight_maps
@@ -44,7 +41,7 @@ class Data:
     """A run's images split in two: training images (H, W) or (C, H, W) float32, normalised
     (each channel on its own); validation
     images as stored (prediction normalises them); masks (H, W) uint8 class indices,
-    :data:`biounet.io.IGNORE_INDEX` (255) where a pixel is not labelled."""
+    :data:`biounet.labels.IGNORE_INDEX` (255) where a pixel is not labelled."""
 
     train_images: list[np.ndarray]
     train_masks: list[np.ndarray]
@@ -72,7 +69,8 @@ def load_data(
         num_classes: the classes a mask may hold (2 for a 1-output network); None: found
             from the masks (mask target: the largest class + 1, at least 2, at most
             MAX_FOUND_CLASSES).
-        normalization: how training images are normalised (:func:`biounet.io.normalize`).
+        normalization: how training images are normalised
+            (:func:`biounet.normalization.normalize`).
 
     InputError naming the value or file for a lone ``images`` / ``labels``, unreadable or
     unpaired files, mask values that are not classes, an ignore label that is also a
@@ -139,7 +137,7 @@ def found_classes(masks: list[np.ndarray], cfg: TrainConfig) -> int:
     """The classes C of stored masks (H, W): 2 for binary masks (0/255, 0/65535, 0/1) or
     with ``cfg.label_threshold``; else the largest whole value + 1 (pixels of
     ``cfg.ignore_label`` left out), at least 2 and at most MAX_FOUND_CLASSES (a mask with
-    larger values is then refused by :func:`biounet.io.mask_to_classes`)."""
+    larger values is then refused by :func:`biounet.labels.mask_to_classes`)."""
     if cfg.label_threshold is not None:
         return 2
     top = 1

@@ -24,15 +24,11 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .io import InputError
+from .errors import InputError, RankLost
 
 log = logging.getLogger("biounet")
 
 TIMEOUT_ENV = "BIOUNET_DIST_TIMEOUT"
-
-
-class RankLost(RuntimeError):
-    """Another rank stopped or never answered: the run ends with one line."""
 
 
 @dataclass(frozen=True)

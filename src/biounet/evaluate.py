@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
 from .io import (
-    IGNORE_INDEX,
     IMAGE_SUFFIXES,
     Images,
-    InputError,
     as_instances,
     check_pairs,
     list_image_files,
@@ -28,6 +27,7 @@ from .io import (
     read_instances,
     read_masks,
 )
+from .labels import IGNORE_INDEX
 from .metrics import (
     DEFAULT_THRESHOLDS,
     METRICS,

@@ -31,10 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, model_from_checkpoint
-from .config import Preset
-from .io import InputError, atomic_path
+from .checkpoint import export_model, load_checkpoint, model_from_checkpoint
+from .config import ENGINES, Preset
+from .device import resolve_precision
+from .errors import InputError
+from .io import atomic_path
 from .model import UNet, is_valid_input_size, min_input_size
+from .version import __version__
 
 ONNX_OPSET = 18
 FORMATS = ("biounet", "onnx", "torchscript", "bioimageio")
@@ -211,7 +214,6 @@ def _load_torchscript(path: Path, device: torch.device) -> tuple[ExportedUNet, P
     return ExportedUNet(preset.model, run, device), preset
 
 
-ENGINES = ("auto", "torch", "onnxruntime")
 
 
 def _onnxruntime_available() -> bool:
@@ -231,8 +233,6 @@ def cached_onnx(checkpoint: Path) -> Path:
     import hashlib
     import os
 
-    from . import __version__
-
     digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()[:20]
     root = os.environ.get("BIOUNET_CACHE") or Path(
         os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "biounet"
@@ -251,6 +251,12 @@ def preset_of(path: str | Path) -> Preset:
     return load_model(path)[1]
 
 
+def check_checkpoint_file(source: str | Path) -> None:
+    """InputError unless ``source`` is a biounet checkpoint (what every export reads)."""
+    if file_format(source) != "biounet":
+        raise InputError(f"{source}: not a biounet checkpoint; export reads those")
+
+
 def load_model(
     path: str | Path,
     device: str | torch.device = "cpu",
@@ -264,8 +270,6 @@ def load_model(
     where ``precision`` "auto" means fp32 (no native bf16; there onnxruntime predicts
     about 3x faster than PyTorch in fp32, docs/usage.md) and onnxruntime is installed, else
     torch. ONNX and TorchScript files run as they are."""
-    from .device import resolve_precision
-
     path, device = Path(path), torch.device(device)
     if engine not in ENGINES:
         raise InputError(f"{path}: engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -284,24 +288,19 @@ def load_model(
     return model_from_checkpoint(path, device)
 
 
-def export(source: str | Path, dest: str | Path, fmt: str, package: dict | None = None,
-           **inference) -> Path:  # fmt: skip
-    """Export the biounet checkpoint ``source`` to ``dest`` as ``fmt`` (one of FORMATS);
-    ``inference`` (InferenceConfig fields, None ignored) replace its stored settings;
-    ``package``: :func:`biounet.bioimageio.export_bioimageio`'s metadata arguments."""
-    from .checkpoint import export_model
-
+def export(source: str | Path, dest: str | Path, fmt: str, **inference) -> Path:
+    """Export the biounet checkpoint ``source`` to ``dest`` as ``fmt`` (one of FORMATS but
+    "bioimageio", whose packages :func:`biounet.bioimageio.export_bioimageio` writes);
+    ``inference`` (InferenceConfig fields, None ignored) replace its stored settings."""
     if fmt not in FORMATS:
         raise InputError(f"{dest}: unknown format {fmt!r}; one of {', '.join(FORMATS)}")
-    if file_format(source) != "biounet":
-        raise InputError(f"{source}: not a biounet checkpoint; export reads those")
+    if fmt == "bioimageio":
+        raise ValueError("bioimage.io packages are written by biounet.bioimageio."
+                         "export_bioimageio, which builds on this module")  # fmt: skip
+    check_checkpoint_file(source)
     if fmt == "biounet":
         export_model(source, dest, **inference)
         return Path(dest)
-    if fmt == "bioimageio":
-        from .bioimageio import export_bioimageio
-
-        return export_bioimageio(source, dest, **(package or {}), **inference)
     ckpt = load_checkpoint(source)
     given = {k: v for k, v in inference.items() if v is not None}
     model, preset = model_from_checkpoint(ckpt, "cpu")

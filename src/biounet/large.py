@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import InputError, PixelSize, channels_text
+from .errors import InputError
+from .io import PixelSize, channels_text
 from .mirror import mirrored
 from .normalization import Normalization
 from .tiling import (
@@ -235,7 +236,7 @@ def _open_tiff(path: Path) -> LazyImage:
     """A TIFF's first series (level 0) through tifffile's Zarr store, with its pixel size."""
     import tifffile
 
-    from .io import _tiff_pixel_size
+    from .io import tiff_pixel_size
 
     zarr = zarr_module()
     try:
@@ -250,7 +251,7 @@ def _open_tiff(path: Path) -> LazyImage:
         names = [{"Y": "y", "X": "x", "C": "c"}.get(a, a.lower()) for a in series.axes]
         array = zarr.open(series.aszarr(level=0), mode="r")
         axes = _axes(names, array.shape, path)
-        return LazyImage(array, axes, path, _tiff_pixel_size(tif), keep=[tif])
+        return LazyImage(array, axes, path, tiff_pixel_size(tif), keep=[tif])
     except Exception:
         tif.close()
         raise

@@ -64,7 +64,7 @@ def segmentation_loss(
     """BCE for 1 logit channel, softmax cross entropy for 2 or more; plus ``dice`` times
     :func:`soft_dice_loss` if ``dice`` > 0.
 
-    ``ignore_index``: target pixels of this value (``io.IGNORE_INDEX``, 255) are not
+    ``ignore_index``: target pixels of this value (``labels.IGNORE_INDEX``, 255) are not
     labelled: their loss weight is 0 (the mean still runs over every pixel), they are left
     out of the Dice term, and their class index is taken as 0 so that it stays valid; so
     neither the loss nor its gradient depends on what lies under them.

@@ -23,7 +23,7 @@ from .settings import BOOLEAN, at_least, integers, one_of, setting, validate, wi
 
 PADDINGS = ("valid", "same")
 NORMALIZATIONS = ("zscore", "zscore-bright", "zscore-invert")
-# --invert: whether images are negated so that objects are bright (the rule: io.normalize)
+# --invert: whether images are negated so that objects are bright (normalization.normalize)
 INVERT = {"auto": "zscore-bright", "yes": "zscore-invert", "no": "zscore"}
 INVERT_RULE = (
     "auto: negate each image whose median exceeds its mean (dark objects on a bright "
@@ -58,8 +58,8 @@ class ModelConfig:
     normalization: str = setting(
         "zscore", rule=one_of(NORMALIZATIONS), commands=("train",), flag="--invert",
         choices=tuple(INVERT), to_field=_invert,
-        help="input normalisation (io.normalize), named by --invert: " + INVERT_RULE + "; the "
-        "model stores it (default: the preset's; nuclei: auto, the others: no)")
+        help="input normalisation (normalization.normalize), named by --invert: " + INVERT_RULE
+        + "; the model stores it (default: the preset's; nuclei: auto, the others: no)")
     diameter: float = setting(
         0.0, rule=at_least(0, " pixels"),
         help="median equivalent diameter (pixels, sqrt(4 area / pi)) of the labelled objects "

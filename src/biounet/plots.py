@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path, normalize
+from .io import atomic_path
+from .normalization import normalize
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,7 +24,7 @@ def _pyplot():
 def plot_curves(history: Sequence[dict], path: str | Path) -> Path:
     """Train / validation loss (left) and validation errors (right: pixel error,
     1 - V_rand, 1 - V_info) per epoch, log scales."""
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", ms=3, label="train")
@@ -42,7 +44,7 @@ def plot_curves(history: Sequence[dict], path: str | Path) -> Path:
     for a in (ax, ax2):
         a.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def shown(image: np.ndarray) -> np.ndarray:
@@ -59,7 +61,7 @@ def plot_panels(
 ) -> Path:
     """One row per image: input | label | foreground probability (at most 5 rows). An
     input of C channels (C, H, W) shows the largest of its z-scored channels per pixel."""
-    plt = _pyplot()
+    plt = pyplot()
     n = min(len(images), 5)
     fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
     for i in range(n):
@@ -79,11 +81,12 @@ def plot_panels(
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
-    plt = _pyplot()
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (atomically) and close it."""
+    plt = pyplot()
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
@@ -99,7 +102,7 @@ def plot_weight_map(
     title: str = "",
 ) -> Path:
     """Like the paper's Fig. 3: (input |) instances in colour | weight map as a heat map."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = 3 if image is not None else 2
     fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4.3))
     axes = list(axes)
@@ -119,7 +122,7 @@ def plot_weight_map(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.95) if title else None)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_tiles(
@@ -127,7 +130,7 @@ def plot_tiles(
 ) -> Path:
     """A grid of augmented input tiles (B, S, S) with their labels' outlines (B, s, s),
     drawn centred (the output tile of a valid-padding network is a dashed square)."""
-    plt = _pyplot()
+    plt = pyplot()
     B, S, _ = tiles.shape
     s = labels.shape[-1]
     o = (S - s) / 2
@@ -147,73 +150,4 @@ def plot_tiles(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def _colours(n: int, seed: int = 0) -> np.ndarray:
-    """(n + 1, 3) random bright colours, row 0 black (background)."""
-    c = np.random.default_rng(seed).uniform(0.25, 1.0, (n + 1, 3))
-    c[0] = 0
-    return c
-
-
-def plot_segmentation(
-    image: np.ndarray,
-    label: np.ndarray,
-    prob: np.ndarray,
-    segments: np.ndarray,
-    path: str | Path,
-    title: str = "",
-) -> Path:
-    """One held-out slice: input | ground truth | prediction P(cell) | thinned segmentation
-    (the ISBI 2012 proposal: segments in colour, one-pixel boundaries black)."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
-    panels = (
-        (image, "input", {"cmap": "gray"}),
-        (label, "ground truth (cell = white)", {"cmap": "gray"}),
-        (prob, "prediction P(cell)", {"cmap": "magma", "vmin": 0, "vmax": 1}),
-        (_colours(int(segments.max()))[segments], "thinned segmentation", {}),
-    )
-    for ax, (data, name, kw) in zip(axes, panels, strict=True):
-        ax.imshow(data, **kw)
-        ax.set_title(name, fontsize=10)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.94) if title else None)
-    return _save(fig, path)
-
-
-def plot_outlines(
-    images: Sequence[np.ndarray],
-    references: Sequence[np.ndarray],
-    predictions: Sequence[np.ndarray],
-    path: str | Path,
-    names: Sequence[str] | None = None,
-) -> Path:
-    """One row per image: image | reference outlines | predicted outlines (instance
-    boundaries drawn in colour over the image, one colour per object)."""
-    from skimage.segmentation import find_boundaries
-
-    plt = _pyplot()
-    n = len(images)
-    fig, axes = plt.subplots(n, 3, figsize=(12, 4 * n), squeeze=False)
-    for i in range(n):
-        img = images[i].astype(np.float32)
-        lo, hi = np.percentile(img, (0.5, 99.5))
-        gray = np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1)[..., None].repeat(3, -1)
-        for ax, lab, what in ((axes[i][1], references[i], "reference"),
-                              (axes[i][2], predictions[i], "predicted")):  # fmt: skip
-            lab = np.asarray(lab, np.int64)
-            edge = find_boundaries(lab, mode="inner")
-            over = gray.copy()
-            over[edge] = _colours(int(lab.max()), seed=i)[lab[edge]]
-            ax.imshow(over)
-            ax.set_title(f"{what} outlines ({len(np.unique(lab)) - 1} objects)", fontsize=10)
-        axes[i][0].imshow(gray)
-        axes[i][0].set_title(names[i] if names else "image", fontsize=10)
-        for ax in axes[i]:
-            ax.axis("off")
-    fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -34,9 +34,11 @@ from tqdm.auto import tqdm
 
 from .config import CONTOUR_OPTIONS, InferenceConfig, Preset
 from .device import select_device
+from .errors import InputError
 from .exported import load_model
 from .instances import equivalent_diameters, instances, resize_labels
-from .io import InputError, StackWriter, channels_text, read_images
+from .io import StackWriter, channels_text, read_images
+from .labels import MAX_CLASSES
 from .large import ZARR_SUFFIX, OmeZarrWriter, is_zarr_path, large_probabilities, open_lazy
 from .model import INVERT, UNet
 from .rois import rois_of, write_roi_zip
@@ -46,7 +48,6 @@ from .tiling import TileOptions, predict, tile_options
 log = logging.getLogger("biounet")
 
 OUTPUTS = ("probabilities", "mask", "instances", "classes")
-MAX_CLASSES = 255  # class maps are uint8; 255 is left for pixels to ignore
 BINARY_OUTPUTS = ("probabilities", "mask", "instances")  # what binary and contour models make
 CLASS_OUTPUTS = ("probabilities", "classes")  # what multi-class models make
 CLASSIC_TIFF_BYTES = 2**31  # past this, float32 pages go to a BigTIFF (classic: 4 GiB)

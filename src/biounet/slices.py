@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from .io import InputError, resolve_data_path
+from .errors import InputError
+from .io import resolve_data_path
 
 
 def parse_slices(

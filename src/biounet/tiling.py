@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 from .augment import dihedral, inverse_dihedral
 from .config import TileOptions
 from .device import autocast, memory_format, resolve_precision
-from .io import InputError, channels_of, channels_text
+from .errors import InputError
+from .io import channels_of, channels_text
 from .mirror import mirrored_window
 from .model import (
     ModelConfig,

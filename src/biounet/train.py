@@ -43,8 +43,10 @@ from .distributed import (
     rank_device,
     world_from_env,
 )
+from .errors import InputError, TrainingDiverged
 from .instances import equivalent_diameters
-from .io import IGNORE_INDEX, InputError, RunLock, write_text
+from .io import RunLock, write_text
+from .labels import IGNORE_INDEX
 from .losses import segmentation_loss
 from .metrics.pixel import class_scores_many
 from .model import UNet, count_parameters, output_size
@@ -54,10 +56,6 @@ from .targets import NUM_CLASSES
 from .tiling import predict
 
 log = logging.getLogger("biounet")
-
-
-class TrainingDiverged(ValueError):
-    """The loss became NaN or infinite: the run stops with a one-line message."""
 
 
 LOG_COLUMNS = (

@@ -36,7 +36,8 @@ import numpy as np
 from scipy import ndimage
 
 from . import labels
-from .io import InputError
+from .errors import InputError
+from .io import atomic_path
 
 
 def class_balance(
@@ -198,8 +199,6 @@ def cached_weight_maps(
             for m, b, ig in zip(masks, backgrounds, ignored or [None] * len(masks), strict=True)
         ]
     if path is not None and not path.is_file():  # every run folder gets its copy
-        from .io import atomic_path
-
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez_compressed(f, **{f"w{i}": m for i, m in enumerate(maps)})
     _MEMORY[digest] = maps

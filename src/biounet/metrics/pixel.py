@@ -10,7 +10,7 @@ nonzero = foreground (cell), 0 = background (membrane). Each score is a Python f
 - binary cross entropy -[l log p + (1 - l) log(1 - p)], the 2-class softmax cross entropy.
 - multi-class: ``pred`` / ``label`` are class maps 0..C-1; :func:`confusion_matrix` counts
   (reference, predicted) class pairs, leaving out reference pixels of an ``ignore`` value
-  (``io.IGNORE_INDEX``, 255, in biounet's class maps); :func:`class_scores` turns it into
+  (``labels.IGNORE_INDEX``, 255, in biounet's class maps); :func:`class_scores` turns it into
   per-class IoU and Dice of classes 1..C-1 and their means (NaN for a class in neither map,
   left out of the means).
 """
