@@ -10,12 +10,12 @@ from biounet.errors import InputError
 from biounet.io import (
     Images,
     check_pairs,
-    normalize,
     read_images,
     read_masks,
     write_tiff,
 )
 from biounet.labels import mask_to_classes
+from biounet.normalization import normalize
 
 
 def test_reads_the_isbi_stack_as_30_slices(isbi):
