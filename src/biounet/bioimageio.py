@@ -36,7 +36,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint
 from .config import Preset
 from .errors import InputError
 from .exported import ONNX_OPSET, check_checkpoint_file, export_onnx, export_torchscript
-from .io import find_data, read_images, resolve_data_path
+from .io import find_data, named, read_images, resolve_data_path
 from .mirror import mirror_pad
 from .model import border, min_input_size
 
@@ -296,6 +296,8 @@ def export_bioimageio(
         try:
             save_bioimageio_package(descr, output_path=part)
             os.replace(part, dest)
+        except OSError as e:  # e.g. a full disk: say which package
+            raise (named(e, dest) if e.filename is None and e.errno else e) from None
         finally:
             part.unlink(missing_ok=True)
     return dest

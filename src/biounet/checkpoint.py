@@ -11,6 +11,8 @@ which validation and prediction use). Metadata never goes inside the state_dict.
 
 from __future__ import annotations
 
+import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -25,10 +27,17 @@ FORMAT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict) -> Path:
-    """Write ``checkpoint`` to ``path`` atomically (temp file + rename)."""
+    """Write ``checkpoint`` to ``path`` atomically (temp file + rename). It is serialised
+    in memory first, so that a full disk is an OSError naming ``path`` (torch.save
+    writing to the disk itself fails with a RuntimeError) and the file it replaces stays
+    whole."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **checkpoint}, tmp)
+    buffer = io.BytesIO()
+    torch.save({"format_version": FORMAT_VERSION, **checkpoint}, buffer)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(buffer.getbuffer())
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 from . import settings
 from .config import InferenceConfig, PredictOptions, TileOptions
-from .errors import InputError, RankLost
+from .errors import InputError, RankLost, Stopped, Terminated
 from .evaluate import evaluate
 from .exported import FORMATS, ONNX_OPSET
 from .metrics import METRICS
@@ -36,8 +37,20 @@ def main(argv: list[str] | None = None) -> int:
     # under torchrun the ranks but 0 log warnings only (rank 0 speaks for the run)
     quiet = os.environ.get("RANK", "0") != "0"
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
+    before = signal.signal(signal.SIGTERM, _terminate)  # as a scheduler stops a job
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def _run(args) -> int:
+    """The command, its failures as one line and an exit code."""
     try:
         return args.func(args) or 0
+    except Stopped as e:  # a signal; the run saved what it had done
+        print(f"biounet: {e}", file=sys.stderr)
+        return e.code
     except (InputError, ValueError) as e:
         print(f"biounet: error: {e}", file=sys.stderr)
         return 2
@@ -51,6 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("biounet: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("biounet: terminated", file=sys.stderr)
+        return Terminated.code
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 def build_parser() -> argparse.ArgumentParser:

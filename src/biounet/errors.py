@@ -9,7 +9,12 @@ This module imports nothing of biounet: every other module may raise these.
 - :class:`TrainingDiverged` (a ``ValueError``): the training loss became NaN or infinite.
 - :class:`RankLost` (a ``RuntimeError``): under torchrun, another rank stopped or never
   answered.
+- :class:`Stopped`: a training run stopped by SIGTERM or SIGINT at a step boundary, with
+  a checkpoint to resume from; :class:`Terminated`: SIGTERM anywhere else (raised like
+  KeyboardInterrupt, so that every write in progress removes its temp file).
 """
+
+import signal
 
 
 class InputError(ValueError):
@@ -22,3 +27,18 @@ class TrainingDiverged(ValueError):
 
 class RankLost(RuntimeError):
     """Another rank stopped or never answered: the run ends with one line."""
+
+
+class Stopped(Exception):
+    """A run stopped by a signal after saving what it had done; ``code`` is the exit code
+    shells expect for the signal (128 + its number: 143 for SIGTERM, 130 for SIGINT)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.code = 128 + signum
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is (as KeyboardInterrupt is for SIGINT)."""
+
+    code = 128 + signal.SIGTERM

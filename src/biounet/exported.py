@@ -121,8 +121,10 @@ def export_torchscript(model: UNet, preset: Preset, dest: str | Path) -> Path:
     with torch.no_grad(), _quiet():
         traced = torch.jit.trace(model, x, check_trace=False)
     dest = Path(dest)
+    buffer = io.BytesIO()  # saved in memory first: torch.jit.save aborts on a full disk
+    torch.jit.save(traced, buffer, _extra_files={EXTRA_FILE: _metadata(preset)})
     with atomic_path(dest) as tmp:
-        torch.jit.save(traced, str(tmp), _extra_files={EXTRA_FILE: _metadata(preset)})
+        tmp.write_bytes(buffer.getbuffer())
     return dest
 
 

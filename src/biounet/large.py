@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .io import PixelSize, channels_text
+from .io import PixelSize, channels_text, named
 from .mirror import mirrored
 from .normalization import Normalization
 from .tiling import (
@@ -383,6 +383,14 @@ class OmeZarrWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp",
                                          dir=self.path.parent))  # fmt: skip
+        try:
+            self._create(zarr)
+        except BaseException as e:
+            self.__exit__(type(e), e, None)  # removes the folder, names the path
+            raise
+        return self
+
+    def _create(self, zarr) -> None:
         lead = () if self.channels is None else (self.channels,)
         group = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
         group.attrs["ome"] = {"version": NGFF_VERSION, "multiscales": [self.multiscales()]}
@@ -391,7 +399,6 @@ class OmeZarrWriter:
             chunks=(*(1,) * len(lead), *(min(CHUNK, n) for n in self.shape)), fill_value=0,
             dimension_names=(*("c",) * len(lead), "y", "x"),
         )  # fmt: skip
-        return self
 
     def multiscales(self) -> dict:
         """The image's OME-NGFF ``multiscales`` entry: axes, one level "0", its scale."""
@@ -415,6 +422,8 @@ class OmeZarrWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+                raise named(exc, self.path) from exc  # e.g. a full disk: say which output
             return
         if self.path.is_dir() and not self.path.is_symlink():  # replace a previous result
             old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".old",

@@ -17,6 +17,9 @@ import io as _io
 import json
 import logging
 import math
+import shutil
+import signal
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -43,7 +46,7 @@ from .distributed import (
     rank_device,
     world_from_env,
 )
-from .errors import InputError, TrainingDiverged
+from .errors import InputError, Stopped, TrainingDiverged
 from .instances import equivalent_diameters
 from .io import RunLock, write_text
 from .labels import IGNORE_INDEX
@@ -270,6 +273,36 @@ class RunState:
     step: int = 0
     best: float = math.inf
     history: list[dict] = field(default_factory=list)
+    # the epoch under way when a signal stopped the run: its steps' losses and seconds
+    # (a run resumes from the step after them)
+    epoch_losses: list[float] = field(default_factory=list)
+    epoch_seconds: float = 0.0
+
+
+class StopRequest:
+    """SIGTERM and SIGINT while a run trains (in the main thread, one process): noted, and
+    acted on at the next step boundary (:func:`_train_epoch`), where the run saves last.pt
+    and ends with :class:`Stopped`. Elsewhere, and after the run, the handlers before it."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self.saved: dict = {}
+
+    def __enter__(self) -> StopRequest:
+        if self.enabled:
+            for s in self.SIGNALS:
+                self.saved[s] = signal.signal(s, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.saved.items():
+            signal.signal(s, handler)
 
 
 def object_diameter(labels: list[np.ndarray]) -> float:
@@ -311,11 +344,17 @@ def train(
     out = Path(out_dir)
     world = world_from_env()
     dev = select_device(rank_device(world, _device_name(preset, out, resume, device)))
+    fresh = not resume and not out.exists()  # a folder this call makes: removed if it fails
     opened = join(world, dev)
     try:
         with lost_ranks(world), ExitStack() as held:
+            stop = held.enter_context(StopRequest(enabled=not world.distributed))
             return _train(world, dev, held, preset, out, resume, epochs, device, time_limit,
-                          stop_after, progress)  # fmt: skip
+                          stop_after, progress, stop)  # fmt: skip
+    except BaseException:
+        if fresh and world.main and not (out / "last.pt").exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing to resume: leave no folder
+        raise
     finally:
         leave(opened)
 
@@ -345,6 +384,7 @@ def _train(
     time_limit: float | None,
     stop_after: int | None,
     progress: bool,
+    stop: StopRequest,
 ) -> dict:
     """:func:`train`'s steps on one rank (``held`` keeps the run directory's lock)."""
     # 1. Configuration, checked: a new run's preset, or a resumed run's own and last.pt.
@@ -414,11 +454,14 @@ def _train(
     while state.epoch < state.plan and (stop_after is None or done < stop_after):
         if world.distributed:
             _seed_epoch(cfg.seed, state.epoch, world.rank, sampler, gen)
-        t0 = time.perf_counter()
+        t0 = time.perf_counter() - state.epoch_seconds  # a stopped epoch's time goes on
         train_loss, lr = _train_epoch(learner, sampler, gen, cfg, state, steps, out_tile,
-                                      out, progress and world.main)  # fmt: skip
+                                      out, progress and world.main, stop)  # fmt: skip
+        if stop.signum is not None and len(state.epoch_losses) < steps:  # at a step boundary
+            _stopped(out, preset, learner, state, np_rng, gen, stop.signum, t0)
         train_loss = distributed.mean(world, train_loss)
         state.epoch += 1
+        state.epoch_losses, state.epoch_seconds = [], 0.0
         done += 1
         planned = state.plan
         plan = plan_epochs(cfg, state.history, state.epoch, time.perf_counter() - t0, planned)
@@ -434,6 +477,10 @@ def _train(
         if world.main:
             _checkpoint(out, preset, learner, state, np_rng, gen, is_best)
             _log_epoch(out, state, data, probs, is_best, board)
+        if stop.signum is not None and state.epoch < state.plan:  # after a whole epoch
+            raise Stopped(f"{out}: stopped by {signal.Signals(stop.signum).name} after epoch "
+                          f"{state.epoch}; biounet train --resume {out} goes on from there",
+                          stop.signum)  # fmt: skip
     return summary(state.history, select_by)
 
 
@@ -587,7 +634,8 @@ def _restore(
     """The interrupted run's state and RNG states from ``ckpt``. Its plan is kept, or made
     again from the time already spent when the call gives new ``epochs`` or
     ``time_limit``; InputError if more epochs are asked for than the time limit leaves."""
-    state = RunState(cfg.epochs, ckpt["epoch"], ckpt["step"], ckpt["best"], ckpt["history"])
+    state = RunState(cfg.epochs, ckpt["epoch"], ckpt["step"], ckpt["best"], ckpt["history"],
+                     list(ckpt.get("epoch_losses", [])), ckpt.get("epoch_seconds", 0.0))
     _set_rng_state(ckpt["rng"], np_rng, gen)
     if epochs is None and time_limit is None:  # keep the interrupted run's plan
         state.plan = min(cfg.epochs, ckpt.get("plan", cfg.epochs))
@@ -600,7 +648,8 @@ def _restore(
                 f"min trained); add --time-limit 0 or a longer one to train to epoch "
                 f"{cfg.epochs}"
             )
-    log.info("resuming %s at epoch %d of %d", out, state.epoch, state.plan)
+    within = f", step {len(state.epoch_losses) + 1} of it" if state.epoch_losses else ""
+    log.info("resuming %s at epoch %d of %d%s", out, state.epoch, state.plan, within)
     return state
 
 
@@ -693,15 +742,21 @@ def _train_epoch(
     out_tile: int,
     out: Path,
     progress: bool,
+    stop: StopRequest | None = None,
 ) -> tuple[float, float]:
-    """One epoch of ``steps`` optimiser steps (``state.step`` counts them); returns the mean
-    training loss and the last step's learning rate. TrainingDiverged (naming the run
-    ``out``) as soon as the loss is not finite, before it reaches the weights."""
+    """One epoch of ``steps`` optimiser steps (``state.step`` counts them), from the step
+    after ``state.epoch_losses`` (a stopped epoch's); returns the mean training loss and
+    the last step's learning rate, or early, at a step boundary, once ``stop`` has a
+    signal. TrainingDiverged (naming the run ``out``) as soon as the loss is not finite,
+    before it reaches the weights."""
     (learner.net or learner.model).train()
-    losses = []
-    bar = tqdm(range(steps), desc=f"epoch {state.epoch + 1}/{state.plan}", disable=not progress,
-               leave=False, dynamic_ncols=True)  # fmt: skip
+    losses = state.epoch_losses
+    lr = math.nan
+    bar = tqdm(range(len(losses), steps), desc=f"epoch {state.epoch + 1}/{state.plan}",
+               disable=not progress, leave=False, dynamic_ncols=True)  # fmt: skip
     for i in bar:
+        if stop is not None and stop.signum is not None:
+            break
         # the step within the plan's epochs: also right when a run resumes with another
         # number of ranks and so another number of steps per epoch
         lr = learning_rate(cfg, state.epoch * steps + i, steps, state.plan)
@@ -750,7 +805,8 @@ def _checkpoint(
     gen: torch.Generator,
     is_best: bool,
 ) -> None:
-    """Write last.pt (and best.pt first, if ``is_best``): everything a resumed run needs."""
+    """Write last.pt (and best.pt first, if ``is_best``): everything a resumed run needs,
+    also in the middle of an epoch (its steps' losses and seconds)."""
     ckpt = {
         "preset": preset.to_dict(),
         "model": learner.model.state_dict(),
@@ -762,10 +818,25 @@ def _checkpoint(
         "best": state.best,
         "history": state.history,
         "rng": _rng_state(np_rng, gen),
+        "epoch_losses": state.epoch_losses,
+        "epoch_seconds": state.epoch_seconds,
     }
     if is_best:  # best first: a crash between the two writes loses no best model
         save_checkpoint(out / "best.pt", ckpt)
     save_checkpoint(out / "last.pt", ckpt)
+
+
+def _stopped(out: Path, preset: Preset, learner: Learner, state: RunState,
+             np_rng: np.random.Generator, gen: torch.Generator, signum: int,
+             t0: float) -> None:  # fmt: skip
+    """Save the run at this step boundary (last.pt, with the epoch's steps so far) and end
+    it with :class:`Stopped` saying how to go on."""
+    state.epoch_seconds = time.perf_counter() - t0
+    _checkpoint(out, preset, learner, state, np_rng, gen, is_best=False)
+    name = signal.Signals(signum).name
+    raise Stopped(f"{out}: stopped by {name} at epoch {state.epoch + 1}, step "
+                  f"{len(state.epoch_losses)}; last.pt holds it: biounet train --resume "
+                  f"{out} goes on from there", signum)  # fmt: skip
 
 
 def _log_epoch(

@@ -45,7 +45,16 @@ from .read import (
     where_of,
 )
 from .tiff_integrity import check_complete, ifd_chain_damage
-from .write import RunLock, StackWriter, atomic_path, remove_stale_temps, write_text, write_tiff
+from .write import (
+    RunLock,
+    StackWriter,
+    atomic_path,
+    named,
+    remove_stale_temps,
+    reserve,
+    write_text,
+    write_tiff,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -66,6 +75,7 @@ __all__ = [
     "ifd_chain_damage",
     "imagej_unit",
     "list_image_files",
+    "named",
     "parse_channels",
     "pick_channels",
     "read_images",
@@ -74,6 +84,7 @@ __all__ = [
     "read_png",
     "read_tiff",
     "remove_stale_temps",
+    "reserve",
     "resolve_data_path",
     "tiff_pixel_size",
     "where_of",

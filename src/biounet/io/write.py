@@ -9,6 +9,7 @@ one writer per run directory; :func:`remove_stale_temps` for what killed writes 
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import re
@@ -81,8 +82,38 @@ class _Atomic:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             os.replace(self.tmp, self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+            return
+        self.tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename is None:
+            raise named(exc, self.path) from exc  # e.g. a full disk: say which file
+
+
+def named(error: OSError, path: Path) -> OSError:
+    """``error`` (e.g. ENOSPC from a write, which names no file) as an OSError naming
+    ``path``: one line, ``PATH: No space left on device``."""
+    return OSError(error.errno, error.strerror or os.strerror(error.errno), str(path))
+
+
+def reserve(path: Path, start: int, size: int, target: Path | None = None) -> None:
+    """Allocate the disk blocks of bytes ``start`` .. ``start + size`` of the file ``path``
+    now, so that writing them later through a memory map cannot meet a full disk (which
+    is a SIGBUS there, not an error): ``posix_fallocate`` where the file system has it,
+    else zeros written over the range (a new file's holes). OSError naming ``target``
+    (default ``path``) with ENOSPC when the space is not there."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        try:
+            os.posix_fallocate(fd, start, size)
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            zeros = bytes(1 << 20)
+            for at in range(start, start + size, len(zeros)):
+                os.pwrite(fd, zeros[: min(len(zeros), start + size - at)], at)
+    except OSError as e:
+        raise named(e, target or path) from None
+    finally:
+        os.close(fd)
 
 
 class RunLock:
@@ -207,8 +238,10 @@ class StackWriter:
             x, y, unit = self.pixel_size
             metadata["unit"] = imagej_unit(unit)
             kw = {"resolution": (1.0 / x, 1.0 / y)}
-        return tifffile.memmap(self._tmp, shape=(images, channels, *page.shape),
-                               dtype=page.dtype, imagej=True, metadata=metadata, **kw)
+        mapped = tifffile.memmap(self._tmp, shape=(images, channels, *page.shape),
+                                 dtype=page.dtype, imagej=True, metadata=metadata, **kw)
+        reserve(self._tmp, mapped.offset, mapped.nbytes, target=self.path)
+        return mapped
 
     def _write_page(self, page: np.ndarray) -> None:
         import tifffile
