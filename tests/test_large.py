@@ -24,7 +24,7 @@ from biounet.large import (
 from biounet.mirror import mirror_pad
 from biounet.model import ModelConfig, UNet
 from biounet.normalization import normalize
-from biounet.segment import parse_shard, shard_of_environment
+from biounet.shards import parse_shard, shard_of_environment
 from biounet.tiling import probabilities
 
 zarr = pytest.importorskip("zarr")

@@ -14,7 +14,8 @@ from biounet.config import AugmentConfig, Preset, TrainConfig
 from biounet.errors import InputError
 from biounet.losses import segmentation_loss
 from biounet.model import ModelConfig, UNet
-from biounet.train import learning_rate, plan_epochs, train
+from biounet.runs import plan_epochs
+from biounet.train import learning_rate, train
 
 TINY = ModelConfig(depth=2, base_channels=4, padding="same", batch_norm=True, dropout=0.0)
 
@@ -240,7 +241,7 @@ def test_best_checkpoint_by_training_loss_ignores_the_validation_slices(isbi_cro
 def test_best_checkpoint_can_be_the_last_epoch(isbi_crops, tmp_path, monkeypatch):
     import importlib
 
-    from biounet.train import summary
+    from biounet.runs import summary
 
     module = importlib.import_module("biounet.train")  # biounet.train is also the function
 
@@ -498,7 +499,7 @@ def test_ignored_pixels_train_and_stay_out_of_the_validation_scores(isbi_crops, 
     from biounet.dataset import Data
     from biounet.labels import IGNORE_INDEX
     from biounet.tiling import predict
-    from biounet.train import validate
+    from biounet.validation import validate
 
     images, labels = (tifffile.imread(p) for p in isbi_crops)
     partial = labels.copy()

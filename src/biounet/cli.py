@@ -237,7 +237,8 @@ def cmd_info(args) -> int:
 
 def cmd_train(args) -> int:
     from .presets import customise, get_preset, init_preset
-    from .train import report, train
+    from .runs import report
+    from .train import train
 
     given = settings.given(args, TRAIN)
     if args.resume:  # the run's own config.json; only the resume settings may change

@@ -21,7 +21,6 @@ as a contour model if it has 3 outputs and as a mask model otherwise.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -42,6 +41,7 @@ from .labels import MAX_CLASSES
 from .large import ZARR_SUFFIX, OmeZarrWriter, is_zarr_path, large_probabilities, open_lazy
 from .model import INVERT, UNet
 from .rois import rois_of, write_roi_zip
+from .shards import parse_shard, shard_groups, shard_of_environment
 from .slices import parse_slices
 from .tiling import TileOptions, predict, tile_options
 
@@ -447,7 +447,7 @@ def _plan_files(checkpoint, source: Path, out, *, slices, channels, overrides, w
     kinds = (*asked, *(("probabilities",) if write_probabilities else ()))
     plan = _FilePlan(run, images, kinds, suffix, [], write_rois, large)
     groups = _groups(plan, source, out, slices, "classes" if run.multiclass else "prob")
-    return replace(plan, groups=_mine(groups, shard, skip_existing, plan.outputs_of))
+    return replace(plan, groups=shard_groups(groups, shard, skip_existing, plan.outputs_of))
 
 
 def _model_channels(images, run: _Segmenter, source: Path):
@@ -524,57 +524,7 @@ def _write_tiffs(plan: _FilePlan, path: Path, members: list[int], options: TileO
 
 
 # ---------------------------------------------------------------------------------------
-# Shards, and images larger than memory
-
-
-def parse_shard(spec: str | tuple[int, int]) -> tuple[int, int]:
-    """``"K/N"`` (or (K, N)) -> (K, N): every N-th input from the K-th, 0 <= K < N; one-line
-    InputError for anything else."""
-    if isinstance(spec, tuple):
-        k, n = spec
-    else:
-        k_text, slash, n_text = str(spec).strip().partition("/")
-        try:
-            k, n = int(k_text), int(n_text)
-        except ValueError:
-            k = n = None
-        if not slash or k is None:
-            raise InputError(f"--shard {spec!r}: expected K/N, e.g. 0/4 (the K-th of N shards, "
-                             "counting from 0)")  # fmt: skip
-    if n < 1:
-        raise InputError(f"--shard {k}/{n}: N must be at least 1")
-    if not 0 <= k < n:
-        raise InputError(f"--shard {k}/{n}: K must be in 0..{n - 1}")
-    return k, n
-
-
-def shard_of_environment(environ: Mapping[str, str] = os.environ) -> tuple[int, int] | None:
-    """(RANK, WORLD_SIZE) of a process that torchrun started several of, else None."""
-    from .distributed import world_from_env
-
-    world = world_from_env(environ)
-    return (world.rank, world.size) if world.distributed else None
-
-
-def _mine(groups: list, shard: tuple[int, int] | None, skip_existing: bool,
-          outputs_of: Callable[[Path], dict[str, Path]]) -> list:  # fmt: skip
-    """The (output path, members) ``groups`` this run writes: its shard's, less those whose
-    outputs all exist with ``skip_existing``; says so in log lines."""
-    total = len(groups)
-    if shard is not None:
-        k, n = shard
-        groups = groups[k::n]
-        if not groups:
-            log.info("shard %d/%d: no images to predict (%d in all)", k, n, total)
-            return []
-        log.info("shard %d/%d: %d of %d images", k, n, len(groups), total)
-    if skip_existing:
-        todo = [g for g in groups if not all(p.exists() for p in outputs_of(g[0]).values())]
-        if len(todo) < len(groups):
-            log.info("skipped %d of %d images whose outputs exist", len(groups) - len(todo),
-                     len(groups))  # fmt: skip
-        groups = todo
-    return groups
+# Images larger than memory
 
 
 def _stem(source: Path) -> str:

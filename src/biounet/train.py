@@ -12,26 +12,23 @@ reproduces the uninterrupted one; an interrupted run loses at most the current e
 
 from __future__ import annotations
 
-import csv
-import io as _io
 import json
 import logging
 import math
 import shutil
 import signal
-import threading
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed, metrics
+from . import distributed
 from .augment import augment
-from .checkpoint import inference_weights, load_checkpoint, save_checkpoint
+from .checkpoint import inference_weights, load_checkpoint
 from .config import HIGHER_IS_BETTER, Preset, TrainConfig
 from .dataset import Data, TileSampler, load_data, make_sampler
 from .device import autocast, memory_format, resolve_precision, select_device
@@ -51,21 +48,24 @@ from .instances import equivalent_diameters
 from .io import RunLock, write_text
 from .labels import IGNORE_INDEX
 from .losses import segmentation_loss
-from .metrics.pixel import class_scores_many
 from .model import UNet, count_parameters, output_size
-from .plots import plot_curves, plot_panels
 from .presets import with_classes
+from .runs import (
+    Learner,
+    RunState,
+    StopRequest,
+    log_epoch,
+    plan_epochs,
+    record,
+    restore,
+    save_run,
+    stop_at_step,
+    summary,
+)
 from .targets import NUM_CLASSES
-from .tiling import predict
+from .validation import validate
 
 log = logging.getLogger("biounet")
-
-
-LOG_COLUMNS = (
-    "epoch", "step", "lr", "train_loss", "val_loss", "val_pixel_error", "v_rand", "v_info",
-    "seconds",
-)  # fmt: skip
-CLASS_COLUMNS = ("val_mean_iou",)  # in log.csv only for runs of more than 2 mask classes
 
 
 def learning_rate(
@@ -90,28 +90,6 @@ def learning_rate(
     return cfg.lr
 
 
-def plan_epochs(
-    cfg: TrainConfig, history: list[dict], epoch: int, seconds: float, planned: int | None = None
-) -> int:
-    """How many epochs the run trains in all: ``cfg.epochs``, or under ``cfg.time_limit``
-    as many as fit, judged after ``epoch`` epochs whose last one has trained for
-    ``seconds`` so far (``history`` holds the earlier ones). Never fewer than ``epoch``.
-    A run that has reached its ``planned`` last epoch stays ended: its learning-rate
-    schedule is over, and a faster last epoch does not add one at a rate of zero.
-
-    An epoch is expected to take the mean of the finished ones, leaving out the first
-    (start-up costs) once there are two; before that, the current epoch's time.
-    """
-    if cfg.time_limit <= 0:
-        return cfg.epochs
-    if planned is not None and epoch >= planned:
-        return planned
-    times = [h["seconds"] for h in history]
-    per_epoch = float(np.mean(times[1:] or times)) if times else seconds
-    left = cfg.time_limit * 60.0 - sum(times) - seconds
-    return max(epoch, min(cfg.epochs, epoch + int(left // max(per_epoch, 1e-9))))
-
-
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """SGD (with momentum), Adam or AdamW, from the config."""
     params = model.parameters()
@@ -123,60 +101,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     if cfg.optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
-
-
-def validate(
-    model: UNet, data: Data, precision: str, isbi: bool = True
-) -> tuple[dict, list[np.ndarray]]:
-    """Predictions of the validation images: loss, pixel error, IoU, Dice and, if ``isbi``,
-    the ISBI 2012 V_rand and V_info (thinned, maximal over thresholds 0, 0.1, ..., 1), of
-    the foreground (every class but 0) against class 0; for masks of more than 2 classes
-    also ``val_mean_iou``, the mean IoU of classes 1..C-1 (argmax, pooled over the images).
-    Pixels that are not labelled (IGNORE_INDEX) are left out of every score (V_rand and
-    V_info: counted as reference background, which their foreground-restricted tables
-    leave out)."""
-    probs = [predict(model, img, precision=precision) for img in data.val_images]
-    masks = data.val_masks
-    scores = {}
-    if probs and probs[0].ndim == 3 and data.train_instances is None and data.num_classes > 2:
-        classes = [p.argmax(0).astype(np.uint8) for p in probs]
-        mean_iou = class_scores_many(classes, masks, num_classes=data.num_classes,
-                                     ignore=IGNORE_INDEX)["mean_iou"]  # fmt: skip
-        scores["val_mean_iou"] = mean_iou
-    if probs and probs[0].ndim == 3:  # more than 2 classes: foreground (not 0) vs class 0
-        probs = [1.0 - p[0] for p in probs]
-        masks = [np.where(m == IGNORE_INDEX, m, m != 0).astype(np.uint8) for m in masks]
-    pairs = [_labelled(p, m) for p, m in zip(probs, masks, strict=True)]
-    if isbi:  # not labelled: reference background
-        masks = [np.where(m == IGNORE_INDEX, 0, m).astype(np.uint8) for m in masks]
-    scores.update({
-        "val_loss": np.mean([metrics.binary_cross_entropy(p, m) for p, m in pairs]),
-        "val_pixel_error": np.mean([metrics.pixel_error(p, m) for p, m in pairs]),
-        "val_iou": np.mean([metrics.iou(p > 0.5, m) for p, m in pairs]),
-        "val_dice": np.mean([metrics.dice(p > 0.5, m) for p, m in pairs]),
-    })  # fmt: skip
-    if isbi:
-        r = metrics.isbi_scores(probs, masks, metrics=("v_rand", "v_info"))
-        scores.update(v_rand=r["v_rand"], v_info=r["v_info"])
-    return {k: float(v) for k, v in scores.items()}, probs
-
-
-def _labelled(prob: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(prob, mask) at the labelled pixels only (1-D) where ``mask`` holds IGNORE_INDEX;
-    as they are otherwise."""
-    keep = mask != IGNORE_INDEX
-    return (prob, mask) if keep.all() else (prob[keep], mask[keep])
-
-
-def selection_score(row: dict, select_by: str) -> float | None:
-    """The value best.pt minimises (negated where higher is better); None if the row lacks
-    it (not validated, or ISBI metrics not computed this epoch). "last": the latest epoch."""
-    if select_by == "last":
-        return -float(row["epoch"])
-    v = row.get(select_by)
-    if v is None:
-        return None
-    return -v if select_by in HIGHER_IS_BETTER else v
 
 
 def ema_decay(decay: float, n: int) -> float:
@@ -207,37 +131,6 @@ def _make_ema(model: torch.nn.Module, decay: float):
     return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
-def _rng_state(np_rng: np.random.Generator, gen: torch.Generator) -> dict:
-    state = {
-        "torch": torch.get_rng_state(),
-        "generator": gen.get_state(),
-        "numpy": np_rng.bit_generator.state,
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict, np_rng: np.random.Generator, gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    gen.set_state(state["generator"])
-    np_rng.bit_generator.state = state["numpy"]
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _write_log(path: Path, history: list[dict]) -> None:
-    columns = LOG_COLUMNS
-    if any(k in row for row in history for k in CLASS_COLUMNS):
-        columns = (*LOG_COLUMNS[:-1], *CLASS_COLUMNS, LOG_COLUMNS[-1])
-    buf = _io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in columns})
-    write_text(path, buf.getvalue())
-
-
 def check_tile(preset: Preset) -> int:
     """Output tile edge for the preset's input tile; InputError naming valid sizes."""
     m, tile = preset.model, preset.train.tile
@@ -245,64 +138,6 @@ def check_tile(preset: Preset) -> int:
         return output_size(tile, m.depth, m.padding)
     except ValueError as e:
         raise InputError(f"--tile {tile}: {e}") from None
-
-
-@dataclass
-class Learner:
-    """What trains: the network, its optimiser and weight average (None without one),
-    where and how it runs (device, precision, the memory layout of its inputs) and, under
-    torchrun, the DistributedDataParallel wrapper that the training step calls."""
-
-    model: UNet
-    optimizer: torch.optim.Optimizer
-    ema: torch.nn.Module | None
-    device: torch.device
-    precision: str
-    layout: torch.memory_format
-    net: torch.nn.Module | None = None  # what the training step calls (default: model)
-
-
-@dataclass
-class RunState:
-    """What a run has done, all of it kept in last.pt: epochs in all (``plan``, a time
-    limit may plan fewer than ``cfg.epochs``), epochs and optimiser steps done, the best
-    selection score so far (:func:`selection_score`) and one log row per epoch."""
-
-    plan: int
-    epoch: int = 0
-    step: int = 0
-    best: float = math.inf
-    history: list[dict] = field(default_factory=list)
-    # the epoch under way when a signal stopped the run: its steps' losses and seconds
-    # (a run resumes from the step after them)
-    epoch_losses: list[float] = field(default_factory=list)
-    epoch_seconds: float = 0.0
-
-
-class StopRequest:
-    """SIGTERM and SIGINT while a run trains (in the main thread, one process): noted, and
-    acted on at the next step boundary (:func:`_train_epoch`), where the run saves last.pt
-    and ends with :class:`Stopped`. Elsewhere, and after the run, the handlers before it."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.signum: int | None = None
-        self.saved: dict = {}
-
-    def __enter__(self) -> StopRequest:
-        if self.enabled:
-            for s in self.SIGNALS:
-                self.saved[s] = signal.signal(s, self._note)
-        return self
-
-    def _note(self, signum, frame) -> None:
-        self.signum = signum
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self.saved.items():
-            signal.signal(s, handler)
 
 
 def object_diameter(labels: list[np.ndarray]) -> float:
@@ -441,7 +276,7 @@ def _train(
     if ckpt is None:
         state = RunState(plan=cfg.epochs)
     else:
-        state = _restore(ckpt, cfg, out, np_rng, gen, epochs, time_limit)
+        state = restore(ckpt, cfg, out, np_rng, gen, epochs, time_limit)
     if world.main:
         _announce(preset, learner, data, out_tile, steps, world)
     board = None if writer is None else writer(str(out / "tensorboard"))
@@ -458,7 +293,7 @@ def _train(
         train_loss, lr = _train_epoch(learner, sampler, gen, cfg, state, steps, out_tile,
                                       out, progress and world.main, stop)  # fmt: skip
         if stop.signum is not None and len(state.epoch_losses) < steps:  # at a step boundary
-            _stopped(out, preset, learner, state, np_rng, gen, stop.signum, t0)
+            stop_at_step(out, preset, learner, state, np_rng, gen, stop.signum, t0)
         train_loss = distributed.mean(world, train_loss)
         state.epoch += 1
         state.epoch_losses, state.epoch_seconds = [], 0.0
@@ -473,10 +308,10 @@ def _train(
         row.update(scores)
         row["seconds"] = round(time.perf_counter() - t0, 2)
         row = broadcast(world, row)
-        is_best = _record(state, row, select_by)
+        is_best = record(state, row, select_by)
         if world.main:
-            _checkpoint(out, preset, learner, state, np_rng, gen, is_best)
-            _log_epoch(out, state, data, probs, is_best, board)
+            save_run(out, preset, learner, state, np_rng, gen, is_best)
+            log_epoch(out, state, data, probs, is_best, board)
         if stop.signum is not None and state.epoch < state.plan:  # after a whole epoch
             raise Stopped(f"{out}: stopped by {signal.Signals(stop.signum).name} after epoch "
                           f"{state.epoch}; biounet train --resume {out} goes on from there",
@@ -622,37 +457,6 @@ def _build(
     return Learner(model, optimizer, ema, device, precision, layout, net)
 
 
-def _restore(
-    ckpt: dict,
-    cfg: TrainConfig,
-    out: Path,
-    np_rng: np.random.Generator,
-    gen: torch.Generator,
-    epochs: int | None,
-    time_limit: float | None,
-) -> RunState:
-    """The interrupted run's state and RNG states from ``ckpt``. Its plan is kept, or made
-    again from the time already spent when the call gives new ``epochs`` or
-    ``time_limit``; InputError if more epochs are asked for than the time limit leaves."""
-    state = RunState(cfg.epochs, ckpt["epoch"], ckpt["step"], ckpt["best"], ckpt["history"],
-                     list(ckpt.get("epoch_losses", [])), ckpt.get("epoch_seconds", 0.0))
-    _set_rng_state(ckpt["rng"], np_rng, gen)
-    if epochs is None and time_limit is None:  # keep the interrupted run's plan
-        state.plan = min(cfg.epochs, ckpt.get("plan", cfg.epochs))
-    else:  # a new --epochs / --time-limit: plan again from the time already spent
-        state.plan = plan_epochs(cfg, state.history, state.epoch, 0.0)
-        if epochs is not None and state.plan == state.epoch < cfg.epochs:
-            spent = sum(h["seconds"] for h in state.history) / 60
-            raise InputError(
-                f"{out}: the run's {cfg.time_limit:g}-minute time limit is spent ({spent:.1f} "
-                f"min trained); add --time-limit 0 or a longer one to train to epoch "
-                f"{cfg.epochs}"
-            )
-    within = f", step {len(state.epoch_losses) + 1} of it" if state.epoch_losses else ""
-    log.info("resuming %s at epoch %d of %d%s", out, state.epoch, state.plan, within)
-    return state
-
-
 def _announce(
     preset: Preset, learner: Learner, data: Data, out_tile: int, steps: int, world: World
 ) -> None:
@@ -787,121 +591,6 @@ def _validate_if_due(
     return validate(model, data, learner.precision, isbi)
 
 
-def _record(state: RunState, row: dict, select_by: str) -> bool:
-    """Append the epoch's ``row`` to the history; whether it is the best so far."""
-    state.history.append(row)
-    score = selection_score(row, select_by)
-    is_best = score is not None and score < state.best
-    state.best = min(state.best, score) if score is not None else state.best
-    return is_best
-
-
-def _checkpoint(
-    out: Path,
-    preset: Preset,
-    learner: Learner,
-    state: RunState,
-    np_rng: np.random.Generator,
-    gen: torch.Generator,
-    is_best: bool,
-) -> None:
-    """Write last.pt (and best.pt first, if ``is_best``): everything a resumed run needs,
-    also in the middle of an epoch (its steps' losses and seconds)."""
-    ckpt = {
-        "preset": preset.to_dict(),
-        "model": learner.model.state_dict(),
-        **({} if learner.ema is None else {"ema": learner.ema.state_dict()}),
-        "optimizer": learner.optimizer.state_dict(),
-        "epoch": state.epoch,
-        "plan": state.plan,
-        "step": state.step,
-        "best": state.best,
-        "history": state.history,
-        "rng": _rng_state(np_rng, gen),
-        "epoch_losses": state.epoch_losses,
-        "epoch_seconds": state.epoch_seconds,
-    }
-    if is_best:  # best first: a crash between the two writes loses no best model
-        save_checkpoint(out / "best.pt", ckpt)
-    save_checkpoint(out / "last.pt", ckpt)
-
-
-def _stopped(out: Path, preset: Preset, learner: Learner, state: RunState,
-             np_rng: np.random.Generator, gen: torch.Generator, signum: int,
-             t0: float) -> None:  # fmt: skip
-    """Save the run at this step boundary (last.pt, with the epoch's steps so far) and end
-    it with :class:`Stopped` saying how to go on."""
-    state.epoch_seconds = time.perf_counter() - t0
-    _checkpoint(out, preset, learner, state, np_rng, gen, is_best=False)
-    name = signal.Signals(signum).name
-    raise Stopped(f"{out}: stopped by {name} at epoch {state.epoch + 1}, step "
-                  f"{len(state.epoch_losses)}; last.pt holds it: biounet train --resume "
-                  f"{out} goes on from there", signum)  # fmt: skip
-
-
-def _log_epoch(
-    out: Path,
-    state: RunState,
-    data: Data,
-    probs: list[np.ndarray] | None,
-    is_best: bool,
-    board=None,
-) -> None:
-    """log.csv, curves.png, val.png (if validated) and one log line for the last epoch;
-    its scalars and panels also to the TensorBoard writer ``board`` if given."""
-    _write_log(out / "log.csv", state.history)
-    plot_curves(state.history, out / "curves.png")
-    if probs is not None:
-        plot_panels(data.val_images, data.val_masks, probs, out / "val.png", data.val_names)
-    row = state.history[-1]
-    if board is not None:
-        _board_epoch(board, row, out / "val.png" if probs is not None else None)
-    log.info(
-        "epoch %d/%d  train loss %.4f  val loss %s  pixel error %s  V_rand %s  V_info %s"
-        "  %.1fs%s",
-        row["epoch"],
-        state.plan,
-        row["train_loss"],
-        _fmt(row.get("val_loss")),
-        _fmt(row.get("val_pixel_error")),
-        _fmt(row.get("v_rand")),
-        _fmt(row.get("v_info")),
-        row["seconds"],
-        "  (best)" if is_best else "",
-    )
-
-
-def _board_epoch(board, row: dict, panels: Path | None) -> None:
-    """The epoch's numbers (losses, learning rate, pixel error, V_rand, V_info, IoU, ...)
-    as TensorBoard scalars at its epoch, and the validation panels as an image."""
-    epoch = row["epoch"]
-    for key, value in row.items():
-        if key != "epoch" and isinstance(value, int | float) and value is not None:
-            board.add_scalar(key, value, epoch)
-    if panels is not None and panels.is_file():
-        from PIL import Image
-
-        with Image.open(panels) as im:
-            board.add_image("validation", np.asarray(im.convert("RGB")), epoch,
-                            dataformats="HWC")  # fmt: skip
-    board.flush()
-
-
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.4f}"
-
-
-def summary(history: list[dict], select_by: str = "val_loss") -> dict:
-    """The best epoch's row (by ``select_by``; training loss if no row has it), plus totals."""
-    if not history:
-        return {}
-    scored = [(selection_score(h, select_by), h) for h in history]
-    scored = [(v, h) for v, h in scored if v is not None] or [(h["train_loss"], h) for h in history]
-    best = min(scored, key=lambda vh: vh[0])[1]
-    return {**best, "best_epoch": best["epoch"], "epochs": history[-1]["epoch"],
-            "total_seconds": round(sum(h["seconds"] for h in history), 1)}  # fmt: skip
-
-
 def preview_tiles(preset: Preset, n: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``n`` training tiles exactly as the network sees them: (n, S, S) float32 inputs (of
     images of several channels, the largest per pixel) and (n, s, s) int64 labels, after
@@ -914,26 +603,3 @@ def preview_tiles(preset: Preset, n: int = 12, seed: int = 0) -> tuple[np.ndarra
     return x.amax(dim=1).numpy(), y.numpy()
 
 
-def report(result: dict, out: Path) -> str:
-    """A few lines on the best epoch of a run."""
-    if not result:
-        return f"{out}: nothing trained"
-    lines = [
-        f"run {out}: {result['epochs']} epochs in {result['total_seconds'] / 60:.1f} min; "
-        f"best epoch {result['best_epoch']}"
-        + (f" (saved as {out / 'best.pt'})" if (out / "best.pt").is_file() else "")
-    ]
-    if result.get("val_loss") is not None:
-        lines.append(
-            f"  validation: loss {result['val_loss']:.4f}  pixel error "
-            f"{result['val_pixel_error']:.4f}  IoU(cell) {result['val_iou']:.4f}  "
-            f"Dice(cell) {result['val_dice']:.4f}"
-        )
-        if result.get("val_mean_iou") is not None:
-            lines.append(f"  mean IoU of classes 1..C-1: {result['val_mean_iou']:.4f}")
-        if result.get("v_rand") is not None:
-            lines.append(
-                f"  ISBI 2012: V_rand {result['v_rand']:.4f}  V_info {result['v_info']:.4f}"
-            )
-    lines.append(f"  plots: {out / 'curves.png'}, {out / 'val.png'}; log: {out / 'log.csv'}")
-    return "\n".join(lines)
