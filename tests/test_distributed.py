@@ -13,16 +13,16 @@ import pytest
 import tifffile
 import torch
 import torch.multiprocessing as mp
+from conftest import refusal, tiny_config
 
 from biounet import distributed
 from biounet.config import Preset, TrainConfig
 from biounet.distributed import World, rank_device, world_from_env
 from biounet.errors import InputError
 from biounet.io import RunLock, remove_stale_temps
-from biounet.model import ModelConfig
 from biounet.train import _build, _seed_epoch, train_step
 
-PAPER_TINY = ModelConfig(depth=2, base_channels=4, padding="valid", dropout=0.0)
+PAPER_TINY = tiny_config("valid")
 STEPS = 3
 B = 2  # batch per rank
 
@@ -235,14 +235,10 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
 
 @pytest.mark.slow
 def test_a_second_train_into_a_run_in_use_refuses_in_one_line(tmp_path, capsys):
-    from biounet.cli import main
-
     img, lab = _tiny_data(tmp_path / "data")
     with RunLock(tmp_path / "run"):
-        assert main(_train_args(img, lab, tmp_path / "run")) == 2
-    err = capsys.readouterr().err.strip()
+        err = refusal(_train_args(img, lab, tmp_path / "run"), capsys)
     assert err.startswith(f"biounet: error: {tmp_path / 'run'}: another biounet run (pid ")
-    assert len(err.splitlines()) == 1
     assert not (tmp_path / "run" / "config.json").exists()
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import refusal, tiny_config
 
 from biounet.checkpoint import load_checkpoint, model_from_checkpoint
 from biounet.config import AugmentConfig, Preset, TrainConfig
@@ -16,7 +17,7 @@ from biounet.losses import segmentation_loss
 from biounet.model import ModelConfig, UNet
 from biounet.train import learning_rate, plan_epochs, train
 
-TINY = ModelConfig(depth=2, base_channels=4, padding="same", batch_norm=True, dropout=0.0)
+TINY = tiny_config(batch_norm=True)
 
 
 def tiny_preset(images, labels, **train):
@@ -44,9 +45,7 @@ def test_a_small_network_overfits_one_isbi_crop(isbi):
     x = torch.from_numpy(images[3, 200:264, 200:264].astype(np.float32))
     x = ((x - x.mean()) / x.std())[None, None]
     y = torch.from_numpy((labels[3, 200:264, 200:264] == 255).astype(np.int64))[None]
-    model = UNet(
-        ModelConfig(depth=2, base_channels=8, padding="same", batch_norm=True, dropout=0.0)
-    )
+    model = UNet(tiny_config(batch_norm=True, base_channels=8))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(300):
@@ -194,7 +193,7 @@ def test_masks_holding_one_class_are_refused(tmp_path, rng):
 
 
 def test_valid_padding_training_runs_and_loss_is_finite(isbi_crops, tmp_path):
-    model = ModelConfig(depth=2, base_channels=4, padding="valid", dropout=0.5)
+    model = tiny_config("valid", dropout=0.5)
     preset = Preset("v", "", model, tiny_preset(*isbi_crops, tile=60, epochs=1).train)
     result = train(preset, tmp_path / "v", progress=False)
     assert math.isfinite(result["train_loss"]) and math.isfinite(result["val_loss"])
@@ -203,7 +202,7 @@ def test_valid_padding_training_runs_and_loss_is_finite(isbi_crops, tmp_path):
 def test_paper_style_training_uses_cached_weight_maps(isbi_crops, tmp_path):
     from biounet.presets import PRESETS
 
-    model = ModelConfig(depth=2, base_channels=4, padding="valid", dropout=0.5)
+    model = tiny_config("valid", dropout=0.5)
     aug = PRESETS["paper"].train.augment
     train_cfg = tiny_preset(*isbi_crops, tile=60, epochs=1, weight_map=True, augment=aug).train
     result = train(Preset("p", "", model, train_cfg), tmp_path / "p", progress=False)
@@ -316,8 +315,6 @@ def test_weight_averaging_is_saved_resumed_and_used_for_prediction(isbi_crops, t
 
 
 def test_a_diverging_run_stops_with_one_clear_line(isbi_crops, tmp_path, capsys):
-    from biounet.cli import main
-
     images, labels = isbi_crops
     out = tmp_path / "run"
     diverged = r"training loss became (nan|inf).*epoch 1.*lower --lr"
@@ -325,13 +322,10 @@ def test_a_diverging_run_stops_with_one_clear_line(isbi_crops, tmp_path, capsys)
         train(tiny_preset(images, labels, optimizer="sgd", lr=1e12, momentum=0.99), out,
               progress=False)  # fmt: skip
     assert not (out / "last.pt").exists()  # nothing NaN was saved
-    code = main(["train", "--images", str(images), "--labels", str(labels), "--lr", "1e12",
-                 "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "2", "--tile", "64",
-                 "--out", str(tmp_path / "cli"), "--no-progress",
-                 "--val-slices", "none"])  # fmt: skip
-    assert code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "diverged; lower --lr" in err[0], err
+    refusal(["train", "--images", str(images), "--labels", str(labels), "--lr", "1e12",
+             "--epochs", "1", "--steps-per-epoch", "3", "--batch-size", "2", "--tile", "64",
+             "--out", str(tmp_path / "cli"), "--no-progress", "--val-slices", "none"], capsys,
+            "diverged; lower --lr")  # fmt: skip
 
 
 def test_weight_average_warms_up_and_then_keeps_its_decay():
