@@ -20,7 +20,7 @@ from biounet.config import Preset, TrainConfig
 from biounet.distributed import World, rank_device, world_from_env
 from biounet.errors import InputError
 from biounet.io import RunLock, remove_stale_temps
-from biounet.train import _build, _seed_epoch, train_step
+from biounet.train import build_learner, seed_epoch, train_step
 
 PAPER_TINY = tiny_config("valid")
 STEPS = 3
@@ -43,7 +43,7 @@ def _batches(seed: int = 0):
 def _learner(world: World):
     preset = Preset("t", "", PAPER_TINY, TrainConfig(optimizer="sgd", lr=0.1, precision="fp32"))
     gen = torch.Generator().manual_seed(3)
-    return _build(preset, torch.device("cpu"), "fp32", gen, None, None, world), preset.train
+    return build_learner(preset, torch.device("cpu"), "fp32", gen, None, None, world), preset.train
 
 
 def _rank_worker(rank: int, port: int, out: str) -> None:
@@ -87,7 +87,7 @@ def test_each_rank_draws_its_own_seeded_stream():
 
     def draws(epoch, rank):
         s, g = Sampler(), torch.Generator()
-        _seed_epoch(0, epoch, rank, s, g)
+        seed_epoch(0, epoch, rank, s, g)
         return s.rng.integers(0, 10**9, 4).tolist(), torch.rand(4, generator=g).tolist()
 
     assert draws(2, 0) == draws(2, 0)  # reproducible: resumed at epoch 2, the same stream

@@ -329,12 +329,12 @@ def test_a_diverging_run_stops_with_one_clear_line(isbi_crops, tmp_path, capsys)
 
 
 def test_weight_average_warms_up_and_then_keeps_its_decay():
-    from biounet.train import _make_ema, ema_decay
+    from biounet.train import ema_decay, make_ema
 
     assert ema_decay(0.999, 0) == pytest.approx(0.1) and ema_decay(0.999, 90) == 0.91
     assert ema_decay(0.999, 8990) == 0.999 and ema_decay(0.9, 200) == 0.9
     model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
-    ema = _make_ema(model, 0.95)
+    ema = make_ema(model, 0.95)
     rng = np.random.default_rng(0)
     expected = None
     for n in range(400):
@@ -346,7 +346,7 @@ def test_weight_average_warms_up_and_then_keeps_its_decay():
     got = ema.module[0].weight.double()
     assert torch.allclose(got, expected, atol=1e-5)
     assert ema.module[1].num_batches_tracked.dtype == torch.int64
-    assert _make_ema(model, 0) is None
+    assert make_ema(model, 0) is None
 
 
 def three_class_set(folder, n=8, size=64, seed=0):
