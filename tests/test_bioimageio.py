@@ -38,6 +38,7 @@ def _rdf(package) -> dict:
         return YAML(typ="safe").load(z.read("rdf.yaml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("padding", ["same", "valid"])
 def test_a_package_passes_the_model_test_and_reproduces_through_onnxruntime(tmp_path, padding):
     src = _checkpoint(tmp_path, padding, "zscore-invert" if padding == "valid" else "zscore")
@@ -71,6 +72,7 @@ def test_a_package_passes_the_model_test_and_reproduces_through_onnxruntime(tmp_
                                atol=1e-5)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_shipped_nuclei_model_packages_and_passes(tmp_path, capsys):
     code = main(["export", "models/dsb2018-nuclei.pt", str(tmp_path / "n.zip"), "--format",
                  "bioimageio"])  # fmt: skip

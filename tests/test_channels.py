@@ -196,6 +196,7 @@ def _two_channel_set(folder, rng, n=6, size=112):
     return images, labels
 
 
+@pytest.mark.slow
 def test_two_channels_train_to_high_iou_and_predict_one_page_per_stack(tmp_path, rng, capsys):
     images, labels = _two_channel_set(tmp_path, rng)
     out = tmp_path / "run"

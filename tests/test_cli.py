@@ -49,6 +49,7 @@ def test_info_json_has_the_paper_numbers(capsys):
     assert "dice 0.5," in flat and "weight_map True," in flat
 
 
+@pytest.mark.slow
 def test_train_then_predict_end_to_end(isbi_crops, tmp_path, capsys):
     img, lab = isbi_crops
     out = tmp_path / "run"
@@ -304,6 +305,7 @@ def test_evaluate_json_on_a_perfect_and_a_noisy_prediction(isbi_crops, tmp_path,
     one_line_error(code, err, "short.tif", "2 slices")
 
 
+@pytest.mark.slow
 def test_bench_reports_speeds_and_ratios(isbi_crops, tmp_path, capsys):
     img, lab = isbi_crops
     out = tmp_path / "run"
@@ -324,6 +326,7 @@ def test_bench_reports_speeds_and_ratios(isbi_crops, tmp_path, capsys):
         r["train_steps_per_s"] / r["baseline_steps_per_s"])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops, tmp_path, capsys):
     img, lab = isbi_crops
     out = tmp_path / "run"
@@ -374,6 +377,7 @@ def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops
     one_line_error(code, err, "bad.pt", "invalid stored configuration", "class_balance must be")
 
 
+@pytest.mark.slow
 def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_path, capsys):
     img, lab = dsb_crops
     out = tmp_path / "nuc"
@@ -886,6 +890,7 @@ def test_init_fine_tunes_the_shipped_nuclei_model_on_a_few_images(dsb_crops, tmp
     assert fast.train.target == FAST.train.target and fast.train.dice == FAST.train.dice
 
 
+@pytest.mark.slow
 def test_a_three_class_mask_stack_trains_predicts_a_class_map_and_evaluates_per_class(
     tmp_path, capsys
 ):

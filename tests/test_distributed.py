@@ -217,6 +217,7 @@ def test_a_held_run_directory_refuses_a_second_writer(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
     code = ("import sys, time; from biounet.io import RunLock; RunLock(sys.argv[1]).__enter__();"
             "print('held', flush=True); time.sleep(120)")

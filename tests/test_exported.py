@@ -54,6 +54,7 @@ def images(isbi):
     return [isbi[0][7, 30:163, 41:230], dsb]  # (133, 189) uint8, (256, 256)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_exported_files_give_pytorch_fp32_probabilities(checkpoint, images, fmt):
     for image in images:
@@ -64,6 +65,7 @@ def test_exported_files_give_pytorch_fp32_probabilities(checkpoint, images, fmt)
             np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_exported_files_carry_their_configuration_and_post_processing(checkpoint, images, fmt):
     net, preset = load_model(checkpoint[fmt])
@@ -100,6 +102,7 @@ def test_export_formats_are_told_apart_and_the_wrong_ones_refused(checkpoint, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx", "bare.onnx", "junk.bin"]
 
 
+@pytest.mark.slow
 def test_the_command_exports_and_predicts_with_an_exported_file(checkpoint, tmp_path, capsys):
     src = checkpoint["biounet"]
     code = main(["export", str(src), str(tmp_path / "c.onnx"), "--format", "onnx",
@@ -129,6 +132,7 @@ def test_inference_without_a_gradient_takes_the_plain_path_with_the_same_values(
     assert torch.equal(plain, traced.detach())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shipped,data", [("isbi2012", "isbi"), ("dsb2018-nuclei", "dsb")])
 def test_the_shipped_models_export_and_predict_as_they_do(shipped, data, images, tmp_path):
     """The acceptance commands: export MODEL m.onnx / m.ts, then predict with the file
@@ -141,6 +145,7 @@ def test_the_shipped_models_export_and_predict_as_they_do(shipped, data, images,
         np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_onnxruntime_engine_runs_a_checkpoint_through_its_cached_export(
     checkpoint, images, tmp_path, monkeypatch
 ):

@@ -70,6 +70,7 @@ def _image(shape=(150, 230), seed=0) -> np.ndarray:
 # The same probabilities as in memory
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_lazy_blocks_give_the_in_memory_probabilities(padding, tmp_path):
     image = _image()

@@ -20,6 +20,7 @@ from biounet.model import (
 from biounet.presets import PRESETS
 
 
+@pytest.mark.slow
 def test_paper_preset_is_572_to_388_with_31030658_parameters():
     p = PRESETS["paper"]
     model = UNet(p.model)
@@ -30,6 +31,7 @@ def test_paper_preset_is_572_to_388_with_31030658_parameters():
     assert out.shape == (1, 2, 388, 388)
 
 
+@pytest.mark.slow
 def test_blog_preset_is_512_to_512_with_one_output():
     p = PRESETS["blog"]
     model = UNet(p.model).eval()

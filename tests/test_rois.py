@@ -26,6 +26,7 @@ def nuclei():
     return tifffile.imread(DSB / "labels" / "0ea221716cf13710.tif")  # touching nuclei
 
 
+@pytest.mark.slow
 def test_outlines_read_back_fill_their_objects(nuclei, tmp_path):
     path = write_roi_zip(tmp_path / "n-rois.zip", rois_of(nuclei))
     rois = roiread(path)

@@ -88,6 +88,7 @@ def _paper_shaped(seed=0, base=2):
     return UNet(ModelConfig(depth=4, base_channels=base, padding="valid", dropout=0.5)).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(300, 211), (5, 600), (1, 1), (223, 223)])
 @pytest.mark.parametrize("tile", [204, 236, 316])
 def test_valid_tiling_equals_one_pass_over_the_whole_padded_image(

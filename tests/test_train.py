@@ -39,6 +39,7 @@ def tiny_preset(images, labels, **train):
     return Preset("tiny", "test", TINY, TrainConfig(**cfg))
 
 
+@pytest.mark.slow
 def test_a_small_network_overfits_one_isbi_crop(isbi):
     torch.manual_seed(0)
     images, labels = isbi
@@ -89,6 +90,7 @@ def test_a_time_limit_plans_the_epochs_that_fit():
         TrainConfig(time_limit=-1)
 
 
+@pytest.mark.slow
 def test_a_time_limited_run_ends_its_schedule_in_time_and_can_be_extended(
     isbi_crops, tmp_path, monkeypatch
 ):
@@ -116,6 +118,7 @@ def test_a_time_limited_run_ends_its_schedule_in_time_and_can_be_extended(
     assert load_checkpoint(out / "last.pt")["plan"] == 5
 
 
+@pytest.mark.slow
 def test_resumed_run_reproduces_the_uninterrupted_one(isbi_crops, tmp_path):
     preset = tiny_preset(*isbi_crops, augment=AugmentConfig(flip=True, rot90=True))
     preset = Preset(
@@ -136,6 +139,7 @@ def test_resumed_run_reproduces_the_uninterrupted_one(isbi_crops, tmp_path):
     assert full["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_run_directory_holds_everything_and_checkpoints_load_safely(isbi_crops, tmp_path):
     out = tmp_path / "run"
     train(tiny_preset(*isbi_crops, epochs=2), out, progress=False)
@@ -154,6 +158,7 @@ def test_run_directory_holds_everything_and_checkpoints_load_safely(isbi_crops, 
     assert Preset.from_dict(__import__("json").loads((out / "config.json").read_text())) == preset
 
 
+@pytest.mark.slow
 def test_per_level_channels_survive_the_checkpoint_and_config_json(isbi_crops, tmp_path):
     out = tmp_path / "run"
     model = ModelConfig(**{**TINY.to_dict(), "channels": (4, 6, 12)})
@@ -167,6 +172,7 @@ def test_per_level_channels_survive_the_checkpoint_and_config_json(isbi_crops, t
     assert net.downs[-1].conv[-3].out_channels == 12  # the bottleneck's last conv
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_a_run_and_to_resume_nothing(isbi_crops, tmp_path):
     preset = tiny_preset(*isbi_crops, epochs=1)  # paths given as Path objects: stored as text
     assert isinstance(preset.train.images, str)
@@ -192,6 +198,7 @@ def test_masks_holding_one_class_are_refused(tmp_path, rng):
         )
 
 
+@pytest.mark.slow
 def test_valid_padding_training_runs_and_loss_is_finite(isbi_crops, tmp_path):
     model = tiny_config("valid", dropout=0.5)
     preset = Preset("v", "", model, tiny_preset(*isbi_crops, tile=60, epochs=1).train)
@@ -199,6 +206,7 @@ def test_valid_padding_training_runs_and_loss_is_finite(isbi_crops, tmp_path):
     assert math.isfinite(result["train_loss"]) and math.isfinite(result["val_loss"])
 
 
+@pytest.mark.slow
 def test_paper_style_training_uses_cached_weight_maps(isbi_crops, tmp_path):
     from biounet.presets import PRESETS
 
@@ -213,6 +221,7 @@ def test_paper_style_training_uses_cached_weight_maps(isbi_crops, tmp_path):
         assert len(f.files) == 4 and f["w0"].shape == (96, 96) and f["w0"].max() > 5
 
 
+@pytest.mark.slow
 def test_best_checkpoint_can_be_chosen_by_v_rand(isbi_crops, tmp_path):
     preset = tiny_preset(*isbi_crops, epochs=3, select_by="v_rand", isbi_every=2)
     result = train(preset, tmp_path / "r", progress=False)
@@ -223,6 +232,7 @@ def test_best_checkpoint_can_be_chosen_by_v_rand(isbi_crops, tmp_path):
     assert load_checkpoint(tmp_path / "r" / "best.pt")["epoch"] == best["epoch"]
 
 
+@pytest.mark.slow
 def test_best_checkpoint_by_training_loss_ignores_the_validation_slices(isbi_crops, tmp_path):
     preset = tiny_preset(*isbi_crops, epochs=4, select_by="train_loss")
     result = train(preset, tmp_path / "r", progress=False)
@@ -293,6 +303,7 @@ def test_export_keeps_configuration_and_weights_only(isbi_crops, tmp_path):
     assert stored == replace(preset.inference, min_size=7)  # the other settings stay
 
 
+@pytest.mark.slow
 def test_weight_averaging_is_saved_resumed_and_used_for_prediction(isbi_crops, tmp_path):
     from biounet.checkpoint import export_model
 
@@ -371,6 +382,7 @@ def three_class_set(folder, n=8, size=64, seed=0):
     return folder / "img.tif", folder / "lab.tif"
 
 
+@pytest.mark.slow
 def test_three_classes_found_in_the_masks_train_to_a_high_mean_iou(tmp_path):
     from biounet.dataset import auto_validation
     from biounet.presets import FAST, customise
@@ -487,6 +499,7 @@ def test_customise_keeps_data_specific_splits_for_the_presets_own_data_only():
     assert TrainConfig().val_slices == "auto"
 
 
+@pytest.mark.slow
 def test_ignored_pixels_train_and_stay_out_of_the_validation_scores(isbi_crops, tmp_path):
     from biounet import metrics
     from biounet.dataset import Data
@@ -523,6 +536,7 @@ def test_ignored_pixels_train_and_stay_out_of_the_validation_scores(isbi_crops, 
     assert validate(model, replace(data, val_masks=labelled), "fp32", isbi=False)[0] != scores
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_the_epoch_scalars_and_the_validation_panels(isbi_crops, tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
