@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import DSB, refusal, tiny_checkpoint, tiny_config
+from conftest import DSB, refusal, tiny_checkpoint, tiny_config, tiny_unet
 from PIL import Image
 
 from biounet import InferenceConfig, TrainConfig, predict, segment
@@ -78,13 +78,11 @@ def test_exported_files_carry_their_configuration_and_post_processing(checkpoint
     np.testing.assert_allclose(got.probabilities, ref.probabilities, atol=1e-4)
 
 
-def test_export_formats_are_told_apart_and_the_wrong_ones_refused(checkpoint, tmp_path):
-    assert [file_format(checkpoint[f]) for f in ("biounet", "onnx", "torchscript")] == [
-        "biounet", "onnx", "torchscript"]  # fmt: skip
-    with pytest.raises(InputError, match=r"m\.onnx: not a biounet checkpoint; export reads"):
-        export(checkpoint["onnx"], tmp_path / "x.onnx", "onnx")
+def test_unknown_formats_and_unreadable_model_files_are_refused(tmp_path):
+    src = tiny_checkpoint(tmp_path / "m.pt", tiny_unet())
+    assert file_format(src) == "biounet"
     with pytest.raises(InputError, match=r"x\.zip: unknown format 'zip'; one of biounet, onnx"):
-        export(checkpoint["biounet"], tmp_path / "x.zip", "zip")
+        export(src, tmp_path / "x.zip", "zip")
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00not a model")
     with pytest.raises(InputError, match=r"junk\.bin: not a biounet model \(a biounet "
@@ -94,12 +92,21 @@ def test_export_formats_are_told_apart_and_the_wrong_ones_refused(checkpoint, tm
     bad.write_bytes(b"\x08\x07 truncated")
     with pytest.raises(InputError, match=r"bad\.onnx: not a readable ONNX model$"):
         load_model(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx", "junk.bin", "m.pt"]
+
+
+@pytest.mark.slow
+def test_export_formats_are_told_apart_and_the_wrong_ones_refused(checkpoint, tmp_path):
+    assert [file_format(checkpoint[f]) for f in ("biounet", "onnx", "torchscript")] == [
+        "biounet", "onnx", "torchscript"]  # fmt: skip
+    with pytest.raises(InputError, match=r"m\.onnx: not a biounet checkpoint; export reads"):
+        export(checkpoint["onnx"], tmp_path / "x.onnx", "onnx")
     bare = onnx.load(str(checkpoint["onnx"]))
     del bare.metadata_props[:]
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     with pytest.raises(InputError, match="an ONNX model without biounet's configuration"):
         load_model(tmp_path / "bare.onnx")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx", "bare.onnx", "junk.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.onnx"]
 
 
 @pytest.mark.slow
