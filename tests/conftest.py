@@ -1,4 +1,7 @@
-"""Shared fixtures: small real ISBI 2012 crops and tiny networks."""
+"""Shared fixtures and helpers: small real ISBI 2012 and DSB 2018 crops; the command run
+in process and its one-line refusals (``run``, ``one_line_error``, ``refusal``); the tiny
+test network (``tiny_config``, ``tiny_unet``, ``tiny_checkpoint``). Test modules import the
+helpers with ``from conftest import ...``."""
 
 from __future__ import annotations
 
@@ -96,3 +99,70 @@ def whole_image_probabilities():
     """``(model, image, precision) -> (K, H, W)``: one pass over the whole padded image,
     the reference that tiled prediction is tested against."""
     return _whole_image_probabilities
+
+
+# ---------------------------------------------------------------------------------------
+# The command in process, and its one-line refusals
+
+
+def run(argv: list[str], capsys) -> tuple[int, str, str]:
+    """``biounet argv`` run in this process -> (exit code, stdout, stderr)."""
+    from biounet.cli import main
+
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(code: int, err: str, *needles: str) -> str:
+    """Checks a refusal: exit code 2 and a stderr of one line, ``biounet: error: ...``,
+    holding each of ``needles``; returns that line."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("biounet: error: "), err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def refusal(argv: list[str], capsys, *needles: str) -> str:
+    """``biounet argv`` run in this process and checked by :func:`one_line_error`: its
+    one error line."""
+    code, _, err = run(argv, capsys)
+    return one_line_error(code, err, *needles)
+
+
+# ---------------------------------------------------------------------------------------
+# Tiny networks
+
+
+def tiny_config(padding: str = "same", **fields):
+    """The tests' tiny network: depth 2, 4 feature channels at the top level (4, 8, 16),
+    no dropout, ``padding``; ``fields`` set any other ModelConfig field or replace these."""
+    from biounet.model import ModelConfig
+
+    return ModelConfig(**{"depth": 2, "base_channels": 4, "padding": padding, "dropout": 0.0,
+                          **fields})  # fmt: skip
+
+
+def tiny_unet(padding: str = "same", *, seed: int = 0, **fields):
+    """A :func:`tiny_config` UNet in eval mode, its weights drawn after
+    ``torch.manual_seed(seed)``."""
+    import torch
+
+    from biounet.model import UNet
+
+    torch.manual_seed(seed)
+    return UNet(tiny_config(padding, **fields)).eval()
+
+
+def tiny_checkpoint(path: Path, model, train=None, inference=None, *, description="test"):
+    """``model`` saved at ``path`` as a biounet checkpoint of a preset named "tiny" with
+    the ``train`` and ``inference`` configurations (default: the defaults); returns
+    ``path``."""
+    from biounet.checkpoint import save_checkpoint
+    from biounet.config import InferenceConfig, Preset, TrainConfig
+
+    preset = Preset("tiny", description, model.config, train or TrainConfig(),
+                    inference or InferenceConfig())  # fmt: skip
+    return save_checkpoint(path, {"preset": preset.to_dict(), "model": model.state_dict()})

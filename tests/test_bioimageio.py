@@ -10,25 +10,21 @@ import onnxruntime as ort
 import pytest
 import torch
 from bioimageio.core import test_model as run_model_test
+from conftest import refusal, tiny_checkpoint, tiny_unet
 from ruyaml import YAML
 
-from biounet import InferenceConfig, Preset, TrainConfig
+from biounet import TrainConfig
 from biounet.bioimageio import UNET_DOI, export_bioimageio, preprocess
-from biounet.checkpoint import save_checkpoint
 from biounet.cli import main
-from biounet.model import ModelConfig, UNet, output_size
+from biounet.model import output_size
 
 
 def _checkpoint(folder, padding: str, normalization: str = "zscore"):
-    torch.manual_seed(0)
-    cfg = ModelConfig(depth=2, base_channels=4, padding=padding, dropout=0.0, out_channels=3,
-                      normalization=normalization)  # fmt: skip
-    preset = Preset("tiny", "a tiny test network", cfg,
-                    TrainConfig(target="contour", tile=64 if padding == "same" else 60,
-                                images="data/dsb2018-fluo/images"),
-                    InferenceConfig())  # fmt: skip
-    return save_checkpoint(folder / f"{padding}.pt", {"preset": preset.to_dict(),
-                                                      "model": UNet(cfg).state_dict()})  # fmt: skip
+    model = tiny_unet(padding, out_channels=3, normalization=normalization)
+    train = TrainConfig(target="contour", tile=64 if padding == "same" else 60,
+                        images="data/dsb2018-fluo/images")  # fmt: skip
+    return tiny_checkpoint(folder / f"{padding}.pt", model, train,
+                           description="a tiny test network")  # fmt: skip
 
 
 def _passes(package) -> None:
@@ -42,6 +38,7 @@ def _rdf(package) -> dict:
         return YAML(typ="safe").load(z.read("rdf.yaml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("padding", ["same", "valid"])
 def test_a_package_passes_the_model_test_and_reproduces_through_onnxruntime(tmp_path, padding):
     src = _checkpoint(tmp_path, padding, "zscore-invert" if padding == "valid" else "zscore")
@@ -75,6 +72,7 @@ def test_a_package_passes_the_model_test_and_reproduces_through_onnxruntime(tmp_
                                atol=1e-5)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_shipped_nuclei_model_packages_and_passes(tmp_path, capsys):
     code = main(["export", "models/dsb2018-nuclei.pt", str(tmp_path / "n.zip"), "--format",
                  "bioimageio"])  # fmt: skip
@@ -89,18 +87,11 @@ def test_the_shipped_nuclei_model_packages_and_passes(tmp_path, capsys):
 def test_bad_package_requests_get_one_line_and_write_nothing(tmp_path, capsys):
     src = _checkpoint(tmp_path, "same")
 
-    def refused(argv, *needles):
-        code = main(argv)
-        err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1, err
-        for n in needles:
-            assert n in err[0], (n, err[0])
-
     out = str(tmp_path / "p.zip")
-    refused(["export", str(src), out, "--format", "bioimageio", "--cite", "no link"],
+    refusal(["export", str(src), out, "--format", "bioimageio", "--cite", "no link"], capsys,
             "--cite 'no link': expected 'TEXT|DOI' or 'TEXT|URL'")  # fmt: skip
-    refused(["export", str(src), out, "--format", "onnx", "--author", "X"],
+    refusal(["export", str(src), out, "--format", "onnx", "--author", "X"], capsys,
             "describe bioimageio packages: add --format bioimageio")  # fmt: skip
-    refused(["export", str(src), out, "--format", "bioimageio", "--sample",
-             str(tmp_path / "missing.tif")], "missing.tif")  # fmt: skip
+    refusal(["export", str(src), out, "--format", "bioimageio", "--sample",
+             str(tmp_path / "missing.tif")], capsys, "missing.tif")  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["same.pt"]

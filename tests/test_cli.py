@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import one_line_error, run, tiny_checkpoint, tiny_unet
 from PIL import Image
 from skimage.measure import label as measure_label
 from skimage.measure import regionprops
@@ -22,12 +23,6 @@ from biounet.cli import main
 TAIL = ["--steps-per-epoch", "2", "--tile", "32", "--batch-size", "2", "--no-progress",
         "--precision", "fp32"]  # fmt: skip
 SMALL = ["--val-slices", "4-5", "--epochs", "2", *TAIL]
-
-
-def run(argv, capsys):
-    code = main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_info_json_has_the_paper_numbers(capsys):
@@ -54,6 +49,7 @@ def test_info_json_has_the_paper_numbers(capsys):
     assert "dice 0.5," in flat and "weight_map True," in flat
 
 
+@pytest.mark.slow
 def test_train_then_predict_end_to_end(isbi_crops, tmp_path, capsys):
     img, lab = isbi_crops
     out = tmp_path / "run"
@@ -92,19 +88,19 @@ def test_train_then_predict_end_to_end(isbi_crops, tmp_path, capsys):
     np.testing.assert_array_equal(mask, np.where(prob > 0.4, 255, 0))
     assert inst.dtype == np.uint16 and ((inst > 0) == (mask > 0)).all()
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--threshold", "2"], capsys)
-    _one_line_error(code, err, "--threshold must be in [0, 1]")
+    one_line_error(code, err, "--threshold must be in [0, 1]")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--seed-threshold", "0.7"], capsys)  # fmt: skip
-    _one_line_error(code, err, "best.pt", "--seed-threshold applies to contour models", "mask")
+    one_line_error(code, err, "best.pt", "--seed-threshold applies to contour models", "mask")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--split-solidity", "0.9"], capsys)  # fmt: skip
-    _one_line_error(code, err, "best.pt", "--split-solidity applies to contour models", "mask")
+    one_line_error(code, err, "best.pt", "--split-solidity applies to contour models", "mask")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--split-depth", "2"], capsys)  # fmt: skip
-    _one_line_error(code, err, "best.pt", "--split-depth applies to contour models", "mask")
+    one_line_error(code, err, "best.pt", "--split-depth applies to contour models", "mask")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--seed-dynamics", "0.2"], capsys)  # fmt: skip
-    _one_line_error(code, err, "best.pt", "--seed-dynamics applies to contour models", "mask")
+    one_line_error(code, err, "best.pt", "--seed-dynamics applies to contour models", "mask")
 
     folder = tmp_path / "pngs"
     folder.mkdir()
@@ -127,41 +123,33 @@ def test_train_then_predict_end_to_end(isbi_crops, tmp_path, capsys):
     assert tifffile.imread(tmp_path / "probs" / "b.tif").shape == (96, 96)
 
 
-def _one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("biounet: error: "), err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-
-
 def test_bad_inputs_give_one_line_errors(isbi_crops, tmp_path, capsys):
     img, lab = isbi_crops
     base = ["train", "--out", str(tmp_path / "r"), *SMALL]
     code, _, err = run(
         [*base, "--images", str(tmp_path / "missing.tif"), "--labels", str(lab)], capsys
     )
-    _one_line_error(code, err, "missing.tif", "no such file")
+    one_line_error(code, err, "missing.tif", "no such file")
 
     short = tmp_path / "short.tif"
     tifffile.imwrite(short, tifffile.imread(lab)[:5])
     code, _, err = run([*base, "--images", str(img), "--labels", str(short)], capsys)
-    _one_line_error(code, err, "short.tif", "5 slices", "has 6")
+    one_line_error(code, err, "short.tif", "5 slices", "has 6")
 
     small = tmp_path / "small.tif"
     tifffile.imwrite(small, tifffile.imread(lab)[:, :90])
     code, _, err = run([*base, "--images", str(img), "--labels", str(small)], capsys)
-    _one_line_error(code, err, "small.tif", "90 x 96", "96 x 96")
+    one_line_error(code, err, "small.tif", "90 x 96", "96 x 96")
 
     grey = tmp_path / "grey.tif"
     tifffile.imwrite(grey, (tifffile.imread(lab) // 2 + 3).astype(np.uint8))  # 3 and 130
     code, _, err = run([*base, "--images", str(img), "--labels", str(grey)], capsys)
-    _one_line_error(code, err, "grey.tif", "not classes")
+    one_line_error(code, err, "grey.tif", "not classes")
 
     corrupt = tmp_path / "corrupt.tif"
     corrupt.write_bytes(img.read_bytes()[:300])  # a cut stack: refused, naming what is left
     code, _, err = run([*base, "--images", str(corrupt), "--labels", str(lab)], capsys)
-    _one_line_error(code, err, "corrupt.tif", "truncated: 0 of 6 pages readable")
+    one_line_error(code, err, "corrupt.tif", "truncated: 0 of 6 pages readable")
 
     code, _, err = run(
         [
@@ -179,32 +167,32 @@ def test_bad_inputs_give_one_line_errors(isbi_crops, tmp_path, capsys):
         ],
         capsys,
     )
-    _one_line_error(
+    one_line_error(
         code, err, "--tile 100", "smaller than the network's minimum 188", "nearest valid: 188"
     )
 
     code, _, err = run(["train", "--images", str(img), "--out", str(tmp_path / "r")], capsys)
-    _one_line_error(code, err, "--images given alone")
+    one_line_error(code, err, "--images given alone")
 
     afile = tmp_path / "afile"
     afile.write_text("x")
     code, _, err = run(["weight-map", str(lab), "--out", str(afile / "w.tif")], capsys)
-    _one_line_error(code, err, "afile")  # an OSError from the file system, in one line
+    one_line_error(code, err, "afile")  # an OSError from the file system, in one line
 
     code, _, err = run(["train", "--resume", str(tmp_path / "r"), "--lr", "0.1"], capsys)
-    _one_line_error(code, err, "--resume keeps the run's settings; drop --lr")
+    one_line_error(code, err, "--resume keeps the run's settings; drop --lr")
     code, _, err = run(["train", "--resume", str(tmp_path / "r"), "--out", "x"], capsys)
-    _one_line_error(code, err, "drop --out")
+    one_line_error(code, err, "drop --out")
 
     code, _, err = run(["predict", str(img), str(img)], capsys)
-    _one_line_error(code, err, "img.tif", "not a biounet model (a biounet checkpoint, ONNX or "
+    one_line_error(code, err, "img.tif", "not a biounet model (a biounet checkpoint, ONNX or "
                     "TorchScript file)")  # fmt: skip
 
     five = tmp_path / "five.tif"
     tifffile.imwrite(five, np.zeros((16, 16, 5), np.uint8), photometric="minisblack",
                      planarconfig="contig", extrasamples=[0, 0, 0, 0])  # fmt: skip
     code, _, err = run(["predict", str(img), str(five)], capsys)
-    _one_line_error(code, err, "five.tif")
+    one_line_error(code, err, "five.tif")
 
 
 @pytest.mark.slow
@@ -265,7 +253,7 @@ def test_weight_map_command_writes_float32_maps_and_a_figure(isbi_crops, tmp_pat
     bad = tmp_path / "bad.tif"
     tifffile.imwrite(bad, np.array([[0.0, 1.5], [2.0, 0.0]], np.float32))
     code, _, err = run(["weight-map", str(bad), "--out", str(tmp_path / "x.tif")], capsys)
-    _one_line_error(code, err, "bad.tif", "not integer")
+    one_line_error(code, err, "bad.tif", "not integer")
 
 
 def test_augment_preview_draws_the_presets_tiles(isbi_crops, tmp_path, capsys):
@@ -308,15 +296,16 @@ def test_evaluate_json_on_a_perfect_and_a_noisy_prediction(isbi_crops, tmp_path,
     assert code == 0 and json.loads(out)["v_rand"] == 1.0
 
     code, _, err = run(["evaluate", str(lab), str(lab)], capsys)
-    _one_line_error(code, err, "lab.tif", "8-bit values; expected float probabilities")
+    one_line_error(code, err, "lab.tif", "8-bit values; expected float probabilities")
     code, _, err = run(["evaluate", str(noisy), str(lab), "--metrics", "vrand"], capsys)
-    _one_line_error(code, err, "--metrics: unknown vrand")
+    one_line_error(code, err, "--metrics: unknown vrand")
     short = tmp_path / "short.tif"
     tifffile.imwrite(short, labels[:2], photometric="minisblack")
     code, _, err = run(["evaluate", str(noisy), str(short)], capsys)
-    _one_line_error(code, err, "short.tif", "2 slices")
+    one_line_error(code, err, "short.tif", "2 slices")
 
 
+@pytest.mark.slow
 def test_bench_reports_speeds_and_ratios(isbi_crops, tmp_path, capsys):
     img, lab = isbi_crops
     out = tmp_path / "run"
@@ -337,6 +326,7 @@ def test_bench_reports_speeds_and_ratios(isbi_crops, tmp_path, capsys):
         r["train_steps_per_s"] / r["baseline_steps_per_s"])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops, tmp_path, capsys):
     img, lab = isbi_crops
     out = tmp_path / "run"
@@ -357,7 +347,7 @@ def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops
     assert code == 0 and "scale True, zoom 0.2," in flat and "contrast inversion 0.25," in flat
     code, _, err = run(["train", "--images", str(img), "--labels", str(lab), "--dice", "-1",
                         "--out", str(tmp_path / "neg"), *SMALL], capsys)  # fmt: skip
-    _one_line_error(code, err, "dice must be >= 0, got -1")
+    one_line_error(code, err, "dice must be >= 0, got -1")
     for flag, value, message in (
         ("--w0", "-1", "w0 must be >= 0, got -1.0"),
         ("--touch-width", "-2", "touch_width must be >= 0, got -2"),
@@ -370,23 +360,24 @@ def test_train_flags_reach_the_config_and_export_ships_a_usable_model(isbi_crops
     ):
         code, _, err = run(["train", "--images", str(img), "--labels", str(lab), flag, value,
                             "--out", str(tmp_path / "bad"), *SMALL], capsys)  # fmt: skip
-        _one_line_error(code, err, message)
+        one_line_error(code, err, message)
     code, text, _ = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt")], capsys)
     assert code == 0 and "weights and configuration only" in text
     code, _, _ = run(["predict", str(tmp_path / "m.pt"), str(img), "--out",
                       str(tmp_path / "p.tif"), "--no-progress"], capsys)  # fmt: skip
     assert code == 0 and tifffile.imread(tmp_path / "p.tif").shape == (6, 96, 96)
     code, _, err = run(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")], capsys)
-    _one_line_error(code, err, "missing.pt", "no such checkpoint")
+    one_line_error(code, err, "missing.pt", "no such checkpoint")
     assert not (tmp_path / "x.pt").exists()
     # a stored configuration this version rejects names the checkpoint that holds it
     bad = torch.load(tmp_path / "m.pt", weights_only=True)
     bad["preset"]["train"]["class_balance"] = "global"
     torch.save(bad, tmp_path / "bad.pt")
     code, _, err = run(["predict", str(tmp_path / "bad.pt"), str(img)], capsys)
-    _one_line_error(code, err, "bad.pt", "invalid stored configuration", "class_balance must be")
+    one_line_error(code, err, "bad.pt", "invalid stored configuration", "class_balance must be")
 
 
+@pytest.mark.slow
 def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_path, capsys):
     img, lab = dsb_crops
     out = tmp_path / "nuc"
@@ -419,29 +410,29 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     assert code == 0 and tifffile.imread(tmp_path / "ms" / f"{names[0]}-instances.tif").max() == 0
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--out", str(tmp_path / "ms"),
                         "--instances", "--min-peak", "2", "--no-progress"], capsys)  # fmt: skip
-    _one_line_error(code, err, "--min-peak must be in [0, 1], got 2")
+    one_line_error(code, err, "--min-peak must be in [0, 1], got 2")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--min-size", "9"], capsys)
-    _one_line_error(code, err, "add --instances")
+    one_line_error(code, err, "add --instances")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--min-fraction", "nan"], capsys)  # fmt: skip
-    _one_line_error(code, err, "--min-fraction must be in [0, 1], got nan")
+    one_line_error(code, err, "--min-fraction must be in [0, 1], got nan")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--seed-threshold", "1"], capsys)  # fmt: skip
-    _one_line_error(code, err, "--seed-threshold must be in (0, 1), got 1")
+    one_line_error(code, err, "--seed-threshold must be in (0, 1), got 1")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--split-solidity", "-0.5"], capsys)  # fmt: skip
-    _one_line_error(code, err, "--split-solidity must be in [0, 1], got -0.5")
+    one_line_error(code, err, "--split-solidity must be in [0, 1], got -0.5")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--split-depth", "0"], capsys)  # fmt: skip
-    _one_line_error(code, err, "--split-depth must be > 0 pixels, got 0.0")
+    one_line_error(code, err, "--split-depth must be > 0 pixels, got 0.0")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--instances",
                         "--seed-dynamics", "1"], capsys)  # fmt: skip
-    _one_line_error(code, err, "--seed-dynamics must be in [0, 1), got 1.0")
+    one_line_error(code, err, "--seed-dynamics must be in [0, 1), got 1.0")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--split-depth", "2"], capsys)
-    _one_line_error(code, err, "add --instances")
+    one_line_error(code, err, "add --instances")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--seed-dynamics", "0.2"],
                        capsys)  # fmt: skip
-    _one_line_error(code, err, "add --instances")
+    one_line_error(code, err, "add --instances")
     # --diameter: images rescaled to the trained size, outputs at the input's
     d = cfg["model"]["diameter"]
     for diameter in (str(2 * d), "auto"):
@@ -452,12 +443,12 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
         assert tifffile.imread(tmp_path / "d" / f"{names[0]}-instances.tif").shape == (80, 112)
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--diameter", str(5 * d)],
                        capsys)  # fmt: skip
-    _one_line_error(code, err, f"--diameter {5 * d:g} would rescale the images by 0.2;")
+    one_line_error(code, err, f"--diameter {5 * d:g} would rescale the images by 0.2;")
     code, _, err = run(["predict", str(out / "best.pt"), str(img), "--diameter", "-3"], capsys)
-    _one_line_error(code, err, "--diameter must be auto or >= 0 pixels, got -3.0")
+    one_line_error(code, err, "--diameter must be auto or >= 0 pixels, got -3.0")
     code, _, err = run(["export", str(out / "best.pt"), str(tmp_path / "m.pt"),
                         "--threshold", "1.5"], capsys)  # fmt: skip
-    _one_line_error(code, err, "--threshold must be in [0, 1], got 1.5")
+    one_line_error(code, err, "--threshold must be in [0, 1], got 1.5")
     stored = ["--min-peak", "0.9", "--min-size", "7", "--min-fraction", "0.25",
               "--seed-threshold", "0.3", "--split-solidity", "0.85", "--split-depth", "2.5",
               "--seed-dynamics", "0.15", "--threshold", "0.8"]  # fmt: skip
@@ -531,7 +522,7 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
     u16 = tmp_path / "u16.tif"
     tifffile.imwrite(u16, (tifffile.imread(preds / f"{names[0]}.tif") * 1000).astype(np.uint16))
     code, _, err = run(["evaluate", str(u16), str(lab / f"{names[0]}.tif")], capsys)
-    _one_line_error(code, err, f"{names[0]}.tif", "not classes", "add --instances")
+    one_line_error(code, err, f"{names[0]}.tif", "not classes", "add --instances")
 
     # bad instance input, one line each
     bad = tmp_path / "bad"
@@ -540,20 +531,20 @@ def test_touching_nuclei_train_predict_instances_and_evaluate(dsb_crops, tmp_pat
         tifffile.imwrite(bad / f"{n}.tif", tifffile.imread(lab / f"{n}.tif").astype(np.int32))
     tifffile.imwrite(bad / f"{names[0]}.tif", -np.ones((96, 96), np.int32))
     code, _, err = run(["evaluate", str(preds), str(bad), "--instances"], capsys)
-    _one_line_error(code, err, names[0], "negative value -1")
+    one_line_error(code, err, names[0], "negative value -1")
     (bad / f"{names[2]}.tif").unlink()
     tifffile.imwrite(bad / f"{names[0]}.tif", np.zeros((50, 50), np.uint16))
     code, _, err = run(["train", "--images", str(img), "--labels", str(lab), "--target", "contour",
                         "--select-by", "v_rand", "--isbi-every", "0", "--out",
                         str(tmp_path / "v"), "--val-slices", "4", *TAIL], capsys)  # fmt: skip
-    _one_line_error(code, err, "select_by v_rand needs the ISBI metrics")
+    one_line_error(code, err, "select_by v_rand needs the ISBI metrics")
     assert not (tmp_path / "v").exists()
     base = ["train", "--target", "binary", "--out", str(tmp_path / "b"), *SMALL]
     code, _, err = run([*base, "--images", str(img), "--labels", str(bad)], capsys)
-    _one_line_error(code, err, "no mask for image", names[2])
+    one_line_error(code, err, "no mask for image", names[2])
     tifffile.imwrite(bad / f"{names[2]}.tif", np.zeros((96, 96), np.uint16))
     code, _, err = run([*base, "--images", str(img), "--labels", str(bad)], capsys)
-    _one_line_error(code, err, names[0], "50 x 50", "80 x 112")
+    one_line_error(code, err, names[0], "50 x 50", "80 x 112")
 
 
 def test_instance_label_problems_through_the_command(dsb_crops, tmp_path, capsys, caplog):
@@ -599,7 +590,7 @@ def test_instance_label_problems_through_the_command(dsb_crops, tmp_path, capsys
     code, _, err = run(["train", "--images", str(img), "--labels", str(frac), "--target",
                         "contour", "--out", str(tmp_path / "f"), "--val-slices", "4",
                         *TAIL], capsys)  # fmt: skip
-    _one_line_error(code, err, names[1], "fractional")
+    one_line_error(code, err, names[1], "fractional")
     assert not (tmp_path / "f").exists()
 
     # a reference image no prediction pairs with is reported; a prediction with no reference
@@ -608,7 +599,7 @@ def test_instance_label_problems_through_the_command(dsb_crops, tmp_path, capsys
     extra.mkdir()
     tifffile.imwrite(extra / "nobody.tif", ref)
     code, _, err = run(["evaluate", str(extra), str(lab), "--instances"], capsys)
-    _one_line_error(code, err, "nobody")
+    one_line_error(code, err, "nobody")
 
 
 def test_predict_and_export_take_the_same_inference_flags():
@@ -743,23 +734,23 @@ def test_a_three_class_model_in_folders_and_its_one_line_refusals(tmp_path, caps
                                                    "contour model")):  # fmt: skip
         code, _, err = run(["predict", str(ckpt), str(img), "--out", str(tmp_path / "x.tif"),
                             *extra], capsys)  # fmt: skip
-        _one_line_error(code, err, needle)
+        one_line_error(code, err, needle)
     assert not (tmp_path / "x.tif").exists()
     code, _, err = run(["evaluate", str(img), str(lab), "--classes", "3"], capsys)
-    _one_line_error(code, err, "img3.tif slice 0: mask values are not classes",
+    one_line_error(code, err, "img3.tif slice 0: mask values are not classes",
                     "expected a class map 0..2 (predict's NAME.tif of a 3-class model)")
     code, _, err = run(["evaluate", str(lab), str(lab), "--classes", "1"], capsys)
-    _one_line_error(code, err, "--classes must be in 2..255, got 1")
+    one_line_error(code, err, "--classes must be in 2..255, got 1")
     code, _, err = run(["evaluate", str(lab), str(lab), "--classes", "3", "--instances"], capsys)
-    _one_line_error(code, err, "--classes scores class maps, --instances instance labels")
+    one_line_error(code, err, "--classes scores class maps, --instances instance labels")
     code, _, err = run(["evaluate", str(lab), str(lab)], capsys)
-    _one_line_error(code, err, "lab3.tif slice 0: mask values are not classes",
+    one_line_error(code, err, "lab3.tif slice 0: mask values are not classes",
                     "(instance labels? add --instances; classes 0..C-1? add --classes C; "
                     "soft masks? add --label-threshold T)")
     binary = tmp_path / "binary.tif"
     tifffile.imwrite(binary, (labels > 0).astype(np.uint8) * 255, photometric="minisblack")
     code, _, err = run(["evaluate", str(lab), str(binary)], capsys)
-    _one_line_error(code, err, "8-bit values", "(a class map: add --classes C)")
+    one_line_error(code, err, "8-bit values", "(a class map: add --classes C)")
 
 
 def test_predict_refuses_a_truncated_stack_in_one_line(tmp_path, capsys):
@@ -773,7 +764,7 @@ def test_predict_refuses_a_truncated_stack_in_one_line(tmp_path, capsys):
     out = tmp_path / "p.tif"
     code, _, err = run(["predict", str(model), str(cut), "--out", str(out), "--no-progress"],
                        capsys)  # fmt: skip
-    _one_line_error(code, err, "third.tif: truncated: ", " of 30 pages readable (file is ")
+    one_line_error(code, err, "third.tif: truncated: ", " of 30 pages readable (file is ")
     assert not out.exists()
 
 
@@ -806,7 +797,7 @@ def test_a_folder_of_odd_sizes_and_soft_masks_trains_with_a_threshold_alone(tmp_
     out = tmp_path / "run"
     code, _, err = run(["train", "--images", str(img), "--labels", str(lab), "--out", str(out),
                         "--epochs", "1", *TAIL], capsys)  # fmt: skip
-    _one_line_error(code, err, "masks/cells0: mask values are not classes",
+    one_line_error(code, err, "masks/cells0: mask values are not classes",
                     "add --label-threshold T (value > T is foreground)")
     assert not out.exists()
     with caplog.at_level(logging.INFO, logger="biounet"):
@@ -826,7 +817,7 @@ def test_a_folder_of_odd_sizes_and_soft_masks_trains_with_a_threshold_alone(tmp_
     # evaluated against its soft mask: refused as it is, binarised like training
     gt = str(lab / f"cells{held[0]}.png")
     code, _, err = run(["evaluate", str(tmp_path / "p.tif"), gt, "--json"], capsys)
-    _one_line_error(code, err, f"cells{held[0]}.png: mask values are not classes",
+    one_line_error(code, err, f"cells{held[0]}.png: mask values are not classes",
                     "soft masks? add --label-threshold T")
     code, text, err = run(["evaluate", str(tmp_path / "p.tif"), gt, "--json",
                            "--label-threshold", "127"], capsys)  # fmt: skip
@@ -839,17 +830,13 @@ def test_a_folder_of_odd_sizes_and_soft_masks_trains_with_a_threshold_alone(tmp_
 
 
 def test_new_training_flags_fail_in_one_line_and_write_nothing(isbi_crops, tmp_path, capsys):
-    from biounet.checkpoint import save_checkpoint
-    from biounet.config import Preset, TrainConfig
-    from biounet.model import ModelConfig, UNet
-
     img, lab = isbi_crops
     out = tmp_path / "r"
     base = ["train", "--images", str(img), "--labels", str(lab), "--out", str(out), *SMALL]
 
     def refused(flags, *needles):
         code, _, err = run([*base, *flags], capsys)
-        _one_line_error(code, err, *needles)
+        one_line_error(code, err, *needles)
         assert not out.exists()
 
     refused(["--ignore-label", "1"], "--ignore-label 1 is also a class of", "lab.tif slice 0",
@@ -862,7 +849,7 @@ def test_new_training_flags_fail_in_one_line_and_write_nothing(isbi_crops, tmp_p
     labels[:, :10] = 2
     tifffile.imwrite(three, labels)
     code, _, err = run([*base[:4], str(three), *base[5:], "--classes", "2"], capsys)
-    _one_line_error(code, err, "three.tif slice 0: mask values are not classes", "expected 0/255 "
+    one_line_error(code, err, "three.tif slice 0: mask values are not classes", "expected 0/255 "
                     "or 0/1")  # fmt: skip
     assert not out.exists()
 
@@ -870,13 +857,11 @@ def test_new_training_flags_fail_in_one_line_and_write_nothing(isbi_crops, tmp_p
     notmodel.write_text("not a model")
     refused(["--init", str(notmodel)], "notes.pt: not a readable biounet checkpoint")
     refused(["--init", str(img)], "img.tif: not a readable biounet checkpoint")
-    two = ModelConfig(in_channels=2, depth=2, base_channels=4, padding="same")
-    save_checkpoint(tmp_path / "two.pt", {"preset": Preset("t", "", two, TrainConfig()).to_dict(),
-                                          "model": UNet(two).state_dict()})  # fmt: skip
+    tiny_checkpoint(tmp_path / "two.pt", tiny_unet(in_channels=2))
     refused(["--init", str(tmp_path / "two.pt")], "two.pt: the model takes 2 input channels, "
             "the images have 1")  # fmt: skip
     code, _, err = run(["train", "--resume", str(out), "--init", str(tmp_path / "two.pt")], capsys)
-    _one_line_error(code, err, "--resume keeps the run's settings; drop --init")
+    one_line_error(code, err, "--resume keeps the run's settings; drop --init")
 
 
 def test_init_fine_tunes_the_shipped_nuclei_model_on_a_few_images(dsb_crops, tmp_path, capsys):
@@ -905,6 +890,7 @@ def test_init_fine_tunes_the_shipped_nuclei_model_on_a_few_images(dsb_crops, tmp
     assert fast.train.target == FAST.train.target and fast.train.dice == FAST.train.dice
 
 
+@pytest.mark.slow
 def test_a_three_class_mask_stack_trains_predicts_a_class_map_and_evaluates_per_class(
     tmp_path, capsys
 ):
@@ -958,12 +944,7 @@ def test_evaluate_scores_a_prediction_folder_against_a_larger_reference_folder(t
 
 def _three_class_checkpoint(tmp_path):
     """An untrained 3-class mask model (depth 2, 4 base channels) saved as a checkpoint."""
-    from biounet.checkpoint import save_checkpoint
-    from biounet.config import InferenceConfig, Preset, TrainConfig
-    from biounet.model import ModelConfig, UNet
+    from biounet.config import TrainConfig
 
-    model = UNet(ModelConfig(depth=2, base_channels=4, padding="same", batch_norm=False,
-                             dropout=0.0, out_channels=3))  # fmt: skip
-    preset = Preset("tiny", "test", model.config, TrainConfig(target="mask"), InferenceConfig())
-    return save_checkpoint(tmp_path / "three.pt", {"preset": preset.to_dict(),
-                                                   "model": model.state_dict()})  # fmt: skip
+    return tiny_checkpoint(tmp_path / "three.pt", tiny_unet(out_channels=3),
+                           TrainConfig(target="mask"))  # fmt: skip

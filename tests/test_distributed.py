@@ -13,16 +13,16 @@ import pytest
 import tifffile
 import torch
 import torch.multiprocessing as mp
+from conftest import refusal, tiny_config
 
 from biounet import distributed
 from biounet.config import Preset, TrainConfig
 from biounet.distributed import World, rank_device, world_from_env
 from biounet.errors import InputError
 from biounet.io import RunLock, remove_stale_temps
-from biounet.model import ModelConfig
-from biounet.train import _build, _seed_epoch, train_step
+from biounet.train import build_learner, seed_epoch, train_step
 
-PAPER_TINY = ModelConfig(depth=2, base_channels=4, padding="valid", dropout=0.0)
+PAPER_TINY = tiny_config("valid")
 STEPS = 3
 B = 2  # batch per rank
 
@@ -43,7 +43,7 @@ def _batches(seed: int = 0):
 def _learner(world: World):
     preset = Preset("t", "", PAPER_TINY, TrainConfig(optimizer="sgd", lr=0.1, precision="fp32"))
     gen = torch.Generator().manual_seed(3)
-    return _build(preset, torch.device("cpu"), "fp32", gen, None, None, world), preset.train
+    return build_learner(preset, torch.device("cpu"), "fp32", gen, None, None, world), preset.train
 
 
 def _rank_worker(rank: int, port: int, out: str) -> None:
@@ -87,7 +87,7 @@ def test_each_rank_draws_its_own_seeded_stream():
 
     def draws(epoch, rank):
         s, g = Sampler(), torch.Generator()
-        _seed_epoch(0, epoch, rank, s, g)
+        seed_epoch(0, epoch, rank, s, g)
         return s.rng.integers(0, 10**9, 4).tolist(), torch.rand(4, generator=g).tolist()
 
     assert draws(2, 0) == draws(2, 0)  # reproducible: resumed at epoch 2, the same stream
@@ -217,6 +217,7 @@ def test_a_held_run_directory_refuses_a_second_writer(tmp_path):
         pass
 
 
+@pytest.mark.slow
 def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
     code = ("import sys, time; from biounet.io import RunLock; RunLock(sys.argv[1]).__enter__();"
             "print('held', flush=True); time.sleep(120)")
@@ -235,14 +236,10 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
 
 @pytest.mark.slow
 def test_a_second_train_into_a_run_in_use_refuses_in_one_line(tmp_path, capsys):
-    from biounet.cli import main
-
     img, lab = _tiny_data(tmp_path / "data")
     with RunLock(tmp_path / "run"):
-        assert main(_train_args(img, lab, tmp_path / "run")) == 2
-    err = capsys.readouterr().err.strip()
+        err = refusal(_train_args(img, lab, tmp_path / "run"), capsys)
     assert err.startswith(f"biounet: error: {tmp_path / 'run'}: another biounet run (pid ")
-    assert len(err.splitlines()) == 1
     assert not (tmp_path / "run" / "config.json").exists()
 
 

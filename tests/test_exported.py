@@ -9,21 +9,19 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import DSB
+from conftest import DSB, refusal, tiny_checkpoint, tiny_config, tiny_unet
 from PIL import Image
 
-from biounet import InferenceConfig, Preset, TrainConfig, predict, segment
-from biounet.checkpoint import save_checkpoint
+from biounet import InferenceConfig, TrainConfig, predict, segment
 from biounet.cli import main
 from biounet.errors import InputError
 from biounet.exported import export, file_format, load_model
-from biounet.model import ModelConfig, UNet
+from biounet.model import UNet
 
 CONFIGS = {
-    "same": ModelConfig(depth=2, base_channels=4, padding="same", batch_norm=True,
-                        dropout=0.0, out_channels=3, normalization="zscore-bright",
+    "same": tiny_config("same", batch_norm=True, out_channels=3, normalization="zscore-bright",
                         diameter=12.5),  # fmt: skip
-    "valid": ModelConfig(depth=2, base_channels=4, padding="valid", dropout=0.0),
+    "valid": tiny_config("valid"),
 }
 
 
@@ -41,11 +39,9 @@ def checkpoint(request, tmp_path_factory):
                 m.running_var.uniform_(0.5, 2)
     target = "contour" if cfg.out_channels == 3 else "mask"
     tile = 64 if cfg.padding == "same" else 60  # valid for depth 2: 4k + 28
-    preset = Preset("tiny", "test", cfg, TrainConfig(target=target, tile=tile),
-                    InferenceConfig(tta=True, min_size=3))  # fmt: skip
     folder = tmp_path_factory.mktemp(request.param)
-    path = save_checkpoint(folder / "m.pt", {"preset": preset.to_dict(),
-                                             "model": model.state_dict()})  # fmt: skip
+    path = tiny_checkpoint(folder / "m.pt", model, TrainConfig(target=target, tile=tile),
+                           InferenceConfig(tta=True, min_size=3))  # fmt: skip
     files = {"biounet": path}
     for fmt, name in (("onnx", "m.onnx"), ("torchscript", "m.ts")):
         files[fmt] = export(path, folder / name, fmt)
@@ -58,6 +54,7 @@ def images(isbi):
     return [isbi[0][7, 30:163, 41:230], dsb]  # (133, 189) uint8, (256, 256)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_exported_files_give_pytorch_fp32_probabilities(checkpoint, images, fmt):
     for image in images:
@@ -68,6 +65,7 @@ def test_exported_files_give_pytorch_fp32_probabilities(checkpoint, images, fmt)
             np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_exported_files_carry_their_configuration_and_post_processing(checkpoint, images, fmt):
     net, preset = load_model(checkpoint[fmt])
@@ -80,13 +78,11 @@ def test_exported_files_carry_their_configuration_and_post_processing(checkpoint
     np.testing.assert_allclose(got.probabilities, ref.probabilities, atol=1e-4)
 
 
-def test_export_formats_are_told_apart_and_the_wrong_ones_refused(checkpoint, tmp_path):
-    assert [file_format(checkpoint[f]) for f in ("biounet", "onnx", "torchscript")] == [
-        "biounet", "onnx", "torchscript"]  # fmt: skip
-    with pytest.raises(InputError, match=r"m\.onnx: not a biounet checkpoint; export reads"):
-        export(checkpoint["onnx"], tmp_path / "x.onnx", "onnx")
+def test_unknown_formats_and_unreadable_model_files_are_refused(tmp_path):
+    src = tiny_checkpoint(tmp_path / "m.pt", tiny_unet())
+    assert file_format(src) == "biounet"
     with pytest.raises(InputError, match=r"x\.zip: unknown format 'zip'; one of biounet, onnx"):
-        export(checkpoint["biounet"], tmp_path / "x.zip", "zip")
+        export(src, tmp_path / "x.zip", "zip")
     junk = tmp_path / "junk.bin"
     junk.write_bytes(b"\x00not a model")
     with pytest.raises(InputError, match=r"junk\.bin: not a biounet model \(a biounet "
@@ -96,14 +92,24 @@ def test_export_formats_are_told_apart_and_the_wrong_ones_refused(checkpoint, tm
     bad.write_bytes(b"\x08\x07 truncated")
     with pytest.raises(InputError, match=r"bad\.onnx: not a readable ONNX model$"):
         load_model(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx", "junk.bin", "m.pt"]
+
+
+@pytest.mark.slow
+def test_export_formats_are_told_apart_and_the_wrong_ones_refused(checkpoint, tmp_path):
+    assert [file_format(checkpoint[f]) for f in ("biounet", "onnx", "torchscript")] == [
+        "biounet", "onnx", "torchscript"]  # fmt: skip
+    with pytest.raises(InputError, match=r"m\.onnx: not a biounet checkpoint; export reads"):
+        export(checkpoint["onnx"], tmp_path / "x.onnx", "onnx")
     bare = onnx.load(str(checkpoint["onnx"]))
     del bare.metadata_props[:]
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     with pytest.raises(InputError, match="an ONNX model without biounet's configuration"):
         load_model(tmp_path / "bare.onnx")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx", "bare.onnx", "junk.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bare.onnx"]
 
 
+@pytest.mark.slow
 def test_the_command_exports_and_predicts_with_an_exported_file(checkpoint, tmp_path, capsys):
     src = checkpoint["biounet"]
     code = main(["export", str(src), str(tmp_path / "c.onnx"), "--format", "onnx",
@@ -116,11 +122,10 @@ def test_the_command_exports_and_predicts_with_an_exported_file(checkpoint, tmp_
     code = main(["predict", str(tmp_path / "c.onnx"), str(img), "--out",
                  str(tmp_path / "p.tif"), "--no-progress"])  # fmt: skip
     assert code == 0 and (tmp_path / "p.tif").is_file()
-    code = main(["export", str(src), str(tmp_path / "x.bin"), "--format", "zip"])
-    err = capsys.readouterr().err.strip().splitlines()
     expected = (f"biounet: error: {tmp_path / 'x.bin'}: unknown format 'zip'; one of biounet, "
                 "onnx, torchscript, bioimageio")  # fmt: skip
-    assert code == 2 and err == [expected]
+    assert refusal(["export", str(src), str(tmp_path / "x.bin"), "--format", "zip"],
+                   capsys) == expected  # fmt: skip
     assert not (tmp_path / "x.bin").exists()
 
 
@@ -134,6 +139,7 @@ def test_inference_without_a_gradient_takes_the_plain_path_with_the_same_values(
     assert torch.equal(plain, traced.detach())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shipped,data", [("isbi2012", "isbi"), ("dsb2018-nuclei", "dsb")])
 def test_the_shipped_models_export_and_predict_as_they_do(shipped, data, images, tmp_path):
     """The acceptance commands: export MODEL m.onnx / m.ts, then predict with the file
@@ -146,6 +152,7 @@ def test_the_shipped_models_export_and_predict_as_they_do(shipped, data, images,
         np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_the_onnxruntime_engine_runs_a_checkpoint_through_its_cached_export(
     checkpoint, images, tmp_path, monkeypatch
 ):

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
+from conftest import refusal, tiny_checkpoint, tiny_unet
 
-from biounet import InferenceConfig, Preset, TrainConfig
-from biounet.checkpoint import save_checkpoint
+from biounet import InferenceConfig, TrainConfig
 from biounet.cli import main
 from biounet.errors import InputError
 from biounet.large import (
@@ -22,7 +21,6 @@ from biounet.large import (
     streamed_normalization,
 )
 from biounet.mirror import mirror_pad
-from biounet.model import ModelConfig, UNet
 from biounet.normalization import normalize
 from biounet.shards import parse_shard, shard_of_environment
 from biounet.tiling import probabilities
@@ -32,21 +30,11 @@ zarr = pytest.importorskip("zarr")
 TILE = {"same": 64, "valid": 60}  # valid for depth 2: 4k + 28
 
 
-def _model(padding: str, out_channels: int = 2) -> UNet:
-    torch.manual_seed(2)
-    cfg = ModelConfig(depth=2, base_channels=4, padding=padding, dropout=0.0,
-                      out_channels=out_channels)  # fmt: skip
-    return UNet(cfg).eval()
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A tiny same-padding binary model that does not average views (TTA off)."""
-    model = _model("same")
-    preset = Preset("tiny", "test", model.config, TrainConfig(tile=64),
-                    InferenceConfig(tta=False))  # fmt: skip
-    path = tmp_path_factory.mktemp("model") / "m.pt"
-    return save_checkpoint(path, {"preset": preset.to_dict(), "model": model.state_dict()})
+    return tiny_checkpoint(tmp_path_factory.mktemp("model") / "m.pt", tiny_unet(seed=2),
+                           TrainConfig(tile=64), InferenceConfig(tta=False))  # fmt: skip
 
 
 def _zarr(path: Path, image: np.ndarray, chunks=(64, 64), names=None) -> Path:
@@ -82,10 +70,11 @@ def _image(shape=(150, 230), seed=0) -> np.ndarray:
 # The same probabilities as in memory
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("padding", ["valid", "same"])
 def test_lazy_blocks_give_the_in_memory_probabilities(padding, tmp_path):
     image = _image()
-    model = _model(padding, out_channels=3)  # 3 channels out: every channel compared
+    model = tiny_unet(padding, seed=2, out_channels=3)  # 3 channels out: every channel compared
     lazy = open_lazy(_zarr(tmp_path / "in.zarr", image))
     ref = probabilities(model, image, tile=TILE[padding], precision="fp32")
     for block in (1, 100, 10_000):  # one tile a block, a few, the whole image
@@ -209,39 +198,32 @@ def test_a_tiled_bigtiff_is_read_lazily_with_its_pixel_size(checkpoint, tmp_path
 # Bad input: one line, exit 2
 
 
-def _error(argv, capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and err.startswith("biounet: error: ")
-    return err
-
-
 def test_bad_zarr_inputs_are_one_line_each(checkpoint, tmp_path, capsys):
     m = str(checkpoint)
     four = _zarr(tmp_path / "four.zarr", np.zeros((2, 3, 20, 20), np.uint8), chunks=(1, 1, 20, 20))
-    assert "without axis names: which axes are y and x?" in _error(
+    assert "without axis names: which axes are y and x?" in refusal(
         ["predict", m, str(four), "--out", str(tmp_path / "o.zarr")], capsys)  # fmt: skip
     noyx = _ome(tmp_path / "noyx.zarr", np.zeros((4, 20, 20), np.uint8),
                 [{"name": "t"}, {"name": "a"}, {"name": "b"}], [1, 1, 1])  # fmt: skip
-    assert f"{noyx}: axes t, a, b: expected one y and one x axis" in _error(
+    assert f"{noyx}: axes t, a, b: expected one y and one x axis" in refusal(
         ["predict", m, str(noyx)], capsys)  # fmt: skip
     z = _ome(tmp_path / "z.zarr", np.zeros((5, 20, 20), np.uint8),
              [{"name": "z"}, {"name": "y"}, {"name": "x"}], [1, 1, 1])  # fmt: skip
-    assert "axis 'z' has 5 elements; predict reads one 2-D (y, x) plane" in _error(
+    assert "axis 'z' has 5 elements; predict reads one 2-D (y, x) plane" in refusal(
         ["predict", m, str(z)], capsys)  # fmt: skip
     fake = tmp_path / "fake.zarr"
     fake.mkdir()
     (fake / "notes.txt").write_text("hello")
-    assert f"{fake}: not a Zarr array or OME-Zarr image" in _error(["predict", m, str(fake)],
+    assert f"{fake}: not a Zarr array or OME-Zarr image" in refusal(["predict", m, str(fake)],
                                                                    capsys)  # fmt: skip
     group = tmp_path / "plain.zarr"
     zarr.open_group(str(group), mode="w")
-    assert "a Zarr group without OME multiscales metadata" in _error(
+    assert "a Zarr group without OME multiscales metadata" in refusal(
         ["predict", m, str(group)], capsys)  # fmt: skip
     ok = _zarr(tmp_path / "ok.zarr", _image((40, 40)))
-    assert "instances need the whole image in memory" in _error(
+    assert "instances need the whole image in memory" in refusal(
         ["predict", m, str(ok), "--instances"], capsys)  # fmt: skip
-    assert "give --out NAME.zarr" in _error(["predict", m, str(ok), "--out",
+    assert "give --out NAME.zarr" in refusal(["predict", m, str(ok), "--out",
                                              str(tmp_path / "x.tif")], capsys)  # fmt: skip
     assert not (tmp_path / "x.tif").exists()
 
@@ -252,7 +234,7 @@ def test_without_zarr_a_zarr_path_says_how_to_install_it(checkpoint, tmp_path, c
 
     (tmp_path / "in.zarr").mkdir()
     monkeypatch.setitem(sys.modules, "zarr", None)  # import zarr now raises ImportError
-    err = _error(["predict", str(checkpoint), str(tmp_path / "in.zarr")], capsys)
+    err = refusal(["predict", str(checkpoint), str(tmp_path / "in.zarr")], capsys)
     assert err == "biounet: error: Zarr images need the zarr package: pip install 'biounet[zarr]'"
 
 
@@ -319,7 +301,7 @@ def test_torchrun_ranks_shard_without_a_flag(checkpoint, tmp_path, monkeypatch, 
 def test_bad_shards_are_one_line(checkpoint, tmp_path, capsys):
     for spec, why in (("3/2", "--shard 3/2: K must be in 0..1"), ("x", "--shard 'x': expected "
                       "K/N"), ("0/0", "--shard 0/0: N must be at least 1")):  # fmt: skip
-        assert why in _error(["predict", str(checkpoint), str(tmp_path), "--shard", spec],
+        assert why in refusal(["predict", str(checkpoint), str(tmp_path), "--shard", spec],
                              capsys)  # fmt: skip
 
 

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +20,7 @@ from biounet.model import (
 from biounet.presets import PRESETS
 
 
+@pytest.mark.slow
 def test_paper_preset_is_572_to_388_with_31030658_parameters():
     p = PRESETS["paper"]
     model = UNet(p.model)
@@ -29,6 +31,7 @@ def test_paper_preset_is_572_to_388_with_31030658_parameters():
     assert out.shape == (1, 2, 388, 388)
 
 
+@pytest.mark.slow
 def test_blog_preset_is_512_to_512_with_one_output():
     p = PRESETS["blog"]
     model = UNet(p.model).eval()
@@ -130,7 +133,7 @@ def test_he_init_std_is_sqrt_2_over_fan_in():
 
 
 def test_dropout_is_active_in_training_only():
-    model = UNet(ModelConfig(depth=2, base_channels=4, dropout=0.5))
+    model = UNet(tiny_config("valid", dropout=0.5))
     x = torch.randn(1, 1, valid_input_size(8, 2), valid_input_size(8, 2))
     model.train()
     assert not torch.equal(model(x), model(x))
@@ -258,7 +261,7 @@ def test_valid_padding_network_gradients_stay_channels_last():
     (a mixed layout there made the paper network's backward pass slow on the CPU)."""
     from biounet.model import Up
 
-    model = UNet(ModelConfig(depth=2, base_channels=4, dropout=0.0))
+    model = UNet(tiny_config("valid"))
     model = model.to(memory_format=torch.channels_last)
     seen = []
     original = Up.forward

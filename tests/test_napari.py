@@ -49,6 +49,7 @@ def test_sample_data_loads():
     assert nuclei.shape == (520, 696)
 
 
+@pytest.mark.slow
 def test_segment_layers_are_what_segment_makes():
     image = sample_nuclei()[0][0]
     model = shipped_path(NUCLEI)
@@ -62,6 +63,7 @@ def test_segment_layers_are_what_segment_makes():
     assert len(segment_layers(model, image, tta=False, instances=False)) == 1
 
 
+@pytest.mark.slow
 def test_the_widget_segments_the_chosen_layer_in_a_worker(qtbot):
     from napari.components import ViewerModel
 
@@ -100,6 +102,7 @@ def _viewer_problem() -> str | None:
             "xvfb, with QT_QPA_PLATFORM=xcb)")  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_widget_docks_in_a_real_viewer(request, qtbot):
     problem = _viewer_problem()
     if problem:

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
+from conftest import tiny_unet
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from skimage.measure import regionprops
@@ -15,7 +15,7 @@ from skimage.measure import regionprops
 from biounet import InferenceConfig, Preset, TrainConfig, segment
 from biounet.errors import InputError
 from biounet.instances import equivalent_diameters, resize_labels
-from biounet.model import ModelConfig, UNet
+from biounet.model import UNet
 from biounet.normalization import normalize
 from biounet.segment import rescale_image
 from biounet.tiling import TileOptions
@@ -24,9 +24,7 @@ segment_module = importlib.import_module("biounet.segment")
 
 
 def _model(diameter: float = 0.0, out_channels: int = 2) -> UNet:
-    torch.manual_seed(0)
-    return UNet(ModelConfig(depth=2, base_channels=4, padding="same", dropout=0.0,
-                            out_channels=out_channels, diameter=diameter)).eval()  # fmt: skip
+    return tiny_unet(out_channels=out_channels, diameter=diameter)
 
 
 def _pair(model: UNet, **inference) -> tuple[UNet, Preset]:

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-import torch
+from conftest import tiny_checkpoint, tiny_unet
 
 from biounet import InferenceConfig, Preset, TrainConfig, instances, predict, segment
-from biounet.checkpoint import save_checkpoint
 from biounet.errors import InputError
-from biounet.model import ModelConfig, UNet
+from biounet.model import UNet
 from biounet.segment import Segmentation, segment_files
 
 # the module (biounet.segment, the attribute, is the function it defines)
@@ -20,9 +19,7 @@ segment_module = importlib.import_module("biounet.segment")
 
 
 def _model(out_channels: int, seed: int = 0) -> UNet:
-    torch.manual_seed(seed)
-    return UNet(ModelConfig(depth=2, base_channels=4, padding="same", batch_norm=False,
-                            dropout=0.0, out_channels=out_channels)).eval()  # fmt: skip
+    return tiny_unet(seed=seed, out_channels=out_channels)
 
 
 def _preset(model: UNet, target: str, **inference) -> Preset:
@@ -106,9 +103,8 @@ def test_only_the_asked_outputs_are_made_and_bad_asks_are_refused(image):
 
 def test_a_checkpoint_path_segments_with_its_stored_settings(image, tmp_path):
     model = _model(2)
-    preset = _preset(model, "mask", threshold=0.3, tta=True)
-    path = save_checkpoint(tmp_path / "m.pt", {"preset": preset.to_dict(),
-                                               "model": model.state_dict()})  # fmt: skip
+    path = tiny_checkpoint(tmp_path / "m.pt", model, TrainConfig(target="mask"),
+                           InferenceConfig(threshold=0.3, tta=True))  # fmt: skip
     got = segment(path, image, precision="fp32")
     prob = predict(model, image, precision="fp32", tta=True)
     np.testing.assert_array_equal(got.probabilities, prob)
@@ -120,9 +116,8 @@ def test_a_checkpoint_path_segments_with_its_stored_settings(image, tmp_path):
 @pytest.fixture
 def checkpoint(tmp_path):
     model = _model(3, seed=3)
-    preset = _preset(model, "contour", seed_threshold=0.34, threshold=0.3)
-    return save_checkpoint(tmp_path / "c.pt", {"preset": preset.to_dict(),
-                                               "model": model.state_dict()})  # fmt: skip
+    return tiny_checkpoint(tmp_path / "c.pt", model, TrainConfig(target="contour"),
+                           InferenceConfig(seed_threshold=0.34, threshold=0.3))  # fmt: skip
 
 
 def test_a_stack_becomes_one_output_stack_per_kind(checkpoint, isbi, tmp_path):
@@ -175,8 +170,7 @@ def test_overrides_change_the_stored_settings_and_contour_options_need_a_contour
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "o-mask.tif"),
                                   ((prob > 0.6) * 255).astype(np.uint8))  # fmt: skip
     model = _model(2)
-    mask_ckpt = save_checkpoint(tmp_path / "m.pt", {"preset": _preset(model, "mask").to_dict(),
-                                                    "model": model.state_dict()})  # fmt: skip
+    mask_ckpt = tiny_checkpoint(tmp_path / "m.pt", model, TrainConfig(target="mask"))
     with pytest.raises(InputError, match=r"m.pt: --seed-dynamics applies to contour models; "
                                          r"this is a mask model"):  # fmt: skip
         segment_files(mask_ckpt, tmp_path / "in.tif", tmp_path / "x.tif", device="cpu",
@@ -213,8 +207,7 @@ def test_a_failure_midway_leaves_no_file_and_big_stacks_go_to_bigtiff(
 @pytest.fixture
 def classes_checkpoint(tmp_path):
     model = _model(3, seed=4)
-    return save_checkpoint(tmp_path / "k.pt", {"preset": _preset(model, "mask").to_dict(),
-                                               "model": model.state_dict()})  # fmt: skip
+    return tiny_checkpoint(tmp_path / "k.pt", model, TrainConfig(target="mask"))
 
 
 def test_a_multiclass_model_gives_its_class_probabilities_and_their_argmax(image):

@@ -4,6 +4,7 @@ segment what they segmented when shipped."""
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 import torch
 
@@ -35,6 +36,7 @@ def test_the_shipped_model_segments_held_out_slice_25(isbi):
     assert r["v_rand"] > 0.96, r  # a regression guard; the model scores about 0.99 here
 
 
+@pytest.mark.slow
 def test_predicting_the_test_volume_gives_the_challenge_format(tmp_path, capsys):
     out = tmp_path / "submission.tif"
     code = main(["predict", str(MODEL), str(DATA / "test-volume.tif"), "--slices", "0-1",
@@ -80,6 +82,7 @@ def test_the_shipped_nuclei_model_is_weights_only_and_trained_on_all_bundled_ima
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_shipped_nuclei_model_separates_touching_nuclei():
     from biounet.io import read_images
     from biounet.metrics import instance_scores_many

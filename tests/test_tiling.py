@@ -1,24 +1,15 @@
 import numpy as np
 import pytest
 import torch
+from conftest import tiny_config, tiny_unet
 
 from biounet.model import ModelConfig, UNet, valid_input_size
 from biounet.normalization import normalize
 from biounet.tiling import padding_for, predict
 
 
-def _net(padding, depth=2, out_channels=2, seed=0):
-    torch.manual_seed(seed)
-    return UNet(
-        ModelConfig(
-            depth=depth,
-            base_channels=4,
-            padding=padding,
-            dropout=0.0,
-            out_channels=out_channels,
-            batch_norm=padding == "same",
-        )
-    ).eval()
+def _net(padding, out_channels=2, seed=0):
+    return tiny_unet(padding, seed=seed, out_channels=out_channels, batch_norm=padding == "same")
 
 
 @pytest.mark.parametrize("padding", ["valid", "same"])
@@ -97,6 +88,7 @@ def _paper_shaped(seed=0, base=2):
     return UNet(ModelConfig(depth=4, base_channels=base, padding="valid", dropout=0.5)).eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(300, 211), (5, 600), (1, 1), (223, 223)])
 @pytest.mark.parametrize("tile", [204, 236, 316])
 def test_valid_tiling_equals_one_pass_over_the_whole_padded_image(
@@ -212,7 +204,7 @@ from biounet.tiling import TilePlan  # noqa: E402
 
 def _small_plan(padding, shape, batch=None, overlap=0.25):
     """A depth-2 plan with the smallest usable tiles, so an odd image needs many of them."""
-    cfg = ModelConfig(depth=2, base_channels=4, padding=padding)
+    cfg = tiny_config(padding)
     plan = plan_tiles(cfg, shape, tile=44 if padding == "valid" else 16, overlap=overlap)
     return plan if batch is None else replace(plan, batch=batch)
 
@@ -365,7 +357,7 @@ def test_tile_options_hold_the_one_default_of_each_setting():
 
     for f in (predict, probabilities, plan_tiles, segment, segment_files, large_probabilities):
         assert not {"tile", "overlap", "memory_mb"} & set(inspect.signature(f).parameters)
-    cfg = ModelConfig(depth=2, base_channels=4, padding="same")
+    cfg = tiny_config("same")
     default = plan_tiles(cfg, (300, 300), tile=16)
     assert default == plan_tiles(cfg, (300, 300), TileOptions(tile=16, overlap=0.25))
     assert default != plan_tiles(cfg, (300, 300), tile=16, overlap=0.5)

@@ -112,9 +112,10 @@ def ema_decay(decay: float, n: int) -> float:
     return min(decay, (1 + n) / (10 + n))
 
 
-def _make_ema(model: torch.nn.Module, decay: float):
-    """An exponential moving average of the weights and batch-norm statistics, updated
-    after every optimiser step with :func:`ema_decay` (None when ``decay`` is 0)."""
+def make_ema(model: torch.nn.Module, decay: float):
+    """An exponential moving average of ``model``'s weights and batch-norm statistics (a
+    ``torch.optim.swa_utils.AveragedModel``), its ``update_parameters(model)`` called after
+    every optimiser step with :func:`ema_decay` (None when ``decay`` is 0)."""
     if decay <= 0:
         return None
     from torch.optim.swa_utils import AveragedModel
@@ -229,7 +230,7 @@ def _train(
     cfg = preset.train
 
     # 2. Device, precision and the run's random number generators (under torchrun each
-    # rank's tiles, augmentation and dropout are reseeded per epoch: _seed_epoch).
+    # rank's tiles, augmentation and dropout are reseeded per epoch: seed_epoch).
     if not world.distributed:
         dev = select_device(cfg.device)
     precision = resolve_precision(cfg.precision, dev)
@@ -272,7 +273,7 @@ def _train(
                                              (cfg.batch_size * world.size))  # fmt: skip
 
     # 4. Network, optimiser, weight average and the run's state (restored when resuming).
-    learner = _build(preset, dev, precision, gen, ckpt, init, world)
+    learner = build_learner(preset, dev, precision, gen, ckpt, init, world)
     if ckpt is None:
         state = RunState(plan=cfg.epochs)
     else:
@@ -288,7 +289,7 @@ def _train(
     done = 0  # epochs in this call
     while state.epoch < state.plan and (stop_after is None or done < stop_after):
         if world.distributed:
-            _seed_epoch(cfg.seed, state.epoch, world.rank, sampler, gen)
+            seed_epoch(cfg.seed, state.epoch, world.rank, sampler, gen)
         t0 = time.perf_counter() - state.epoch_seconds  # a stopped epoch's time goes on
         train_loss, lr = _train_epoch(learner, sampler, gen, cfg, state, steps, out_tile,
                                       out, progress and world.main, stop)  # fmt: skip
@@ -319,7 +320,7 @@ def _train(
     return summary(state.history, select_by)
 
 
-def _seed_epoch(
+def seed_epoch(
     seed: int, epoch: int, rank: int, sampler: TileSampler, gen: torch.Generator
 ) -> None:
     """Under torchrun: rank ``rank``'s tile positions, augmentation and dropout in epoch
@@ -423,7 +424,7 @@ def _selection_rule(cfg: TrainConfig, data: Data) -> str:
     return select_by
 
 
-def _build(
+def build_learner(
     preset: Preset,
     device: torch.device,
     precision: str,
@@ -432,12 +433,12 @@ def _build(
     init: dict | None = None,
     world: World | None = None,
 ) -> Learner:
-    """The network initialised from ``gen`` in the layout for ``device`` and
-    ``precision``, its optimiser and weight average; weights, average and optimiser state
-    restored from ``ckpt`` if given. ``init``: a (partial) state_dict loaded over the
-    random initialisation, e.g. a model to fine-tune (:func:`_init_weights`). Under
-    torchrun the training step calls it through DistributedDataParallel
-    (:func:`biounet.distributed.wrap`)."""
+    """The :class:`Learner` that :func:`train_step` steps: the network initialised from
+    ``gen`` in the layout for ``device`` and ``precision``, its optimiser and weight
+    average; weights, average and optimiser state restored from ``ckpt`` if given.
+    ``init``: a (partial) state_dict loaded over the random initialisation, e.g. a model to
+    fine-tune (:func:`_init_weights`). Under torchrun (``world``) the training step calls
+    it through DistributedDataParallel (:func:`biounet.distributed.wrap`)."""
     cfg = preset.train
     model = UNet(preset.model)
     model.reset_parameters(generator=gen)
@@ -448,7 +449,7 @@ def _build(
     optimizer = make_optimizer(model, cfg)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
-    ema = _make_ema(model, cfg.ema)  # the weights that validate and predict, if configured
+    ema = make_ema(model, cfg.ema)  # the weights that validate and predict, if configured
     if ckpt is not None:
         if ema is not None and "ema" in ckpt:
             ema.load_state_dict(ckpt["ema"])
