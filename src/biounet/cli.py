@@ -14,12 +14,22 @@ import sys
 from pathlib import Path
 
 from . import settings
+from .bench import format_bench, run_bench
+from .bioimageio import export_bioimageio
+from .checkpoint import export_model, model_from_checkpoint, shipped_model
 from .config import InferenceConfig, PredictOptions, TileOptions
 from .errors import InputError, RankLost, Stopped, Terminated
 from .evaluate import evaluate
-from .exported import FORMATS, ONNX_OPSET
+from .exported import FORMATS, ONNX_OPSET, export, preset_of
+from .io import read_images, write_tiff
+from .labels import instances_from_mask, separate_touching
 from .metrics import METRICS
-from .presets import DEFAULT, PRESETS, TRAIN_FLAGS
+from .plots import plot_tiles, plot_weight_map
+from .presets import DEFAULT, PRESETS, TRAIN_FLAGS, customise, describe, get_preset, init_preset
+from .runs import report
+from .segment import segment_files
+from .train import preview_tiles, train
+from .weights import weight_map
 
 log = logging.getLogger("biounet")
 
@@ -222,8 +232,6 @@ def inference_overrides(args) -> dict:
 
 
 def cmd_info(args) -> int:
-    from .exported import preset_of
-    from .presets import describe, get_preset
 
     preset = preset_of(args.model) if args.model else get_preset(args.preset)
     if args.json:
@@ -236,9 +244,6 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .presets import customise, get_preset, init_preset
-    from .runs import report
-    from .train import train
 
     given = settings.given(args, TRAIN)
     if args.resume:  # the run's own config.json; only the resume settings may change
@@ -260,7 +265,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .segment import segment_files
 
     overrides = inference_overrides(args)
     if not args.instances and set(overrides) & {f.dest for f in INSTANCE_OPTIONS}:
@@ -281,9 +285,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .bioimageio import export_bioimageio
-    from .checkpoint import export_model
-    from .exported import export
 
     overrides = inference_overrides(args)
     package = {"authors": args.author, "license": args.license, "cite": args.cite,
@@ -308,9 +309,6 @@ def cmd_export(args) -> int:
 def cmd_bench(args) -> int:
     import json
 
-    from .bench import format_bench, run_bench
-    from .checkpoint import model_from_checkpoint, shipped_model
-    from .presets import get_preset
 
     if args.repeat < 1 or args.image_size < 0:
         raise InputError(f"--repeat must be >= 1 and --image-size >= 0, got {args.repeat}, "
@@ -345,10 +343,6 @@ def cmd_evaluate(args) -> int:
 def cmd_weight_map(args) -> int:
     import numpy as np
 
-    from .io import read_images, write_tiff
-    from .labels import instances_from_mask, separate_touching
-    from .plots import plot_weight_map
-    from .weights import weight_map
 
     src = Path(args.labels)
     labels = read_images(src, mask=True)
@@ -375,9 +369,6 @@ def cmd_weight_map(args) -> int:
 
 
 def cmd_augment_preview(args) -> int:
-    from .plots import plot_tiles
-    from .presets import get_preset
-    from .train import preview_tiles
 
     if args.n < 1:
         raise InputError(f"-n must be >= 1, got {args.n}")

@@ -18,6 +18,7 @@ import math
 import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
 
+from .io import parse_channels
 from .labels import MAX_CLASSES
 from .model import INVERT, INVERT_RULE, ModelConfig
 from .settings import (
@@ -32,6 +33,7 @@ from .settings import (
     validate,
     within,
 )
+from .settings import check as check_setting
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "poly", "constant")
@@ -257,8 +259,6 @@ class TrainConfig:
             if value is not None:
                 object.__setattr__(self, name, str(value))
         if self.channels is not None:
-            from .io import parse_channels
-
             parse_channels(self.channels)  # InputError for a spec that does not parse
         validate(self)
         if self.target != "contour" and (self.boundary_width != 1 or self.touch_width):
@@ -352,9 +352,7 @@ class InferenceConfig:
     def check(name: str, value, label: str | None = None) -> None:
         """ValueError ``"<label> must be <rule>, got <value>"`` unless ``value`` suits the
         field ``name`` (``label``: how the caller names it, e.g. a command-line flag)."""
-        from .settings import check
-
-        check(InferenceConfig, name, value, label)
+        check_setting(InferenceConfig, name, value, label)
 
     def instance_method(self, target: str, out_channels: int) -> str:
         """The instance method for a model trained on ``target`` with ``out_channels``

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .io import PixelSize, channels_text, named
+from .io import PixelSize, channels_text, named, tiff_pixel_size
 from .mirror import mirrored
 from .normalization import Normalization
 from .tiling import (
@@ -235,8 +235,6 @@ def _open_ome(group, path: Path) -> LazyImage:
 def _open_tiff(path: Path) -> LazyImage:
     """A TIFF's first series (level 0) through tifffile's Zarr store, with its pixel size."""
     import tifffile
-
-    from .io import tiff_pixel_size
 
     zarr = zarr_module()
     try:

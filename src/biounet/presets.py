@@ -7,8 +7,10 @@ import textwrap
 from dataclasses import asdict, replace
 
 from . import settings
+from .checkpoint import load_checkpoint
 from .config import HIGHER_IS_BETTER, AugmentConfig, InferenceConfig, Preset, TrainConfig
 from .model import INVERT, ModelConfig, UNet, count_parameters, output_size
+from .targets import NUM_CLASSES
 
 # the flags of ``biounet train``: the settings of the network and of training that have one
 TRAIN_FLAGS = settings.flags({"model": ModelConfig, "train": TrainConfig}, "train")
@@ -236,8 +238,6 @@ def with_target_outputs(preset: Preset) -> Preset:
     or ``classes`` of the mask target (a 1-output sigmoid network stays as it is for two
     classes). Without ``classes`` a mask network's outputs may grow once its training
     masks are read (:func:`with_classes`)."""
-    from .targets import NUM_CLASSES
-
     t, m, classes = preset.train.target, preset.model, preset.train.classes
     need = classes if t == "mask" and classes is not None else NUM_CLASSES[t]
     if m.out_channels == need or (t in ("mask", "binary") and need == 2 and m.out_channels == 1):
@@ -260,8 +260,6 @@ def init_preset(path: str, name: str | None = None) -> Preset:
     network and its training configuration), or with ``name`` that preset's training and
     inference settings around the model's network. InputError naming ``path`` if it is not
     a biounet model."""
-    from .checkpoint import load_checkpoint
-
     model = Preset.from_dict(load_checkpoint(path)["preset"])
     base = model if name is None else replace(get_preset(name), model=model.model)
     return replace(base, train=replace(base.train, init=str(path)))

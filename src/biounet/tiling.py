@@ -45,6 +45,7 @@ from .augment import dihedral, inverse_dihedral
 from .config import TileOptions
 from .device import autocast, memory_format, resolve_precision
 from .errors import InputError
+from .exported import load_model
 from .io import channels_of, channels_text
 from .mirror import mirrored_window
 from .model import (
@@ -577,8 +578,6 @@ def predict(
     if isinstance(model_or_checkpoint, torch.nn.Module):  # a UNet, or an exported one
         model = model_or_checkpoint
     else:  # a checkpoint, ONNX or TorchScript file
-        from .exported import load_model
-
         model, _ = load_model(model_or_checkpoint, device or "cpu")
     probs = probabilities(model, image, options, normalization=normalization)
     return probs[0] if probs.shape[0] == 1 else probs
