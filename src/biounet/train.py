@@ -317,6 +317,7 @@ def _train(
             raise Stopped(f"{out}: stopped by {signal.Signals(stop.signum).name} after epoch "
                           f"{state.epoch}; biounet train --resume {out} goes on from there",
                           stop.signum)  # fmt: skip
+    barrier(world)  # the ranks leave together, once rank 0 has written the last epoch
     return summary(state.history, select_by)
 
 
