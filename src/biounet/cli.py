@@ -232,7 +232,6 @@ def inference_overrides(args) -> dict:
 
 
 def cmd_info(args) -> int:
-
     preset = preset_of(args.model) if args.model else get_preset(args.preset)
     if args.json:
         import json
@@ -244,7 +243,6 @@ def cmd_info(args) -> int:
 
 
 def cmd_train(args) -> int:
-
     given = settings.given(args, TRAIN)
     if args.resume:  # the run's own config.json; only the resume settings may change
         fixed = [f.flag for f in settings.fixed_on_resume(TRAIN) if f.dest in given]
@@ -256,16 +254,17 @@ def cmd_train(args) -> int:
         base = init_preset(args.init, args.preset) if args.init else get_preset(
             args.preset or DEFAULT)
         out, preset = Path(args.out or "runs/latest"), customise(base, **given)
-    result = train(preset, out, resume=bool(args.resume), epochs=args.epochs,
-                   device=args.device, time_limit=args.time_limit,
-                   progress=not args.no_progress)  # fmt: skip
+    # a new run's --epochs, --time-limit, --device are in its preset; a resumed run's are
+    # the call's overrides of its config.json
+    again = {k: getattr(args, k) for k in ("epochs", "device", "time_limit")} if args.resume else {}
+    result = train(preset, out, resume=bool(args.resume), progress=not args.no_progress,
+                   **again)  # fmt: skip
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
         print(report(result, out))
     return 0
 
 
 def cmd_predict(args) -> int:
-
     overrides = inference_overrides(args)
     if not args.instances and set(overrides) & {f.dest for f in INSTANCE_OPTIONS}:
         raise InputError(", ".join(f.flag for f in INSTANCE_OPTIONS[:-1]) + " and "
@@ -285,7 +284,6 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export(args) -> int:
-
     overrides = inference_overrides(args)
     package = {"authors": args.author, "license": args.license, "cite": args.cite,
                "sample": args.sample}  # fmt: skip
@@ -369,7 +367,6 @@ def cmd_weight_map(args) -> int:
 
 
 def cmd_augment_preview(args) -> int:
-
     if args.n < 1:
         raise InputError(f"-n must be >= 1, got {args.n}")
     preset = get_preset(args.preset).with_train(images=args.images, labels=args.labels,
