@@ -5,6 +5,16 @@
   runs :func:`biounet.segment` in a worker thread (the viewer stays responsive, a progress
   bar runs) and adds the probability as an Image layer and the instances (or a
   multi-class model's class map) as a Labels layer.
+- Widget *Train* (Plugins > biounet): fine-tune a model (or train one from scratch) on
+  the objects painted in a labels layer, inside the rectangles of a Shapes layer
+  (:mod:`biounet.annotate`: unpainted pixels inside are background, pixels outside are
+  not annotated), for a time budget; its form comes from the training settings'
+  declarations (:func:`biounet.settings.form_options`). Training runs in a worker thread
+  with a live loss; *Stop* ends it at the next step and keeps the model. Every round is a
+  folder (its annotations and its run); its model joins Segment's model list, can be saved
+  (checkpoint, ONNX, TorchScript or bioimage.io package) and is the start of the next
+  round. Optionally a k-fold estimate over the annotated rectangles and an uncertainty
+  layer (disagreement of the 8 views) that shows where to annotate next.
 - Sample data (File > Open Sample > biounet): an ISBI 2012 EM slice, a DSB 2018 nuclei
   image.
 
@@ -13,24 +23,60 @@
 
 from __future__ import annotations
 
+import time
+import weakref
 from functools import lru_cache
 from pathlib import Path
 
 import napari  # this module is the plugin: only napari imports it (the [napari] extra)
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, PushButton
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    create_widget,
+)
 from napari.qt.threading import thread_worker
+
+from . import settings
+from .annotate import Annotations, box_of, load_round, save_round
+from .config import TrainConfig
+from .errors import InputError
+from .io import write_text
+from .presets import PRESETS
 
 SHIPPED = {"nuclei (models/dsb2018-nuclei.pt)": "dsb2018-nuclei.pt",
            "EM membranes (models/isbi2012.pt)": "isbi2012.pt"}  # fmt: skip
 FILE = "a model file..."
+TRAINED: dict[str, Path] = {}  # the models trained in this session's rounds: name -> file
+_SEGMENT_WIDGETS: weakref.WeakSet = weakref.WeakSet()  # their model lists follow TRAINED
+
+
+def _models_changed() -> None:
+    """Refresh every Segment widget's model list (those closed are forgotten)."""
+    for widget in list(_SEGMENT_WIDGETS):
+        try:
+            widget.model.reset_choices()
+        except RuntimeError:  # its Qt widget was deleted with its dock
+            _SEGMENT_WIDGETS.discard(widget)
+
+
+def model_choices(_=None) -> list[str]:
+    """Segment's model list: the shipped models, the rounds' models, a file."""
+    return [*SHIPPED, *TRAINED, FILE]
 
 
 def shipped_path(name: str) -> Path:
-    """The shipped model file of a SHIPPED choice."""
+    """The model file of a SHIPPED (or TRAINED) choice."""
     from .checkpoint import shipped_model
-    from .errors import InputError
 
+    if name in TRAINED:
+        return TRAINED[name]
     path = shipped_model(SHIPPED[name])
     if path is None:
         raise InputError(f"models/{SHIPPED[name]}: not found beside biounet or here")
@@ -104,7 +150,7 @@ class SegmentWidget(Container):
         self.viewer = viewer = napari_viewer
         self.images = ComboBox(label="image", choices=lambda _: [
             layer.name for layer in viewer.layers if isinstance(layer, napari.layers.Image)])
-        self.model = ComboBox(label="model", choices=[*SHIPPED, FILE])
+        self.model = ComboBox(label="model", choices=model_choices)
         self.file = FileEdit(label="model file", filter="*.pt *.onnx *.ts", visible=False)
         self.tta = CheckBox(text="test-time averaging (8 views)", value=True)
         self.objects = CheckBox(text="instances", value=True)
@@ -118,6 +164,7 @@ class SegmentWidget(Container):
         viewer.layers.events.inserted.connect(lambda _: self.images.reset_choices())
         viewer.layers.events.removed.connect(lambda _: self.images.reset_choices())
         self.run.changed.connect(self.start)
+        _SEGMENT_WIDGETS.add(self)
 
     def _add(self, layers: list[tuple]) -> None:
         for data, kwargs, kind in layers:
@@ -153,3 +200,296 @@ class SegmentWidget(Container):
         self.status = "running"
         self.worker = worker
         worker.start()
+
+
+SCRATCH = "scratch (the preset's network)"
+OWN = "the model's own"
+REGIONS_ALL = "whole image (complete labels)"
+
+
+def train_form() -> dict:
+    """name -> magicgui widget for every training setting a napari form shows, built from
+    their declarations (:func:`biounet.settings.form_options`)."""
+    form = {}
+    for name, spec in settings.form_options(TrainConfig, "train").items():
+        label = "time budget (min)" if name == "time_limit" else name.replace("_", " ")
+        kind = spec.get("widget_type")
+        kwargs = {"widget_type": kind} if kind else {}
+        options = dict(spec["options"])
+        if spec["annotation"] is float and "min" in options:
+            options["step"] = 0.0001 if name in ("lr", "ema") else 0.1
+        form[name] = create_widget(value=spec["value"], annotation=spec["annotation"],
+                                   name=name, label=label, options=options, **kwargs)  # fmt: skip
+    return form
+
+
+def _with_layers(viewer, kind) -> list[str]:
+    return [layer.name for layer in viewer.layers if isinstance(layer, kind)]
+
+
+class TrainWidget(Container):
+    """The *Train* dock widget: rounds of training on the annotated layers."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, folder: str | Path | None = None):
+        self.viewer = viewer = napari_viewer
+        layers = napari.layers
+        self.image = ComboBox(label="image", choices=lambda _: _with_layers(viewer, layers.Image))
+        self.label_layer = ComboBox(label="labels", choices=lambda _: _with_layers(viewer,
+                                                                               layers.Labels))
+        self.regions = ComboBox(label="annotated regions", choices=lambda _: [
+            REGIONS_ALL, *_with_layers(viewer, layers.Shapes)], tooltip=(
+            "rectangles of a Shapes layer: inside, unpainted pixels are background; outside, "
+            "pixels are not annotated (only painted objects count)"))  # fmt: skip
+        self.start_from = ComboBox(label="start from", choices=lambda _: [
+            *reversed(TRAINED), *SHIPPED, FILE, SCRATCH])  # fmt: skip
+        self.file = FileEdit(label="model file", filter="*.pt", visible=False)
+        self.preset = ComboBox(label="preset", choices=[OWN, *PRESETS], tooltip=(
+            "the training settings: the start model's own, or a preset's around its network"))
+        self.form = train_form()
+        self.minutes = self.form.pop("time_limit")
+        self.minutes.value = 5.0
+        self.more = CheckBox(text="all training settings", value=False)
+        self.advanced = Container(widgets=list(self.form.values()), visible=False)
+        self.estimate = CheckBox(text="estimate: 3 folds over the rectangles (3 x the time)")
+        self.uncertainty = CheckBox(text="uncertainty layer (where to annotate next)",
+                                    value=True)  # fmt: skip
+        self.run = PushButton(text="Train")
+        self.stop_button = PushButton(text="Stop", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="progress")
+        self.report = Label(value="")
+        self.save_to = FileEdit(label="save model as", mode="w",
+                                filter="*.pt *.onnx *.ts *.zip")  # fmt: skip
+        self.save = PushButton(text="Save model")
+        super().__init__(widgets=[
+            self.image, self.label_layer, self.regions, self.start_from, self.file, self.preset,
+            self.minutes, self.more, self.advanced, self.estimate, self.uncertainty, self.run,
+            self.stop_button, self.progress, self.report, self.save_to, self.save])  # fmt: skip
+        self.folder = Path(folder) if folder else Path.home() / "biounet-rounds" / time.strftime(
+            "%Y%m%d-%H%M%S")
+        self.notes: dict[str, tuple] = {}  # image layer name -> (image, labels, boxes)
+        self.rounds: list[dict] = []  # per round: folder, model, objects, estimate
+        self.status = ""  # "", "running", "done", "stopped" or "error: ..."
+        self.job = None  # the running round's process
+        self.losses: list[float] = []
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(lambda _: self.reset_choices())
+        self.start_from.changed.connect(self._start_changed)
+        self.preset.changed.connect(self._start_changed)
+        self.file.changed.connect(self._start_changed)
+        self.more.changed.connect(lambda v: setattr(self.advanced, "visible", v))
+        self.run.changed.connect(self.start)
+        self.stop_button.changed.connect(self.request_stop)
+        self.save.changed.connect(self.save_model)
+        self._start_changed()
+
+    # -- the form ------------------------------------------------------------------------
+
+    def start_model(self) -> Path | None:
+        """The model file the round starts from (None: scratch)."""
+        choice = self.start_from.value
+        if choice == SCRATCH:
+            return None
+        if choice == FILE:
+            return Path(self.file.value)
+        return shipped_path(choice)
+
+    def _base(self):
+        from .presets import get_preset, init_preset
+
+        start = self.start_model()
+        preset = None if self.preset.value == OWN else self.preset.value
+        if start is None:
+            return get_preset(preset or "nuclei")
+        return init_preset(str(start), preset)
+
+    def _start_changed(self, *_) -> None:
+        """Show the chosen start's (or preset's) training settings in the form."""
+        self.file.visible = self.start_from.value == FILE
+        try:
+            cfg = self._base().train
+        except Exception:  # a model file not chosen yet: the form keeps its values
+            return
+        for name, widget in self.form.items():
+            widget.value = getattr(cfg, name)
+
+    def changes(self) -> dict:
+        """The settings the form changes from the start's (or preset's)."""
+        cfg = self._base().train
+        return {name: w.value for name, w in self.form.items() if w.value != getattr(cfg, name)}
+
+    def annotations(self) -> Annotations:
+        """The current image's annotation (recorded) with those of earlier rounds."""
+        image = self.viewer.layers[self.image.value]
+        labels = self.viewer.layers[self.label_layer.value]
+        boxes = None
+        if self.regions.value != REGIONS_ALL:
+            shapes = self.viewer.layers[self.regions.value]
+            boxes = [box_of(corners, labels.data.shape) for corners in shapes.data]
+        self.notes[image.name] = (np.asarray(image.data), np.asarray(labels.data).copy(), boxes)
+        names = list(self.notes)
+        return Annotations([_stem(n) for n in names], [self.notes[n][0] for n in names],
+                           [self.notes[n][1] for n in names],
+                           [self.notes[n][2] for n in names])  # fmt: skip
+
+    # -- a round -------------------------------------------------------------------------
+
+    def start(self, *_) -> None:
+        """Train a round in a worker thread; its model, estimate and layers follow."""
+        if not (self.image.value and self.label_layer.value):
+            self._failed("choose an image layer and a labels layer")
+            return
+        try:
+            notes = self.annotations()
+            start, changes = self.start_model(), self.changes()
+            if notes.objects() == 0:
+                raise ValueError("the labels hold no painted object to learn from")
+        except Exception as e:
+            self._failed(e)
+            return
+        preset = None if self.preset.value == OWN else self.preset.value
+        out = self.folder / f"round-{len(self.rounds) + 1}"
+        job = dict(notes=notes, out=out, start=start, preset=preset,
+                   minutes=float(self.minutes.value), changes=changes,
+                   estimate=self.estimate.value,
+                   uncertainty=_stem(self.image.value) if self.uncertainty.value else None)
+        self.losses = []
+        worker = thread_worker(self._work, progress=False)(**job)
+        worker.yielded.connect(self._step)
+        worker.returned.connect(self._done)
+        worker.errored.connect(self._failed)
+        self.run.enabled, self.stop_button.enabled = False, True
+        self.status = "running"
+        self.report.value = f"round {len(self.rounds) + 1}: {notes.objects()} objects in " \
+                            f"{len(notes.names)} image(s), training..."
+        self.worker = worker
+        worker.start()
+
+    def _work(self, notes, out, start, preset, minutes, changes, estimate, uncertainty):
+        """A generator (napari's worker thread): saves the round's annotations, runs the
+        round in a process of its own (``python -m biounet.annotate``: a training thread in
+        this process would hold the interpreter lock for long stretches and stall the
+        viewer), yields each step's progress and returns the round's record."""
+        import json
+        import subprocess
+        import sys
+
+        save_round(out / "data", notes)
+        spec = dict(out=str(out), start=None if start is None else str(start), preset=preset,
+                    minutes=minutes, changes=changes, estimate=estimate,
+                    uncertainty=uncertainty)  # fmt: skip
+        write_text(out / "round.json", json.dumps(spec, indent=1) + "\n")
+        command = [sys.executable, "-m", "biounet.annotate", str(out / "round.json")]
+        job = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.job = job
+        result = None
+        try:
+            for line in job.stdout:
+                message = json.loads(line) if line.startswith("{") else {}
+                if "step" in message:
+                    yield message["step"]
+                elif "error" in message:
+                    kind = InputError if message["error"] == "InputError" else RuntimeError
+                    raise kind(message["message"])
+                elif "done" in message:
+                    result = message["done"]
+        finally:
+            if job.poll() is None:
+                job.stdin.close()
+            job.wait(timeout=60)
+        if result is None:
+            raise RuntimeError(f"the training process ended (exit code {job.returncode}) "
+                               "before its round")  # fmt: skip
+        result["model"] = Path(result["model"])
+        if "uncertainty" in result:
+            result["uncertainty"] = np.load(result["uncertainty"])
+        result.update(folder=out, objects=notes.objects())
+        return result
+
+    def request_stop(self, *_) -> None:
+        """Stop the running round at its next step (it keeps the model of that step)."""
+        if self.job is not None and self.job.poll() is None:
+            try:
+                self.job.stdin.write("stop\n")
+                self.job.stdin.flush()
+            except OSError:  # it has just ended
+                pass
+
+    def _step(self, p: dict) -> None:
+        self.losses.append(p["loss"])
+        self.progress.max = p["epochs"] * p["steps"]
+        self.progress.value = (p["epoch"] - 1) * p["steps"] + p["step"]
+        self.progress.label = f"epoch {p['epoch']}/{p['epochs']}, loss {p['loss']:.4f}"
+
+    def _done(self, result: dict) -> None:
+        n = len(self.rounds) + 1
+        name = f"round {n} ({result['folder']})"
+        TRAINED[name] = result["model"]
+        self.rounds.append(result)
+        _models_changed()
+        self.start_from.reset_choices()
+        self.start_from.value = name
+        text = f"round {n}: {result['objects']} objects; model {result['model']}"
+        if result["stopped"]:
+            text += " (stopped: the weights of the last step)"
+        if "estimate" in result:
+            e = result["estimate"]
+            text += (f"; held-out AP@0.5 {e['mean']:.2f} +- {e['sd']:.2f} over {len(e['ap50'])} "
+                     "folds")  # fmt: skip
+        self.report.value = text
+        if "uncertainty" in result:
+            self.viewer.add_image(result["uncertainty"], name=f"round {n} uncertainty",
+                                  colormap="inferno", blending="additive")  # fmt: skip
+        self.status = "stopped" if result["stopped"] else "done"
+        self.run.enabled, self.stop_button.enabled = True, False
+
+    def _failed(self, error) -> None:
+        self.status = f"error: {error}"
+        napari.utils.notifications.show_error(str(error))
+        self.run.enabled, self.stop_button.enabled = True, False
+
+    # -- saving and reloading ------------------------------------------------------------
+
+    def save_model(self, *_) -> Path | None:
+        """Write the latest round's model to the chosen file: .pt (a biounet checkpoint),
+        .onnx, .ts (TorchScript) or .zip (a bioimage.io package)."""
+        if not self.rounds:
+            self._failed("no round trained yet")
+            return None
+        source, dest = self.rounds[-1]["model"], Path(self.save_to.value)
+        try:
+            if dest.suffix == ".zip":
+                from .bioimageio import export_bioimageio
+
+                return export_bioimageio(source, dest)
+            from .exported import export
+
+            fmt = {".onnx": "onnx", ".ts": "torchscript"}.get(dest.suffix, "biounet")
+            return export(source, dest, fmt)
+        except Exception as e:
+            self._failed(e)
+            return None
+
+    def load(self, folder: str | Path) -> None:
+        """Reload a round's folder: its images, labels and rectangles as layers, its model
+        into the model lists."""
+        folder = Path(folder)
+        notes = load_round(folder / "data")
+        for name, image, lab, boxes in zip(notes.names, notes.images, notes.labels,
+                                           notes.boxes, strict=True):  # fmt: skip
+            self.viewer.add_image(image, name=name)
+            self.viewer.add_labels(lab, name=f"{name} labels")
+            if boxes is not None:
+                rects = [np.array([[t, c], [b, r]], dtype=float) for t, c, b, r in boxes]
+                self.viewer.add_shapes(rects, shape_type="rectangle", name=f"{name} regions",
+                                       face_color="transparent", edge_color="yellow")  # fmt: skip
+        for model in ("best.pt", "last.pt"):
+            if (folder / "run" / model).exists():
+                TRAINED[f"{folder.name} ({folder})"] = folder / "run" / model
+                break
+        _models_changed()
+        self.start_from.reset_choices()
+
+
+def _stem(name: str) -> str:
+    """A layer name as a file stem."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"

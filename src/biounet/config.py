@@ -142,10 +142,10 @@ class AugmentConfig:
 class TrainConfig:
     """How to train. Lengths are in pixels, rates per optimiser step."""
 
-    images: str | None = setting(None, rule=TEXT, commands=("train",),
+    images: str | None = setting(None, rule=TEXT, commands=("train",), form=False,
                                  help="image stack (TIFF) or folder of PNG/TIFF images "
                                  "(default: the bundled ISBI 2012 train-volume)")  # fmt: skip
-    labels: str | None = setting(None, rule=TEXT, commands=("train",),
+    labels: str | None = setting(None, rule=TEXT, commands=("train",), form=False,
                                  help="mask stack or folder of masks paired by file name "
                                  "(default: the bundled ISBI 2012 train-labels)")  # fmt: skip
     target: str = setting(
@@ -160,11 +160,11 @@ class TrainConfig:
         help="contour target: boundary class this many pixels deep where objects touch or "
         "come within PX pixels (city-block, across background gaps too; 0: off)")
     val_slices: str = setting(
-        "auto", rule=TEXT, commands=("train",),
+        "auto", rule=TEXT, commands=("train",), form=False,
         help="held-out images: auto (a seeded 15% of them, at least one; the preset's own "
         "list for its bundled data), indices such as 25-29 or 28,29, none, or @FILE naming "
         "them; a run stores the chosen ones in config.json")
-    train_slices: str | None = setting(None, rule=TEXT, commands=("train",),
+    train_slices: str | None = setting(None, rule=TEXT, commands=("train",), form=False,
                                        help="training slice indices (default: all others)")
     tile: int = setting(256, rule=integers(1), commands=("train",),
                         help="input tile edge in pixels; a valid input size of the model")
@@ -215,38 +215,40 @@ class TrainConfig:
         "learning-rate schedule with them (0: no limit)")
     precision: str = setting("auto", rule=one_of(PRECISIONS), commands=("train",),
                              help="auto (bf16 where the hardware has it), bf16 or fp32")
-    device: str = setting("auto", rule=TEXT, commands=("train",), resume=True,
+    device: str = setting("auto", rule=TEXT, commands=("train",), form=False, resume=True,
                           help="auto (default: cuda if present), cpu, cuda, cuda:N")
     seed: int = setting(0, rule=integers(0), commands=("train",), help="the run's random seed")
     select_by: str = setting(
-        "val_loss", rule=one_of(SELECT_BY), commands=("train",),
+        "val_loss", rule=one_of(SELECT_BY), commands=("train",), form=False,
         help="what best.pt minimises/maximises (train_loss keeps validation slices out of "
         "model selection; last: the last epoch)")
-    isbi_every: int = setting(1, rule=integers(0), commands=("train",),
+    isbi_every: int = setting(1, rule=integers(0), commands=("train",), form=False,
                               help="validation V_rand / V_info every N epochs (0: never)")
-    val_every: int = setting(1, rule=integers(0), commands=("train",),
+    val_every: int = setting(1, rule=integers(0), commands=("train",), form=False,
                              help="validate every N epochs (0: never)")
     label_threshold: float | None = setting(
-        None, rule=FINITE, commands=("train",), metavar="T",
+        None, rule=FINITE, commands=("train",), form=False, metavar="T",
         help="binarise soft or anti-aliased masks: value > T is foreground (instance targets: "
         "the components of that mask)")
     ignore_label: int | None = setting(
-        None, rule=optional(integers(0)), commands=("train",), metavar="V",
+        None, rule=optional(integers(0)), commands=("train",), form=False, metavar="V",
         help="pixels of mask value V are not labelled: no loss, left out of the weight map "
         "and of validation scores (V must not be a class)")
     classes: int | None = setting(
-        None, rule=optional(integers(2, MAX_CLASSES)), commands=("train",), metavar="C",
+        None, rule=optional(integers(2, MAX_CLASSES)), commands=("train",), form=False,
+        metavar="C",
         help="mask target: the masks hold classes 0..C-1, learned with a C-way softmax "
         "(default: found from the masks, largest class + 1, at least 2)")
     init: str | None = setting(
-        None, rule=TEXT, commands=("train",), metavar="MODEL",
+        None, rule=TEXT, commands=("train",), form=False, metavar="MODEL",
         help="start from the weights of MODEL (a shipped model or any checkpoint) with a fresh "
         "optimiser and schedule; its preset unless --preset is given (then that preset's "
         "training settings around the model's network)")
-    channels: str | None = setting(None, rule=TEXT, commands=("train",), metavar="SPEC",
+    channels: str | None = setting(None, rule=TEXT, commands=("train",), form=False, metavar="SPEC",
                                    help=CHANNELS_HELP + "; the network takes the channels "
                                    "read, and the model stores them")  # fmt: skip
-    tensorboard: bool = setting(False, rule=BOOLEAN, commands=("train",), negatable=False,
+    tensorboard: bool = setting(False, rule=BOOLEAN, commands=("train",), form=False,
+                                negatable=False,
                                 help="also write the epoch scalars and validation panels to "
                                 "RUN/tensorboard/ (pip install biounet[tensorboard])")
     world_size: int = setting(1, rule=integers(1), help="processes the run trains on "

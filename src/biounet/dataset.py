@@ -237,6 +237,11 @@ class TileSampler:
     position is uniform over its image; the image is drawn uniformly (``by="image"``) or in
     proportion to its pixels (``by="area"``: every pixel of the set equally likely).
 
+    Sparse labels: in an image whose mask holds not-labelled pixels (IGNORE_INDEX, e.g.
+    outside the boxes a user annotated), the output tile is placed over a labelled pixel
+    drawn uniformly (at a uniform offset within the tile), so that no step is spent on
+    tiles with nothing to learn; ``by="area"`` then counts labelled pixels only.
+
     Args:
         images: (H, W) or (C, H, W) float32 normalised images (all of one C).
         masks: (H, W) uint8 class-index masks, same shapes.
@@ -254,17 +259,23 @@ class TileSampler:
         if by not in SAMPLE_BY:
             raise ValueError(f"by must be 'image' or 'area', got {by!r}")
         self.p = None  # uniform over the images (one rng.integers call per tile)
+        # per image: the flat indices of its labelled pixels where some are not labelled
+        self.labelled = [np.flatnonzero(m != IGNORE_INDEX) if (m == IGNORE_INDEX).any() else None
+                         for m in masks]  # fmt: skip
         if by == "area":
-            area = np.array([img.shape[-2] * img.shape[-1] for img in images], dtype=np.float64)
+            area = np.array([img.shape[-2] * img.shape[-1] if on is None else on.size
+                             for img, on in zip(images, self.labelled, strict=True)],
+                            dtype=np.float64)  # fmt: skip
             self.p = area / area.sum()
         self.input_size, self.output_size, self.rng = input_size, output_size, rng
         self.region = input_size + 2 * margin
         b = (input_size - output_size) // 2 + margin
-        self.padded = []
+        self.padded, self.shifts = [], []  # shifts: (W, top, left) growth of small images
         for i, img in enumerate(images):
             H, W = img.shape[-2:]
             eh, ew = max(0, output_size - H), max(0, output_size - W)  # grow small images
             pads = (b + eh // 2, b + eh - eh // 2, b + ew // 2, b + ew - ew // 2)
+            self.shifts.append((W, eh // 2, ew // 2))
             arrays = [mirror_pad(img.astype(np.float32), *pads), mirror_pad(masks[i], *pads)]
             if weights is not None:
                 arrays.append(mirror_pad(weights[i].astype(np.float32), *pads))
@@ -281,12 +292,20 @@ class TileSampler:
         xs, ys, ws = [], [], []
         for _ in range(batch):
             if self.p is None:
-                arrays = self.padded[self.rng.integers(len(self.padded))]
+                k = int(self.rng.integers(len(self.padded)))
             else:
-                arrays = self.padded[self.rng.choice(len(self.padded), p=self.p)]
+                k = int(self.rng.choice(len(self.padded), p=self.p))
+            arrays = self.padded[k]
             Hp, Wp = arrays[0].shape[-2:]
-            y0 = int(self.rng.integers(0, Hp - R + 1))
-            x0 = int(self.rng.integers(0, Wp - R + 1))
+            if self.labelled[k] is None:
+                y0 = int(self.rng.integers(0, Hp - R + 1))
+                x0 = int(self.rng.integers(0, Wp - R + 1))
+            else:  # the output tile over a labelled pixel, at a uniform offset within it
+                W, top, left = self.shifts[k]
+                r, c = divmod(int(self.labelled[k][self.rng.integers(self.labelled[k].size)]), W)
+                out = self.output_size
+                y0 = min(max(r - int(self.rng.integers(out)) + top, 0), Hp - R)
+                x0 = min(max(c - int(self.rng.integers(out)) + left, 0), Wp - R)
             cut = [a[..., y0 : y0 + R, x0 : x0 + R] for a in arrays]
             xs.append(cut[0])
             ys.append(cut[1])

@@ -116,16 +116,33 @@ def record(state: RunState, row: dict, select_by: str) -> bool:
 
 
 class StopRequest:
-    """SIGTERM and SIGINT while a run trains (in the main thread, one process): noted, and
-    acted on at the next step boundary (:func:`_train_epoch`), where the run saves last.pt
-    and ends with :class:`Stopped`. Elsewhere, and after the run, the handlers before it."""
+    """SIGTERM and SIGINT while a run trains (in the main thread, one process), or ``event``
+    set from another thread (napari's Stop): noted, and acted on at the next step boundary
+    (:func:`_train_epoch`), where the run saves last.pt and ends with :class:`Stopped`.
+    Elsewhere, and after the run, the signal handlers before it."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, enabled: bool):
+    def __init__(self, enabled: bool, event: threading.Event | None = None):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.signum: int | None = None
+        self.event = event
         self.saved: dict = {}
+
+    @property
+    def requested(self) -> bool:
+        """A signal came, or the event is set."""
+        return self.signum is not None or (self.event is not None and self.event.is_set())
+
+    @property
+    def name(self) -> str:
+        """What asked to stop: the signal's name, or "request"."""
+        return signal.Signals(self.signum).name if self.signum is not None else "request"
+
+    @property
+    def code(self) -> int:
+        """The signal's number (SIGINT's for a request): Stopped's exit code is 128 + it."""
+        return self.signum if self.signum is not None else int(signal.SIGINT)
 
     def __enter__(self) -> StopRequest:
         if self.enabled:
@@ -222,16 +239,15 @@ def restore(
 
 
 def stop_at_step(out: Path, preset: Preset, learner: Learner, state: RunState,
-             np_rng: np.random.Generator, gen: torch.Generator, signum: int,
+             np_rng: np.random.Generator, gen: torch.Generator, stop: StopRequest,
              t0: float) -> None:  # fmt: skip
     """Save the run at this step boundary (last.pt, with the epoch's steps so far) and end
     it with :class:`Stopped` saying how to go on."""
     state.epoch_seconds = time.perf_counter() - t0
     save_run(out, preset, learner, state, np_rng, gen, is_best=False)
-    name = signal.Signals(signum).name
-    raise Stopped(f"{out}: stopped by {name} at epoch {state.epoch + 1}, step "
+    raise Stopped(f"{out}: stopped by {stop.name} at epoch {state.epoch + 1}, step "
                   f"{len(state.epoch_losses)}; last.pt holds it: biounet train --resume "
-                  f"{out} goes on from there", signum)  # fmt: skip
+                  f"{out} goes on from there", stop.code)  # fmt: skip
 
 
 def _write_log(path: Path, history: list[dict]) -> None:

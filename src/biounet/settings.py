@@ -103,6 +103,8 @@ class Setting:
     negatable: bool = True  # a boolean flag has --no-FLAG too
     flag_default: object = None  # the flag's default (None: not given: the preset's or model's)
     label: str | None = None  # its name in `biounet info` (default: the field's)
+    form: bool = True  # shown in napari's forms (False: paths and validation, which the
+    # widget's layers decide)
 
 
 def setting(default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING, help: str,
@@ -266,15 +268,18 @@ def listing(config, prefix: str = "") -> Iterator[tuple[str, str, object]]:
             yield prefix.rstrip("."), about(f).label or f.name, value
 
 
-def form_options(cls) -> dict[str, dict]:
+def form_options(cls, command: Command | None = None) -> dict[str, dict]:
     """The keyword arguments of ``magicgui.widgets.create_widget`` for a form of ``cls``'s
-    declared fields, name -> {"value", "annotation", "options": {"tooltip", "choices" or
+    declared fields (with ``command``: those its flags set, less those declared
+    ``form=False``), name -> {"value", "annotation", "options": {"tooltip", "choices" or
     "min" / "max"}}, from the same declarations as the flags."""
     hints = typing.get_type_hints(cls)
     form = {}
     for f in fields(cls):
         s = about(f)
         if s is None or dataclasses.is_dataclass(hints[f.name]):
+            continue
+        if command is not None and (command not in s.commands or not s.form):
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         options: dict = {"tooltip": s.help}

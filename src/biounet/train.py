@@ -16,8 +16,9 @@ import json
 import logging
 import math
 import shutil
-import signal
+import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -158,6 +159,8 @@ def train(
     time_limit: float | None = None,
     stop_after: int | None = None,
     progress: bool = True,
+    stop: threading.Event | None = None,
+    on_step: Callable[..., None] | None = None,
 ) -> dict:
     """Train ``preset`` into ``out_dir``; return the summary of the best epoch.
 
@@ -171,6 +174,11 @@ def train(
             device).
         stop_after: stop after this many epochs in this call (the run stays resumable).
         progress: show a progress bar per epoch.
+        stop: an event another thread sets to stop the run at the next step boundary, as
+            SIGINT does: last.pt is saved and :class:`Stopped` raised.
+        on_step: called after every step with the keywords ``epoch`` (1-based), ``epochs``
+            (planned), ``step`` (within the epoch, 1-based), ``steps`` (per epoch) and
+            ``loss``.
 
     Under torchrun every rank calls this (:mod:`biounet.distributed`): the network is
     wrapped in DistributedDataParallel, each rank draws its own tiles, rank 0 plans the
@@ -184,9 +192,9 @@ def train(
     opened = join(world, dev)
     try:
         with lost_ranks(world), ExitStack() as held:
-            stop = held.enter_context(StopRequest(enabled=not world.distributed))
+            request = held.enter_context(StopRequest(not world.distributed, stop))
             return _train(world, dev, held, preset, out, resume, epochs, device, time_limit,
-                          stop_after, progress, stop)  # fmt: skip
+                          stop_after, progress, request, on_step)  # fmt: skip
     except BaseException:
         if fresh and world.main and not (out / "last.pt").exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing to resume: leave no folder
@@ -221,6 +229,7 @@ def _train(
     stop_after: int | None,
     progress: bool,
     stop: StopRequest,
+    on_step: Callable[..., None] | None = None,
 ) -> dict:
     """:func:`train`'s steps on one rank (``held`` keeps the run directory's lock)."""
     # 1. Configuration, checked: a new run's preset, or a resumed run's own and last.pt.
@@ -292,9 +301,9 @@ def _train(
             seed_epoch(cfg.seed, state.epoch, world.rank, sampler, gen)
         t0 = time.perf_counter() - state.epoch_seconds  # a stopped epoch's time goes on
         train_loss, lr = _train_epoch(learner, sampler, gen, cfg, state, steps, out_tile,
-                                      out, progress and world.main, stop)  # fmt: skip
-        if stop.signum is not None and len(state.epoch_losses) < steps:  # at a step boundary
-            stop_at_step(out, preset, learner, state, np_rng, gen, stop.signum, t0)
+                                      out, progress and world.main, stop, on_step)  # fmt: skip
+        if stop.requested and len(state.epoch_losses) < steps:  # at a step boundary
+            stop_at_step(out, preset, learner, state, np_rng, gen, stop, t0)
         train_loss = distributed.mean(world, train_loss)
         state.epoch += 1
         state.epoch_losses, state.epoch_seconds = [], 0.0
@@ -313,10 +322,9 @@ def _train(
         if world.main:
             save_run(out, preset, learner, state, np_rng, gen, is_best)
             log_epoch(out, state, data, probs, is_best, board)
-        if stop.signum is not None and state.epoch < state.plan:  # after a whole epoch
-            raise Stopped(f"{out}: stopped by {signal.Signals(stop.signum).name} after epoch "
-                          f"{state.epoch}; biounet train --resume {out} goes on from there",
-                          stop.signum)  # fmt: skip
+        if stop.requested and state.epoch < state.plan:  # after a whole epoch
+            raise Stopped(f"{out}: stopped by {stop.name} after epoch {state.epoch}; biounet "
+                          f"train --resume {out} goes on from there", stop.code)  # fmt: skip
     barrier(world)  # the ranks leave together, once rank 0 has written the last epoch
     return summary(state.history, select_by)
 
@@ -549,6 +557,7 @@ def _train_epoch(
     out: Path,
     progress: bool,
     stop: StopRequest | None = None,
+    on_step: Callable[..., None] | None = None,
 ) -> tuple[float, float]:
     """One epoch of ``steps`` optimiser steps (``state.step`` counts them), from the step
     after ``state.epoch_losses`` (a stopped epoch's); returns the mean training loss and
@@ -561,7 +570,7 @@ def _train_epoch(
     bar = tqdm(range(len(losses), steps), desc=f"epoch {state.epoch + 1}/{state.plan}",
                disable=not progress, leave=False, dynamic_ncols=True)  # fmt: skip
     for i in bar:
-        if stop is not None and stop.signum is not None:
+        if stop is not None and stop.requested:
             break
         # the step within the plan's epochs: also right when a run resumes with another
         # number of ranks and so another number of steps per epoch
@@ -577,6 +586,8 @@ def _train_epoch(
         state.step += 1
         losses.append(value)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+        if on_step is not None:
+            on_step(epoch=state.epoch + 1, epochs=state.plan, step=i + 1, steps=steps, loss=value)
     return float(np.mean(losses)), lr
 
 
