@@ -1,0 +1,198 @@
+"""A simulated annotator: how many painted nuclei, and how many minutes of fine-tuning,
+bring the shipped nuclei model up on images it handles badly.
+
+The group: the dark-on-bright images of data/dsb2018-fluo-more (dark: the labelled nuclei
+darker on average than the rest of the image; the shipped model never saw these images).
+The annotator works on the first --annotate of them (sorted by name); the others are
+scored. It marks square boxes (--box pixels) one after another and, in each, paints every
+reference nucleus that reaches into it, complete (biounet.annotate's convention: inside a
+box unpainted pixels are background, outside they are not annotated), until N nuclei are
+painted (the last box may overshoot N: the table gives the count). Boxes are placed
+at random (non-overlapping, alternating between the annotated images) or where the
+shipped model's 8 views disagree most (biounet.annotate.disagreement, next_box).
+
+The model is fine-tuned from models/dsb2018-nuclei.pt with its own training settings (the
+nuclei preset) for T minutes of 2 CPU cores, counted in steps so that the result does not
+depend on what else the machine runs: T x --steps-per-minute steps (default 210: the
+nuclei preset's 105 epochs of 30 steps in 15 minutes on 2 Zen 4 cores with bf16). Scored
+on the rest of the group with the model's own inference settings: per-image AP@0.5 (the
+mean over images of TP / (TP + FP + FN)), pooled AP@0.5 (the sums over images) and the
+DSB score. --estimate adds the round's own k-fold estimate (biounet.annotate.
+fold_estimate, 3 folds over the boxes, each fold trained as the round) for comparison
+with the score on the unseen images.
+
+    .venv/bin/python experiments/annotator.py [--n 10,25,50,100,200] [--minutes 2,5,10]
+        [--place random,uncertainty] [--estimate N:T,...] [--out runs/annotator]
+    .venv/bin/python experiments/annotator.py --table [--out runs/annotator]
+
+Resumable: a finished run keeps result.json in its folder and is not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from biounet import model_from_checkpoint, segment
+from biounet.annotate import Annotations, disagreement, fold_estimate, next_box, train_round
+from biounet.checkpoint import shipped_model
+from biounet.io import atomic_path, find_data, read_images, read_instances
+from biounet.metrics import instance_scores_many
+
+STEPS_PER_EPOCH = 30  # the nuclei preset's
+
+
+def the_group(root: Path) -> tuple[list[str], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(names, images, labels) of the dark-on-bright images of ``root``."""
+    images, labels = read_images(root / "images"), read_instances(root / "labels")
+    lab = dict(zip(labels.names, labels.arrays, strict=True))
+    names, imgs, labs = [], {}, {}
+    for name, image in zip(images.names, images.arrays, strict=True):
+        nuclei = lab[name] > 0
+        if image[nuclei].mean() < image[~nuclei].mean():
+            names.append(name)
+            imgs[name], labs[name] = image, lab[name].astype(np.int32)
+    return sorted(names), imgs, labs
+
+
+def place_boxes(n: int, names: list[str], images: dict, labels: dict, box: int, place: str,
+                uncertainty: dict | None, seed: int = 0) -> Annotations:  # fmt: skip
+    """Boxes on the annotated images until ``n`` nuclei are painted (see the docstring)."""
+    rng = np.random.default_rng(seed)
+    painted = {k: np.zeros_like(labels[k]) for k in names}
+    boxes: dict[str, list] = {k: [] for k in names}
+    count, turn, tries = 0, 0, 0
+    while count < n:
+        name = names[turn % len(names)]
+        ref = labels[name]
+        H, W = ref.shape
+        if place == "random":
+            t, c = int(rng.integers(0, H - box + 1)), int(rng.integers(0, W - box + 1))
+            b = (t, c, t + box, c + box)
+            if any(t < x[2] and x[0] < b[2] and c < x[3] and x[1] < b[3] for x in boxes[name]):
+                tries += 1
+                if tries > 1000:
+                    raise RuntimeError("no room for another random box")
+                continue
+        else:
+            b = next_box(uncertainty[name], box, boxes[name])
+        boxes[name].append(b)
+        ids = np.unique(ref[b[0]:b[2], b[1]:b[3]])
+        ids = ids[ids > 0]
+        new = ids[~np.isin(ids, painted[name])]
+        mask = np.isin(ref, new)
+        painted[name][mask] = ref[mask]
+        count += len(new)
+        turn += 1
+    return Annotations(list(names), [images[k] for k in names], [painted[k] for k in names],
+                       [boxes[k] for k in names])  # fmt: skip
+
+
+def score(model, names: list[str], images: dict, labels: dict) -> dict:
+    """Per-image and pooled AP@0.5 and the DSB score of ``model`` on ``names``."""
+    net = model_from_checkpoint(model, "cpu")
+    preds = [segment(net, images[k], outputs=("instances",)).instances for k in names]
+    s = instance_scores_many([labels[k] for k in names], preds)
+    tp, fp, fn = s["tp"][0], s["fp"][0], s["fn"][0]
+    return {"ap50": s["ap50"], "pooled_ap50": tp / (tp + fp + fn), "dsb": s["dsb_score"],
+            "per_image": {k: r["ap50"] for k, r in zip(names, s["per_image"], strict=True)}}
+
+
+def run_one(out: Path, n: int, minutes: float, place: str, group, annotate: list[str],
+            box: int, steps_per_minute: float, estimate: bool, uncertainty) -> dict:  # fmt: skip
+    """One cell: box, fine-tune, score (kept in ``out``/result.json)."""
+    done = out / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    names, images, labels = group
+    notes = place_boxes(n, annotate, images, labels, box, place, uncertainty)
+    start = shipped_model("dsb2018-nuclei.pt")
+    epochs = max(1, round(minutes * steps_per_minute / STEPS_PER_EPOCH))
+    t0 = time.perf_counter()
+    model = train_round(notes, out / "round", start, None, 0.0, epochs=epochs)
+    seconds = time.perf_counter() - t0
+    rest = [k for k in names if k not in annotate]
+    result = {"n": n, "painted": notes.objects(), "minutes": minutes, "place": place,
+              "boxes": sum(len(b) for b in notes.boxes), "steps": epochs * STEPS_PER_EPOCH,
+              "train_seconds": round(seconds, 1), **score(model, rest, images, labels)}  # fmt: skip
+    if estimate:
+        e = fold_estimate(notes, out / "estimate", start, None, 0.0, epochs=epochs)
+        result["estimate"] = {k: e[k] for k in ("k", "ap50", "mean", "sd")}
+    with atomic_path(done) as tmp:
+        Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def table(out: Path) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"))]
+    base = json.loads((out / "shipped.json").read_text())
+    lines = ["| boxes placed | nuclei painted (boxes) | minutes (steps) | AP@0.5 per image | "
+             "pooled AP@0.5 | DSB score | k-fold estimate |", "|---|---|---|---|---|---|---|",
+             f"| shipped model, no fine-tuning | 0 | 0 | {base['ap50']:.3f} | "
+             f"{base['pooled_ap50']:.3f} | {base['dsb']:.3f} | |"]  # fmt: skip
+    for r in sorted(rows, key=lambda r: (r["place"], r["minutes"], r["n"])):
+        est = r.get("estimate")
+        shown = "" if not est else f"{est['mean']:.3f} +- {est['sd']:.3f} (k={est['k']})"
+        lines.append(f"| {r['place']} | {r['painted']} ({r['boxes']}) | {r['minutes']:g} "
+                     f"({r['steps']}) | {r['ap50']:.3f} | {r['pooled_ap50']:.3f} | "
+                     f"{r['dsb']:.3f} | {shown} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", default="10,25,50,100,200")
+    ap.add_argument("--minutes", default="5,2,10")
+    ap.add_argument("--place", default="random,uncertainty")
+    ap.add_argument("--uncertainty-minutes", default="5",
+                    help="the minutes at which uncertainty-placed boxes are run")
+    ap.add_argument("--estimate", default="", metavar="N:T,...",
+                    help="cells (random boxes) that also get the k-fold estimate")
+    ap.add_argument("--annotate", type=int, default=2, help="images the annotator works on")
+    ap.add_argument("--box", type=int, default=128)
+    ap.add_argument("--steps-per-minute", type=float, default=210.0)
+    ap.add_argument("--table", action="store_true")
+    ap.add_argument("--out", default="runs/annotator")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if args.table:
+        print(table(out))
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    group = the_group(find_data("dsb2018-fluo-more"))
+    names, images, labels = group
+    annotate = names[: args.annotate]
+    print(f"group: {len(names)} dark-on-bright images; annotated: {annotate}", flush=True)
+    base_file = out / "shipped.json"
+    if not base_file.exists():
+        base = score(shipped_model("dsb2018-nuclei.pt"), [k for k in names if k not in annotate],
+                     images, labels)  # fmt: skip
+        base_file.write_text(json.dumps(base, indent=1) + "\n")
+    print("shipped:", json.loads(base_file.read_text())["ap50"], flush=True)
+    net = model_from_checkpoint(shipped_model("dsb2018-nuclei.pt"), "cpu")
+    unc = {k: disagreement(net, images[k]) for k in annotate} if "uncertainty" in args.place \
+        else None  # fmt: skip
+    ns = [int(x) for x in args.n.split(",")]
+    estimates = {tuple(float(v) for v in c.split(":")) for c in args.estimate.split(",") if c}
+    cells = []
+    for t in [float(x) for x in args.minutes.split(",")]:
+        for place in args.place.split(","):
+            if place == "uncertainty" and t not in [float(x) for x in
+                                                    args.uncertainty_minutes.split(",")]:
+                continue
+            cells += [(n, t, place) for n in ns]
+    for n, t, place in cells:
+        r = run_one(out / f"{place}-n{n}-t{t:g}", n, t, place, group, annotate, args.box,
+                    args.steps_per_minute, (n, t) in estimates and place == "random", unc)
+        print(f"{place} n={n} ({r['painted']}) t={t:g}: AP@0.5 {r['ap50']:.3f} pooled "
+              f"{r['pooled_ap50']:.3f} DSB {r['dsb']:.3f} ({r['train_seconds']} s)", flush=True)
+    print(table(out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
