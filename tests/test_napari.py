@@ -187,7 +187,13 @@ def test_the_train_widget_learns_from_boxed_annotations_without_blocking_the_vie
     widget.save_to.value = tmp_path / "mine.pt"
     assert widget.save_model() == tmp_path / "mine.pt" and (tmp_path / "mine.pt").exists()
     fresh = ViewerModel()
-    TrainWidget(fresh, folder=tmp_path / "other").load(round1)
+    other = TrainWidget(fresh, folder=tmp_path / "other")
+    other.round_folder.value = tmp_path / "nothing-here"
+    other.reload.changed.emit(True)
+    assert other.status.startswith("error: ") and "annotations.json" in other.status
+    other.round_folder.value = round1
+    other.reload.changed.emit(True)
+    assert "round-1 (rounds)" in other.start_from.choices
     assert [layer.name for layer in fresh.layers] == ["nuclei", "nuclei labels", "nuclei regions"]
     np.testing.assert_array_equal(fresh.layers["nuclei labels"].data, np.where(
         stored == 65535, 0, stored))  # fmt: skip

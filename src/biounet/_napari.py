@@ -260,10 +260,13 @@ class TrainWidget(Container):
         self.save_to = FileEdit(label="save model as", mode="w",
                                 filter="*.pt *.onnx *.ts *.zip")  # fmt: skip
         self.save = PushButton(text="Save model")
+        self.round_folder = FileEdit(label="a round's folder", mode="d")
+        self.reload = PushButton(text="Load round")
         super().__init__(widgets=[
             self.image, self.label_layer, self.regions, self.start_from, self.file, self.preset,
             self.minutes, self.more, self.advanced, self.estimate, self.uncertainty, self.run,
-            self.stop_button, self.progress, self.report, self.save_to, self.save])  # fmt: skip
+            self.stop_button, self.progress, self.report, self.save_to, self.save,
+            self.round_folder, self.reload])  # fmt: skip
         self.folder = Path(folder) if folder else Path.home() / "biounet-rounds" / time.strftime(
             "%Y%m%d-%H%M%S")
         self.notes: dict[str, tuple] = {}  # image layer name -> (image, labels, boxes)
@@ -280,6 +283,7 @@ class TrainWidget(Container):
         self.run.changed.connect(self.start)
         self.stop_button.changed.connect(self.request_stop)
         self.save.changed.connect(self.save_model)
+        self.reload.changed.connect(lambda _: self._reload())
         self._start_changed()
 
     # -- the form ------------------------------------------------------------------------
@@ -422,7 +426,7 @@ class TrainWidget(Container):
 
     def _done(self, result: dict) -> None:
         n = len(self.rounds) + 1
-        name = f"round {n} ({result['folder']})"
+        name = f"round {n} ({Path(result['folder']).parent.name})"
         TRAINED[name] = result["model"]
         self.rounds.append(result)
         _models_changed()
@@ -439,6 +443,8 @@ class TrainWidget(Container):
         if "uncertainty" in result:
             self.viewer.add_image(result["uncertainty"], name=f"round {n} uncertainty",
                                   colormap="inferno", blending="additive")  # fmt: skip
+        if not result["stopped"]:
+            self.progress.value = self.progress.max
         self.status = "stopped" if result["stopped"] else "done"
         self.run.enabled, self.stop_button.enabled = True, False
 
@@ -469,6 +475,12 @@ class TrainWidget(Container):
             self._failed(e)
             return None
 
+    def _reload(self) -> None:
+        try:
+            self.load(self.round_folder.value)
+        except Exception as e:
+            self._failed(e)
+
     def load(self, folder: str | Path) -> None:
         """Reload a round's folder: its images, labels and rectangles as layers, its model
         into the model lists."""
@@ -484,7 +496,7 @@ class TrainWidget(Container):
                                        face_color="transparent", edge_color="yellow")  # fmt: skip
         for model in ("best.pt", "last.pt"):
             if (folder / "run" / model).exists():
-                TRAINED[f"{folder.name} ({folder})"] = folder / "run" / model
+                TRAINED[f"{folder.name} ({folder.parent.name})"] = folder / "run" / model
                 break
         _models_changed()
         self.start_from.reset_choices()
