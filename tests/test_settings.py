@@ -101,7 +101,7 @@ def test_one_rule_per_setting_states_itself_in_the_error(cls, name, value, messa
 
 def test_resume_may_change_only_the_settings_declared_so(tmp_path, capsys):
     assert {f.flag for f in TRAIN if f.setting.resume} == {"--epochs", "--time-limit",
-                                                           "--device"}  # fmt: skip
+                                                           "--device", "--compile"}  # fmt: skip
     err = refusal(["train", "--resume", str(tmp_path), "--lr", "0.1", "--zoom", "0.2"], capsys)
     assert err == "biounet: error: --resume keeps the run's settings; drop --lr, --zoom"
 

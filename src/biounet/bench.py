@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import Preset
-from .device import autocast, memory_format, resolve_precision, select_device
+from .device import autocast, compiled, memory_format, resolve_precision, select_device
 from .losses import segmentation_loss
 from .model import UNet, output_size
 from .tiling import predict
@@ -79,11 +79,12 @@ def conv_peak_fn(precision: str, device: torch.device) -> tuple[Callable[[], obj
 
 
 def train_step_fn(
-    model: UNet, preset: Preset, device: torch.device, precision: str, fast: bool
+    model: UNet, preset: Preset, device: torch.device, precision: str, fast: bool,
+    compile: bool = False,
 ) -> Callable[[], None]:
     """One training step at the preset's tile and batch: ``fast`` = biounet's set-up (the
-    layout of :func:`memory_format`, autocast as ``precision``), else plain fp32 NCHW
-    eager."""
+    layout of :func:`memory_format`, autocast as ``precision``; ``compile``: through
+    torch.compile), else plain fp32 NCHW eager."""
     cfg = preset.train
     m = copy.deepcopy(model).to(device).train()
     out = output_size(cfg.tile, preset.model.depth, preset.model.padding)
@@ -97,10 +98,11 @@ def train_step_fn(
         m = m.to(memory_format=layout)
         x = x.contiguous(memory_format=layout)
     opt = torch.optim.SGD(m.parameters(), lr=1e-6, momentum=0.9)
+    net = compiled(m, compile)
 
     def step():
         with autocast(device, precision if fast else "fp32"):
-            logits = m(x)
+            logits = net(x)
         loss = segmentation_loss(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -118,6 +120,7 @@ def run_bench(
     image_size: int = 2048,
     tta: bool = True,
     predict_model: tuple[str, UNet] | None = None,
+    compile: bool = False,
 ) -> dict:
     """Measure ``preset`` (or ``model``, e.g. a shipped checkpoint's) and return a dict of
     timings and ratios. Inference is timed on a random ``image_size``^2 image (0: skipped)
@@ -128,6 +131,10 @@ def run_bench(
     ``repeat`` rounds after a warm-up of each. Every ratio is taken within a round and the
     median over rounds is reported, so a machine whose speed drifts during the run (a
     shared host) moves numerator and denominator together. Rates are medians over rounds.
+
+    ``compile``: a fifth interleaved measurement, biounet's step through torch.compile
+    (its first call, the compile, timed apart), and prediction compiled against eager,
+    timed alternately after a compiling call each.
     """
     dev = select_device(device)
     precision = resolve_precision(preset.train.precision, dev)
@@ -139,10 +146,16 @@ def run_bench(
     fast = train_step_fn(model, preset, dev, precision, True)
     plain = train_step_fn(model, preset, dev, precision, False)
     (peak32, flops32), (peak16, flops16) = conv_peak_fn("fp32", dev), conv_peak_fn("bf16", dev)
-    for fn in (fast, plain, peak32, peak16):  # warm-up
+    fns = [fast, plain, peak32, peak16]
+    compile_seconds = None
+    if compile:
+        fns.append(train_step_fn(model, preset, dev, precision, True, compile=True))
+        compile_seconds = time_once(fns[-1], dev)  # the first call compiles
+    for fn in fns:  # warm-up
         fn()
-    rounds = [[time_once(fn, dev) for fn in (fast, plain, peak32, peak16)] for _ in range(repeat)]
-    t_fast, t_plain, t32, t16 = (np.array(column) for column in zip(*rounds, strict=True))
+    rounds = [[time_once(fn, dev) for fn in fns] for _ in range(repeat)]
+    columns = [np.array(column) for column in zip(*rounds, strict=True)]
+    t_fast, t_plain, t32, t16 = columns[:4]
     t_peak, peak_flops = (t16, flops16) if precision == "bf16" else (t32, flops32)
     result = {
         "preset": preset.name,
@@ -160,6 +173,14 @@ def run_bench(
         "conv_peak_bf16_gflops": float(np.median(flops16 / t16 / 1e9)),
         "share_of_peak": float(np.median((flops / t_fast) / (peak_flops / t_peak))),
     }
+    if compile:
+        t_comp = columns[4]
+        result.update({
+            "compile_seconds": compile_seconds,
+            "compiled_steps_per_s": float(np.median(1 / t_comp)),
+            "compiled_speedup_vs_eager": float(np.median(t_fast / t_comp)),
+            "compiled_share_of_peak": float(np.median((flops / t_comp) / (peak_flops / t_peak))),
+        })  # fmt: skip
     if image_size:
         image = np.random.default_rng(0).random((image_size, image_size)).astype(np.float32)
         name, m = predict_model or (f"the {preset.name} network", model)
@@ -167,11 +188,20 @@ def run_bench(
         mpx = image_size**2 / 1e6
         result["predict_model"] = name
         result["predict_image"] = image_size
-        result["predict_mpx_per_s"] = mpx / _timed(lambda: predict(m, image), 1, dev)
-        if tta:
-            result["predict_tta_mpx_per_s"] = mpx / _timed(
-                lambda: predict(m, image, tta=True), 1, dev
-            )
+        for key, views in [("predict", False)] + ([("predict_tta", True)] if tta else []):
+            if not compile:
+                result[f"{key}_mpx_per_s"] = mpx / _timed(lambda v=views: predict(
+                    m, image, tta=v), 1, dev)  # fmt: skip
+                continue
+            t0 = time.perf_counter()
+            predict(m, image, tta=views, compile=True)  # compiles its tile shape
+            result[f"{key}_compile_seconds"] = time.perf_counter() - t0
+            pairs = [(time_once(lambda v=views: predict(m, image, tta=v), dev),
+                      time_once(lambda v=views: predict(m, image, tta=v, compile=True), dev))
+                     for _ in range(2)]  # fmt: skip
+            eager, comp = (np.array(c) for c in zip(*pairs, strict=True))
+            result[f"{key}_mpx_per_s"] = float(np.median(mpx / eager))
+            result[f"{key}_compiled_mpx_per_s"] = float(np.median(mpx / comp))
     return result
 
 
@@ -188,6 +218,11 @@ def format_bench(r: dict) -> str:
         f"{100 * r['share_of_peak']:.0f} % of the {r['precision']} conv peak (medians of "
         f"{r['rounds']} interleaved rounds)",
     ]
+    if "compiled_steps_per_s" in r:
+        lines.append(f"  compiled      {r['compiled_steps_per_s']:.3f} steps/s, "
+                     f"{r['compiled_speedup_vs_eager']:.2f}x eager, "
+                     f"{100 * r['compiled_share_of_peak']:.0f} % of the conv peak (first step: "
+                     f"{r['compile_seconds']:.1f} s, compiling)")  # fmt: skip
     if "predict_mpx_per_s" in r:
         tta = (f", with --tta {r['predict_tta_mpx_per_s']:.2f} Mpx/s"
                if "predict_tta_mpx_per_s" in r else "")  # fmt: skip
@@ -195,4 +230,9 @@ def format_bench(r: dict) -> str:
             f"  predict       {r['predict_mpx_per_s']:.2f} Mpx/s{tta} "
             f"({r['predict_model']}, {r['predict_image']} x {r['predict_image']})"
         )
+    if "predict_compiled_mpx_per_s" in r:
+        tta = (f", with --tta {r['predict_tta_compiled_mpx_per_s']:.2f} Mpx/s"
+               if "predict_tta_compiled_mpx_per_s" in r else "")  # fmt: skip
+        lines.append(f"  compiled      {r['predict_compiled_mpx_per_s']:.2f} Mpx/s{tta} "
+                     f"(compiling: {r['predict_compile_seconds']:.1f} s)")  # fmt: skip
     return "\n".join(lines)

@@ -167,6 +167,8 @@ def _bench(sub) -> None:
     s.add_argument("--repeat", type=int, default=5, help="interleaved rounds of the training "
                    "step, baseline and conv peaks (medians; default 5)")  # fmt: skip
     s.add_argument("--device", default="auto")
+    s.add_argument("--compile", action="store_true", help="also time the training step and "
+                   "predict through torch.compile, interleaved with eager")  # fmt: skip
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_bench)
 
@@ -254,9 +256,10 @@ def cmd_train(args) -> int:
         base = init_preset(args.init, args.preset) if args.init else get_preset(
             args.preset or DEFAULT)
         out, preset = Path(args.out or "runs/latest"), customise(base, **given)
-    # a new run's --epochs, --time-limit, --device are in its preset; a resumed run's are
-    # the call's overrides of its config.json
-    again = {k: getattr(args, k) for k in ("epochs", "device", "time_limit")} if args.resume else {}
+    # a new run's resume settings (--epochs, --time-limit, ...) are in its preset; a resumed
+    # run's are the call's overrides of its config.json
+    again = {f.dest: getattr(args, f.dest) for f in TRAIN if f.setting.resume} if args.resume \
+        else {}  # fmt: skip
     result = train(preset, out, resume=bool(args.resume), progress=not args.no_progress,
                    **again)  # fmt: skip
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 reports
@@ -318,7 +321,7 @@ def cmd_bench(args) -> int:
         inference = (str(shipped_model()), model_from_checkpoint(shipped_model())[0])
     result = run_bench(preset, model=model, device=args.device, repeat=args.repeat,
                        image_size=args.image_size, tta=not args.no_tta,
-                       predict_model=inference)  # fmt: skip
+                       predict_model=inference, compile=args.compile)  # fmt: skip
     print(json.dumps(result) if args.json else format_bench(result))
     return 0
 

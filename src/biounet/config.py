@@ -215,6 +215,10 @@ class TrainConfig:
         "learning-rate schedule with them (0: no limit)")
     precision: str = setting("auto", rule=one_of(PRECISIONS), commands=("train",),
                              help="auto (bf16 where the hardware has it), bf16 or fp32")
+    compile: bool = setting(False, rule=BOOLEAN, commands=("train",), resume=True,
+                            help="train the network through torch.compile (compiled at the "
+                            "first step; falls back to plain PyTorch, with a warning, where "
+                            "compiling fails); a run may resume with or without it")  # fmt: skip
     device: str = setting("auto", rule=TEXT, commands=("train",), form=False, resume=True,
                           help="auto (default: cuda if present), cpu, cuda, cuda:N")
     seed: int = setting(0, rule=integers(0), commands=("train",), help="the run's random seed")
@@ -408,6 +412,10 @@ class TileOptions:
                         "(the paper's rotations); predict takes it from the model's inference "
                         "settings")  # fmt: skip
     progress: bool = setting(False, rule=BOOLEAN, help="a progress bar over tiles")
+    compile: bool = setting(False, rule=BOOLEAN, commands=("predict",), negatable=False,
+                            help="run the network through torch.compile (compiled once per "
+                            "tile shape; falls back to plain PyTorch, with a warning, where "
+                            "compiling fails)")  # fmt: skip
     block: int = setting(2048, rule=integers(1), help="output pixels along a block's edge, "
                          "for images read block by block")  # fmt: skip
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import weakref
 
 import torch
 
@@ -68,3 +69,41 @@ def memory_format(device: torch.device, precision: str) -> torch.memory_format:
     if device.type == "cuda" or precision == "bf16":
         return torch.channels_last
     return torch.contiguous_format
+
+
+class Compiled:
+    """``module`` through ``torch.compile`` (static shapes), falling back to ``module``
+    itself, with one warning, where compiling fails (no C++ compiler, an operator the
+    compiler does not take): a run never ends because of it. Compiling happens at the
+    first call of each new input shape; the compiled code shares ``module``'s parameters,
+    so training, checkpoints and ``state_dict`` see one set of weights."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self.compiled = torch.compile(module, dynamic=False)
+        self.failed: str | None = None  # why compiling failed, once it has
+
+    def __getattr__(self, name):  # train(), eval(), parameters(), ...: the module's own
+        return getattr(self.module, name)
+
+    def __call__(self, *args, **kwargs):
+        if self.failed is None:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as e:  # any compiler failure: the eager module does the same
+                self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200]}"
+                log.warning("torch.compile failed (%s); running without it", self.failed)
+        return self.module(*args, **kwargs)
+
+
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled(module: torch.nn.Module, enabled: bool = True):
+    """``module`` itself, or with ``enabled`` its :class:`Compiled` wrapper (one per module,
+    kept while the module lives, so that repeated calls reuse what was compiled)."""
+    if not enabled:
+        return module
+    if module not in _COMPILED:
+        _COMPILED[module] = Compiled(module)
+    return _COMPILED[module]

@@ -476,7 +476,7 @@ def large_probabilities(
         return np.stack([norm(c) for norm, c in zip(norms, raw, strict=True)])
 
     with evaluating(model):
-        predictor = unet_predictor(model, precision)
+        predictor = unet_predictor(model, precision, options.compile)
         if options.tta:
             predictor = dihedral_predictor(predictor)
         blockwise_probabilities(predictor, read, image.shape, plan, write, block=options.block,

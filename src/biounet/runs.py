@@ -15,6 +15,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +54,8 @@ class Learner:
     device: torch.device
     precision: str
     layout: torch.memory_format
-    net: torch.nn.Module | None = None  # what the training step calls (default: model)
+    net: Callable | None = None  # what the training step calls (default: model): the DDP
+    # wrapper, and/or the torch.compile'd one (device.Compiled)
 
 
 @dataclass

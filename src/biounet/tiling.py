@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from .augment import dihedral, inverse_dihedral
 from .config import TileOptions
-from .device import autocast, memory_format, resolve_precision
+from .device import autocast, compiled, memory_format, resolve_precision
 from .errors import InputError
 from .exported import load_model
 from .io import channels_of, channels_text
@@ -469,20 +469,29 @@ def _channels(logits: torch.Tensor) -> torch.Tensor:
     return probs[:, 1:2] if probs.shape[1] == 2 else probs
 
 
-def unet_predictor(model: UNet, precision: str) -> Predictor:
+def unet_predictor(model: UNet, precision: str, compile: bool = False) -> Predictor:
     """``model`` as a :data:`Predictor`: (B, 1, S, S) float32 normalised tiles on any device
     -> (B, K, s, s) float32 CPU probabilities (K = 1, the foreground, for 1- and 2-output
     models; C for more), run where the model is, in ``precision`` ("bf16" or "fp32") with
     the matching memory layout. Train/eval mode is the caller's (see :func:`evaluating`).
+    ``compile``: through torch.compile (:func:`biounet.device.compiled`); a batch smaller
+    than the first is padded to it, so that the tile plan's one shape compiles once.
     """
     device = next(model.parameters()).device
     layout = memory_format(device, precision)
+    net = compiled(model, compile)
+    batch = []  # the first batch's size (compile: every batch is padded to it)
 
     def predict_tiles(x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if compile:
+            batch[:] = batch or [n]
+            if n < batch[0]:
+                x = torch.cat([x, x[-1:].expand(batch[0] - n, *x.shape[1:])])
         x = x.to(device).contiguous(memory_format=layout)
         with autocast(device, precision):
-            logits = model(x)
-        return _channels(logits).cpu()
+            logits = net(x)
+        return _channels(logits[:n]).cpu()
 
     return predict_tiles
 
@@ -535,7 +544,8 @@ def probabilities(
     x = normalize(image, normalization or model.config.normalization)
     plan = plan_tiles(model.config, x.shape[-2:], options, precision=precision)
     with evaluating(model):
-        return tiled_probabilities(unet_predictor(model, precision), x, plan, tta=options.tta,
+        predictor = unet_predictor(model, precision, options.compile)
+        return tiled_probabilities(predictor, x, plan, tta=options.tta,
                                    progress=options.progress)  # fmt: skip
 
 

@@ -32,7 +32,7 @@ from .augment import augment
 from .checkpoint import inference_weights, load_checkpoint
 from .config import HIGHER_IS_BETTER, Preset, TrainConfig
 from .dataset import Data, TileSampler, load_data, make_sampler
-from .device import autocast, memory_format, resolve_precision, select_device
+from .device import autocast, compiled, memory_format, resolve_precision, select_device
 from .distributed import (
     World,
     barrier,
@@ -157,6 +157,7 @@ def train(
     epochs: int | None = None,
     device: str | None = None,
     time_limit: float | None = None,
+    compile: bool | None = None,
     stop_after: int | None = None,
     progress: bool = True,
     stop: threading.Event | None = None,
@@ -169,9 +170,9 @@ def train(
             run's own ``config.json`` settings are used.
         out_dir: the run directory (created).
         resume: continue the run in ``out_dir`` from its ``last.pt``.
-        epochs, device, time_limit: override the configuration's (also when resuming, e.g.
-            to extend a finished run, to lift its time limit or to move it to another
-            device).
+        epochs, device, time_limit, compile: override the configuration's (also when
+            resuming, e.g. to extend a finished run, to lift its time limit, to move it to
+            another device or to go on with or without torch.compile).
         stop_after: stop after this many epochs in this call (the run stays resumable).
         progress: show a progress bar per epoch.
         stop: an event another thread sets to stop the run at the next step boundary, as
@@ -193,8 +194,10 @@ def train(
     try:
         with lost_ranks(world), ExitStack() as held:
             request = held.enter_context(StopRequest(not world.distributed, stop))
-            return _train(world, dev, held, preset, out, resume, epochs, device, time_limit,
-                          stop_after, progress, request, on_step)  # fmt: skip
+            overrides = {"epochs": epochs, "device": device, "time_limit": time_limit,
+                         "compile": compile}  # fmt: skip
+            return _train(world, dev, held, preset, out, resume, overrides, stop_after,
+                          progress, request, on_step)  # fmt: skip
     except BaseException:
         if fresh and world.main and not (out / "last.pt").exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing to resume: leave no folder
@@ -223,9 +226,7 @@ def _train(
     preset: Preset | None,
     out: Path,
     resume: bool,
-    epochs: int | None,
-    device: str | None,
-    time_limit: float | None,
+    overrides: dict,
     stop_after: int | None,
     progress: bool,
     stop: StopRequest,
@@ -235,7 +236,7 @@ def _train(
     # 1. Configuration, checked: a new run's preset, or a resumed run's own and last.pt.
     # Bad input on any rank stops every rank with its line (distributed.checked).
     with checked(world):
-        preset, ckpt, out_tile = _configure(preset, out, resume, epochs, device, time_limit)
+        preset, ckpt, out_tile = _configure(preset, out, resume, overrides)
     cfg = preset.train
 
     # 2. Device, precision and the run's random number generators (under torchrun each
@@ -286,7 +287,7 @@ def _train(
     if ckpt is None:
         state = RunState(plan=cfg.epochs)
     else:
-        state = restore(ckpt, cfg, out, np_rng, gen, epochs, time_limit)
+        state = restore(ckpt, cfg, out, np_rng, gen, overrides["epochs"], overrides["time_limit"])
     if world.main:
         _announce(preset, learner, data, out_tile, steps, world)
     board = None if writer is None else writer(str(out / "tensorboard"))
@@ -354,12 +355,7 @@ def _summary_writer():
 
 
 def _configure(
-    preset: Preset | None,
-    out: Path,
-    resume: bool,
-    epochs: int | None,
-    device: str | None,
-    time_limit: float | None,
+    preset: Preset | None, out: Path, resume: bool, overrides: dict
 ) -> tuple[Preset, dict | None, int]:
     """(preset with the call's overrides, the checkpoint to resume or None, output tile
     edge): a resumed run's preset comes from its last.pt. InputError for a run directory
@@ -375,7 +371,7 @@ def _configure(
         raise ValueError("train() needs a preset for a new run")
     elif (out / "last.pt").exists():
         raise InputError(f"{out}: already holds a run; use --resume {out} or another --out")
-    preset = preset.with_train(epochs=epochs, device=device, time_limit=time_limit)
+    preset = preset.with_train(**overrides)  # None: not given
     out_tile = check_tile(preset)
     cfg, outputs = preset.train, preset.model.out_channels
     if cfg.target != "mask" and max(2, outputs) != NUM_CLASSES[cfg.target]:
@@ -464,6 +460,8 @@ def build_learner(
             ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
     net = distributed.wrap(model, world or World(), device)
+    if cfg.compile:  # the training step's forward and backward; validation stays eager
+        net = compiled(net)
     return Learner(model, optimizer, ema, device, precision, layout, net)
 
 
