@@ -25,13 +25,16 @@ with the score on the unseen images.
         [--place random,uncertainty] [--estimate N:T,...] [--out runs/annotator]
     .venv/bin/python experiments/annotator.py --table [--out runs/annotator]
 
-Resumable: a finished run keeps result.json in its folder and is not run again.
+Resumable: a finished cell keeps result.json in its folder and is not run again (a cell
+stopped part-way starts again). The loops run minutes, then placement, then N, in the
+order given.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -110,6 +113,7 @@ def run_one(out: Path, n: int, minutes: float, place: str, group, annotate: list
     if done.exists():
         return json.loads(done.read_text())
     names, images, labels = group
+    shutil.rmtree(out, ignore_errors=True)  # a cell stopped part-way starts again
     notes = place_boxes(n, annotate, images, labels, box, place, uncertainty)
     start = shipped_model("dsb2018-nuclei.pt")
     epochs = max(1, round(minutes * steps_per_minute / STEPS_PER_EPOCH))
