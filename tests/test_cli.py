@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import one_line_error, run, tiny_checkpoint, tiny_unet
+from conftest import one_line_error, refusal, run, tiny_checkpoint, tiny_unet
 from PIL import Image
 from skimage.measure import label as measure_label
 from skimage.measure import regionprops
@@ -948,3 +948,28 @@ def _three_class_checkpoint(tmp_path):
 
     return tiny_checkpoint(tmp_path / "three.pt", tiny_unet(out_channels=3),
                            TrainConfig(target="mask"))  # fmt: skip
+
+
+def test_export_about_is_what_info_shows_of_a_model(tmp_path, capsys):
+    ckpt = tiny_checkpoint(tmp_path / "m.pt", tiny_unet())
+    about = {"trained_on": "all 497 DSB 2018 fluorescence images", "command": "biounet train",
+             "scores": {"cv_ap50_per_image": 0.86, "cv_pooled_ap50": 0.85}}  # fmt: skip
+    (tmp_path / "about.json").write_text(json.dumps(about))
+    code, _, err = run(["export", str(ckpt), str(tmp_path / "s.pt"), "--about",
+                        str(tmp_path / "about.json")], capsys)  # fmt: skip
+    assert code == 0, err
+    code, text, _ = run(["info", str(tmp_path / "s.pt")], capsys)
+    assert text.splitlines()[:3] == [
+        "trained on: all 497 DSB 2018 fluorescence images", "command: biounet train",
+        "scores: cv_ap50_per_image 0.86, cv_pooled_ap50 0.85"]  # fmt: skip
+    code, text, _ = run(["info", str(tmp_path / "s.pt"), "--json"], capsys)
+    assert json.loads(text)["about"] == about
+    # exported again with other settings, it keeps its record
+    code, _, _ = run(["export", str(tmp_path / "s.pt"), str(tmp_path / "t.pt"), "--min-size",
+                      "5"], capsys)  # fmt: skip
+    assert json.loads(run(["info", str(tmp_path / "t.pt"), "--json"], capsys)[1])["about"] == about
+    (tmp_path / "bad.json").write_text(json.dumps({"scores": {"ap": [1]}}))
+    refusal(["export", str(ckpt), str(tmp_path / "u.pt"), "--about", str(tmp_path / "bad.json")],
+            capsys, "u.pt: 'scores' must be an object of names to numbers or text")
+    refusal(["export", str(ckpt), str(tmp_path / "u.pt"), "--about", str(tmp_path / "no.json")],
+            capsys, "no.json: not a readable JSON file")

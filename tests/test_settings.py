@@ -29,7 +29,7 @@ CONFIGS = (ModelConfig, AugmentConfig, TrainConfig, InferenceConfig, PredictOpti
            TileOptions)
 # flags that are no setting: which preset, where the run goes, how it shows progress
 STRUCTURAL = {"--preset", "--out", "--resume", "--no-progress", "--format", "--author",
-              "--license", "--cite", "--sample"}  # fmt: skip
+              "--license", "--cite", "--sample", "--about"}  # fmt: skip
 
 
 def _options(command: str) -> set[str]:

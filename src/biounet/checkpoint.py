@@ -81,15 +81,37 @@ def shipped_model(name: str = "isbi2012.pt") -> Path | None:
     return None
 
 
-def export_model(source: str | Path, dest: str | Path, **inference) -> dict:
+ABOUT_KEYS = ("trained_on", "command", "hardware", "scores")  # what export --about stores
+
+
+def check_about(about: dict, where: str) -> dict:
+    """``about`` if it is a dict of text under ABOUT_KEYS (``scores``: a dict of names to
+    numbers or text); InputError naming ``where`` otherwise."""
+    if not isinstance(about, dict) or set(about) - set(ABOUT_KEYS):
+        raise InputError(f"{where}: an about record is a JSON object with keys from "
+                         f"{', '.join(ABOUT_KEYS)}")  # fmt: skip
+    for key, value in about.items():
+        ok = isinstance(value, dict) and all(isinstance(v, str | int | float)
+                                             for v in value.values()) if key == "scores" \
+            else isinstance(value, str)  # fmt: skip
+        if not ok:
+            kind = "an object of names to numbers or text" if key == "scores" else "text"
+            raise InputError(f"{where}: {key!r} must be {kind}")
+    return about
+
+
+def export_model(source: str | Path, dest: str | Path, about: dict | None = None,
+                 **inference) -> dict:  # fmt: skip
     """Write the model of checkpoint ``source`` to ``dest`` for shipping: configuration and
     weights only (no optimiser state, RNG states or per-epoch history), plus the training
     record a user needs to trust it (epoch, step, seconds trained, the chosen epoch's log
     row). ``inference`` (InferenceConfig fields, e.g. ``min_peak=0.9``; None values
     ignored) replace the stored inference configuration that ``predict`` and
     :func:`biounet.segment` use by default; a ``source`` that was itself exported keeps its
-    training record. Returns the dict written. Loads with ``load_checkpoint`` like any
-    checkpoint."""
+    training record. ``about`` (:data:`ABOUT_KEYS`: the data it was trained on, the command,
+    the hardware, held-out scores) is stored for ``biounet info`` to show; a ``source``
+    that has one keeps it unless ``about`` replaces it. Returns the dict written. Loads with
+    ``load_checkpoint`` like any checkpoint."""
     ckpt = load_checkpoint(source)
     if any(v is not None for v in inference.values()):  # stored in today's layout
         ckpt["preset"] = Preset.from_dict(ckpt["preset"]).with_inference(**inference).to_dict()
@@ -107,8 +129,23 @@ def export_model(source: str | Path, dest: str | Path, **inference) -> dict:
         for key in ("trained_seconds", "log"):
             if key in ckpt:
                 shipped[key] = ckpt[key]
+    about = check_about(about, str(dest)) if about is not None else ckpt.get("about")
+    if about:
+        shipped["about"] = about
     save_checkpoint(dest, shipped)
     return shipped
+
+
+def model_record(path: str | Path) -> dict:
+    """What a model file says of its own training: ``about`` (export --about), epoch, step,
+    seconds trained; {} for files that hold none (ONNX, TorchScript)."""
+    if Path(path).suffix != ".pt":
+        return {}
+    ckpt = load_checkpoint(path)
+    record = {k: ckpt[k] for k in ("epoch", "step", "trained_seconds") if ckpt.get(k) is not None}
+    if ckpt.get("about"):
+        record["about"] = ckpt["about"]
+    return record
 
 
 def model_from_checkpoint(

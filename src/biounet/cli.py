@@ -7,6 +7,7 @@ Bad input ends with one line, ``biounet: error: <file>: <problem>``, and exit co
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -16,7 +17,7 @@ from pathlib import Path
 from . import settings
 from .bench import format_bench, run_bench
 from .bioimageio import export_bioimageio
-from .checkpoint import export_model, model_from_checkpoint, shipped_model
+from .checkpoint import export_model, model_from_checkpoint, model_record, shipped_model
 from .config import InferenceConfig, PredictOptions, TileOptions
 from .errors import InputError, RankLost, Stopped, Terminated
 from .evaluate import evaluate
@@ -151,6 +152,9 @@ def _export(sub) -> None:
                    "paper and the bundled training data are cited already)")  # fmt: skip
     s.add_argument("--sample", metavar="IMAGE", help="bioimageio: the image whose crop makes "
                    "the package's test tensors (default: the model's training data)")
+    s.add_argument("--about", metavar="FILE.json", help="biounet: store this record for "
+                   "`biounet info` (keys trained_on, command, hardware: text; scores: names "
+                   "to numbers), e.g. the data and cross-validated scores of a shipped model")
     settings.add_flags(s, INFERENCE, lambda f: "store in the model as predict's default: "
                        + f.setting.help)  # fmt: skip
     s.set_defaults(func=cmd_export)
@@ -235,12 +239,22 @@ def inference_overrides(args) -> dict:
 
 def cmd_info(args) -> int:
     preset = preset_of(args.model) if args.model else get_preset(args.preset)
+    record = model_record(args.model) if args.model else {}
     if args.json:
-        import json
-
-        print(json.dumps(describe(preset, as_dict=True)))
-    else:
-        print("\n".join(describe(preset)))
+        print(json.dumps({**describe(preset, as_dict=True), **record}))
+        return 0
+    lines = []
+    about = record.get("about", {})
+    for key in ("trained_on", "command", "hardware"):
+        if key in about:
+            lines.append(f"{key.replace('_', ' ')}: {about[key]}")
+    if "scores" in about:
+        lines.append("scores: " + ", ".join(f"{k} {v}" for k, v in about["scores"].items()))
+    if "epoch" in record:
+        seconds = record.get("trained_seconds")
+        lines.append(f"trained: epoch {record['epoch']}, step {record.get('step')}"
+                     + (f", {seconds / 60:.1f} min" if seconds else ""))  # fmt: skip
+    print("\n".join(lines + describe(preset)))
     return 0
 
 
@@ -300,7 +314,13 @@ def cmd_export(args) -> int:
     if args.format != "biounet":
         what = f"{args.format}, {{size:.1f}} MB (network and configuration)"
     else:
-        shipped = export_model(args.checkpoint, args.out, **overrides)
+        about = None
+        if args.about:
+            try:
+                about = json.loads(Path(args.about).read_text())
+            except (OSError, ValueError) as e:
+                raise InputError(f"{args.about}: not a readable JSON file ({e})") from None
+        shipped = export_model(args.checkpoint, args.out, about=about, **overrides)
         what = (f"{shipped['preset']['name']} model, epoch {shipped['epoch']}, {{size:.1f}} MB "
                 "(weights and configuration only)")  # fmt: skip
     print(f"wrote {args.out}: " + what.format(size=Path(args.out).stat().st_size / 2**20))
@@ -308,9 +328,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    import json
-
-
     if args.repeat < 1 or args.image_size < 0:
         raise InputError(f"--repeat must be >= 1 and --image-size >= 0, got {args.repeat}, "
                          f"{args.image_size}")  # fmt: skip
