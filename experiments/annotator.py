@@ -136,7 +136,8 @@ def run_one(out: Path, n: int, minutes: float, place: str, group, annotate: list
     seconds = time.perf_counter() - t0
     rest = [k for k in names if k not in annotate]
     result = {"n": n, "painted": notes.objects(), "minutes": minutes, "place": place,
-              "boxes": sum(len(b) for b in notes.boxes if b is not None), "steps": epochs * STEPS_PER_EPOCH,
+              "boxes": sum(len(b) for b in notes.boxes if b is not None),
+              "steps": epochs * STEPS_PER_EPOCH,
               "train_seconds": round(seconds, 1), **score(model, rest, images, labels)}  # fmt: skip
     if estimate:
         e = fold_estimate(notes, out / "estimate", start, None, 0.0, epochs=epochs)
