@@ -179,8 +179,27 @@ def test_a_held_out_rectangle_leaves_training_with_the_objects_reaching_into_it(
                         [[(0, 0, 20, 20), (20, 20, 40, 50)], None])  # fmt: skip
     rest = without(notes, [(0, (20, 20, 40, 50)), (1, None)])
     assert rest.names == ["a"] and rest.boxes == [[(0, 0, 20, 20)]]
-    assert set(np.unique(rest.labels[0])) == {0, 1}  # 2 (inside) and 3 (reaching in) left
-    assert not (sparse_labels(rest.labels[0], rest.boxes[0])[20:, 20:] != UNANNOTATED).any()
+    assert set(np.unique(rest.labels[0])) == {-1, 0, 1}  # 2 (inside), 3 (reaching in): -1
+    stored = sparse_labels(rest.labels[0], rest.boxes[0])
+    assert not (stored[20:, 20:] != UNANNOTATED).any()
+    # the part of object 3 inside the kept box is not annotated either (not background)
+    assert (stored[18:20, 18:20] == UNANNOTATED).all()
+    # an image whose every rectangle is held out, with nothing painted outside, leaves
+    one = Annotations(["c"], [np.zeros((40, 50))], [np.where(lab == 2, 0, lab)],
+                      [[(0, 0, 30, 30)]])  # fmt: skip
+    assert without(one, [(0, (0, 0, 30, 30))]).names == []
+
+
+def test_an_image_with_no_labelled_pixel_is_never_drawn():
+    empty = np.full((40, 40), IGNORE_INDEX, np.uint8)
+    some = np.full((40, 40), IGNORE_INDEX, np.uint8)
+    some[5:9, 5:9] = 1
+    sampler = TileSampler([np.zeros((40, 40), np.float32), np.ones((40, 40), np.float32)],
+                          [empty, some], 16, 16, np.random.default_rng(0))  # fmt: skip
+    assert list(sampler.p) == [0.0, 1.0]
+    for _ in range(20):
+        x, y, _ = sampler.sample(1)
+        assert (x == 1).all() and (y != IGNORE_INDEX).any()
 
 
 @pytest.mark.slow
@@ -196,6 +215,10 @@ def test_the_fold_estimate_trains_without_each_fold_and_scores_it(tmp_path, dsb_
     # the score is the crop's: a model scored on a held-out box of perfect predictions
     perfect = held_out_score(start, replace(notes), [(0, (0, 0, 48, 48))])
     assert perfect["tp"] + perfect["fn"] == len(np.unique(notes.labels[0][:48, :48])) - 1
+    # one rectangle per image: each fold holds an image's only one, and that image leaves
+    pair = Annotations(notes.names, notes.images, notes.labels,
+                       [[(0, 0, 48, 48)], [(0, 0, 48, 48)]])  # fmt: skip
+    assert len(fold_estimate(pair, tmp_path / "pair", start, None, 1.0, k=2)["ap50"]) == 2
     with pytest.raises(ValueError, match="at least 2 annotated rectangles or images"):
         fold_estimate(Annotations(["a"], notes.images[:1], notes.labels[:1], [None]),
                       tmp_path / "e2", start, None, 1.0)  # fmt: skip

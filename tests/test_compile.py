@@ -31,6 +31,16 @@ def test_compiled_prediction_equals_eager_in_fp32_with_and_without_tta():
         fast = probabilities(model, image, replace(options, compile=True))
         np.testing.assert_allclose(fast, eager, atol=1e-5)
     assert compiled(model).failed is None and compiled(model) is compiled(model)
+    import copy
+    import gc
+    import weakref
+
+    twin = copy.deepcopy(model)  # compiles afresh, and its wrapper calls the copy
+    assert compiled(twin) is not compiled(model) and compiled(twin).module is twin
+    gone = weakref.ref(model)
+    del model, twin
+    gc.collect()
+    assert gone() is None  # the wrapper does not keep its module alive
 
 
 def test_a_failing_compiler_falls_back_with_one_warning(monkeypatch, caplog):

@@ -21,6 +21,7 @@ npe2 = pytest.importorskip("npe2")
 from biounet import model_from_checkpoint  # noqa: E402
 from biounet._napari import (  # noqa: E402
     FILE,
+    SCRATCH,
     SHIPPED,
     TRAINED,
     SegmentWidget,
@@ -30,6 +31,7 @@ from biounet._napari import (  # noqa: E402
     segment_layers,
     shipped_path,
 )
+from biounet.errors import InputError  # noqa: E402
 from biounet.segment import segment  # noqa: E402
 
 NUCLEI = next(iter(SHIPPED))
@@ -150,7 +152,7 @@ def test_the_train_widget_learns_from_boxed_annotations_without_blocking_the_vie
     widget.start_from.value = FILE
     widget.file.value = _contour_start(tmp_path / "start.pt")
     assert widget.form["epochs"].value == 6  # the form shows the start's settings
-    widget.form["lr"].value = 1e-3  # a change from the form reaches the run
+    widget.form["lr"].value = "1e-3"  # a change from the form reaches the run
     widget.uncertainty.value = True
     longest = _train(widget, qtbot)
     assert widget.status == "done", widget.status
@@ -213,13 +215,15 @@ def test_stop_ends_a_round_at_the_next_step_with_a_usable_model(qtbot, tmp_path)
     widget.start_from.value = FILE
     widget.file.value = _contour_start(tmp_path / "start.pt", epochs=1000)
     widget.uncertainty.value = False
+    (tmp_path / "rounds" / "round-1").mkdir(parents=True)  # left by a failed round
     widget.run.changed.emit(True)
     qtbot.waitUntil(lambda: len(widget.losses) >= 3, timeout=120_000)
     widget.stop_button.changed.emit(True)
     qtbot.waitUntil(lambda: widget.status != "running", timeout=120_000)
     assert widget.status == "stopped"
     model = widget.rounds[0]["model"]
-    assert model.name == "last.pt" and "stopped" in widget.report.value
+    assert model == tmp_path / "rounds" / "round-2" / "run" / "last.pt"
+    assert "stopped" in widget.report.value
     layers = segment_layers(model, viewer.layers["nuclei"].data, tta=False)
     assert layers[1][0].shape == viewer.layers["nuclei"].data.shape
     TRAINED.clear()
@@ -235,6 +239,23 @@ def test_the_train_form_is_built_from_the_training_settings_declarations():
     assert list(form) == list(declared) and "time_limit" in form and "images" not in form
     assert form["sample_by"].choices == ("image", "area")
     assert form["lr"].tooltip == declared["lr"]["options"]["tooltip"]
+
+
+def test_the_form_shows_any_preset_and_reads_numbers_exactly(qtbot, tmp_path):
+    from napari.components import ViewerModel
+
+    widget = TrainWidget(ViewerModel(), folder=tmp_path)
+    qtbot.addWidget(widget.native)
+    widget.start_from.value = SCRATCH
+    widget.preset.value = "blog"  # steps_per_epoch None: an empty field
+    assert widget.form["steps_per_epoch"].value == ""
+    assert widget.changes() == {}
+    widget.form["lr"].value = "3e-05"
+    widget.form["steps_per_epoch"].value = "7"
+    assert widget.changes() == {"lr": 3e-05, "steps_per_epoch": 7}
+    widget.form["lr"].value = "fast"
+    with pytest.raises(InputError, match="lr: 'fast' is not a number"):
+        widget.changes()
 
 
 def test_train_refuses_what_it_cannot_learn_from(qtbot, tmp_path):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from dataclasses import fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -207,20 +208,58 @@ OWN = "the model's own"
 REGIONS_ALL = "whole image (complete labels)"
 
 
+TRAIN_FORM = settings.form_options(TrainConfig, "train")  # the declarations the form shows
+
+
+def _typed(name: str, spec: dict) -> bool:
+    """Whether a setting is typed as text: numbers of any size (a spin box rounds 3e-5 to
+    its decimals) and settings that may be None (not given)."""
+    rule = settings.about(next(f for f in fields(TrainConfig) if f.name == name)).rule
+    return spec["annotation"] is float or (rule is not None and rule.test(None))
+
+
 def train_form() -> dict:
     """name -> magicgui widget for every training setting a napari form shows, built from
-    their declarations (:func:`biounet.settings.form_options`)."""
+    their declarations (:func:`biounet.settings.form_options`): a check box, a choice, a
+    whole-number box, or a text field for other numbers and for settings that may be
+    empty (:func:`form_value` reads them)."""
     form = {}
-    for name, spec in settings.form_options(TrainConfig, "train").items():
+    for name, spec in TRAIN_FORM.items():
         label = "time budget (min)" if name == "time_limit" else name.replace("_", " ")
+        tip = spec["options"]["tooltip"]
+        if _typed(name, spec):
+            form[name] = LineEdit(value=_shown(spec["value"]), name=name, label=label,
+                                  tooltip=tip)  # fmt: skip
+            continue
         kind = spec.get("widget_type")
         kwargs = {"widget_type": kind} if kind else {}
-        options = dict(spec["options"])
-        if spec["annotation"] is float and "min" in options:
-            options["step"] = 0.0001 if name in ("lr", "ema") else 0.1
         form[name] = create_widget(value=spec["value"], annotation=spec["annotation"],
-                                   name=name, label=label, options=options, **kwargs)  # fmt: skip
+                                   name=name, label=label, options=dict(spec["options"]),
+                                   **kwargs)  # fmt: skip
     return form
+
+
+def _shown(value) -> str:
+    return "" if value is None else repr(value) if isinstance(value, float) else str(value)
+
+
+def form_value(name: str, widget):
+    """The setting's value in ``widget`` (text: "" is None). InputError naming the setting
+    for text that is not a number."""
+    spec = TRAIN_FORM[name]
+    if not _typed(name, spec):
+        return widget.value
+    text = str(widget.value).strip()
+    if not text:
+        return None
+    try:
+        return spec["annotation"](float(text) if spec["annotation"] is int else text)
+    except ValueError:
+        raise InputError(f"{name.replace('_', ' ')}: {text!r} is not a number") from None
+
+
+def set_form_value(name: str, widget, value) -> None:
+    widget.value = _shown(value) if _typed(name, TRAIN_FORM[name]) else value
 
 
 def _with_layers(viewer, kind) -> list[str]:
@@ -247,7 +286,7 @@ class TrainWidget(Container):
             "the training settings: the start model's own, or a preset's around its network"))
         self.form = train_form()
         self.minutes = self.form.pop("time_limit")
-        self.minutes.value = 5.0
+        self.minutes.value = "5"
         self.more = CheckBox(text="all training settings", value=False)
         self.advanced = Container(widgets=list(self.form.values()), visible=False)
         self.estimate = CheckBox(text="estimate: 3 folds over the rectangles (3 x the time)")
@@ -314,12 +353,13 @@ class TrainWidget(Container):
         except Exception:  # a model file not chosen yet: the form keeps its values
             return
         for name, widget in self.form.items():
-            widget.value = getattr(cfg, name)
+            set_form_value(name, widget, getattr(cfg, name))
 
     def changes(self) -> dict:
         """The settings the form changes from the start's (or preset's)."""
         cfg = self._base().train
-        return {name: w.value for name, w in self.form.items() if w.value != getattr(cfg, name)}
+        values = {name: form_value(name, w) for name, w in self.form.items()}
+        return {name: v for name, v in values.items() if v != getattr(cfg, name)}
 
     def annotations(self) -> Annotations:
         """The current image's annotation (recorded) with those of earlier rounds."""
@@ -345,15 +385,19 @@ class TrainWidget(Container):
         try:
             notes = self.annotations()
             start, changes = self.start_model(), self.changes()
+            minutes = form_value("time_limit", self.minutes)
             if notes.objects() == 0:
                 raise ValueError("the labels hold no painted object to learn from")
         except Exception as e:
             self._failed(e)
             return
         preset = None if self.preset.value == OWN else self.preset.value
-        out = self.folder / f"round-{len(self.rounds) + 1}"
+        n = len(self.rounds) + 1
+        while (self.folder / f"round-{n}").exists():  # a failed round keeps its folder
+            n += 1
+        out = self.folder / f"round-{n}"
         job = dict(notes=notes, out=out, start=start, preset=preset,
-                   minutes=float(self.minutes.value), changes=changes,
+                   minutes=float(minutes or 0.0), changes=changes,
                    estimate=self.estimate.value,
                    uncertainty=_stem(self.image.value) if self.uncertainty.value else None)
         self.losses = []
@@ -398,8 +442,12 @@ class TrainWidget(Container):
                     result = message["done"]
         finally:
             if job.poll() is None:
-                job.stdin.close()
-            job.wait(timeout=60)
+                job.stdin.close()  # the round stops at its next step
+            try:
+                job.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                job.kill()
+                job.wait()
         if result is None:
             raise RuntimeError(f"the training process ended (exit code {job.returncode}) "
                                "before its round")  # fmt: skip
@@ -426,7 +474,8 @@ class TrainWidget(Container):
 
     def _done(self, result: dict) -> None:
         n = len(self.rounds) + 1
-        name = f"round {n} ({Path(result['folder']).parent.name})"
+        name = f"round {n} ({Path(result['folder']).parent.name})"  # the folder's own number
+        # may be higher, after a failed round
         TRAINED[name] = result["model"]
         self.rounds.append(result)
         _models_changed()

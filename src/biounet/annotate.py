@@ -60,25 +60,27 @@ def box_of(corners: np.ndarray, shape: tuple[int, int]) -> Box:
 
 def annotated(labels: np.ndarray, boxes: Sequence[Box] | None) -> np.ndarray:
     """(H, W) bool: the pixels annotated by ``labels`` (painted objects) and ``boxes``
-    (everything inside); everywhere when ``boxes`` is None."""
+    (everything inside); everywhere when ``boxes`` is None. A label of -1 is not annotated
+    wherever it is (:func:`without` marks held-out regions so)."""
     if boxes is None:
-        return np.ones(labels.shape, dtype=bool)
+        return labels >= 0
     region = labels > 0
     for top, left, bottom, right in boxes:
         region[top:bottom, left:right] = True
-    return region
+    return region & (labels >= 0)
 
 
 def sparse_labels(labels: np.ndarray, boxes: Sequence[Box] | None) -> np.ndarray:
-    """The uint16 label image to store: ``labels`` where annotated, UNANNOTATED elsewhere.
-    ValueError if ``labels`` holds negative ids or ids that do not fit below UNANNOTATED."""
+    """The uint16 label image to store: ``labels`` where annotated, UNANNOTATED elsewhere
+    (and where ``labels`` is -1). ValueError if ``labels`` holds ids below -1 or that do
+    not fit below UNANNOTATED."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"a label image must be 2-D, got shape {labels.shape}")
-    if labels.size and (labels.min() < 0 or labels.max() >= UNANNOTATED):
+    if labels.size and (labels.min() < -1 or labels.max() >= UNANNOTATED):
         raise ValueError(f"label ids must be in 0..{UNANNOTATED - 1}, got "
                          f"{labels.min()}..{labels.max()}")  # fmt: skip
-    out = labels.astype(np.uint16)
+    out = np.where(labels < 0, 0, labels).astype(np.uint16)
     out[~annotated(labels, boxes)] = UNANNOTATED
     return out
 
@@ -105,7 +107,7 @@ class Annotations:
                                  "differ in size")  # fmt: skip
 
     def objects(self) -> int:
-        """The number of annotated objects."""
+        """The number of annotated objects (ids > 0)."""
         return sum(len(np.unique(lab[lab > 0])) for lab in self.labels)
 
 
@@ -189,7 +191,8 @@ def _units(notes: Annotations) -> list[tuple[int, Box | None]]:
 
 def without(notes: Annotations, held: Sequence[tuple[int, Box | None]]) -> Annotations:
     """``notes`` less the held-out units: a held-out image leaves, a held-out rectangle
-    becomes not annotated, objects reaching into it included."""
+    becomes not annotated (label -1), objects reaching into it included, also where a kept
+    rectangle overlaps them; an image left with nothing annotated leaves."""
     names, images, labels, boxes = [], [], [], []
     for i, name in enumerate(notes.names):
         mine = [b for k, b in held if k == i]
@@ -200,10 +203,11 @@ def without(notes: Annotations, held: Sequence[tuple[int, Box | None]]) -> Annot
         if mine:
             for top, left, bottom, right in mine:
                 ids = np.unique(lab[top:bottom, left:right])
-                lab[np.isin(lab, ids[ids > 0])] = 0
+                lab[np.isin(lab, ids[ids > 0])] = -1
+                lab[top:bottom, left:right] = -1
             kept = [b for b in kept if b not in mine]
-            # a rectangle held out is not annotated: painted objects outside any kept
-            # rectangle still count
+            if not annotated(lab, kept).any():
+                continue
         names.append(name)
         images.append(notes.images[i])
         labels.append(lab)
@@ -316,10 +320,11 @@ def serve_round(spec: str | Path) -> int:
     out = Path(job["out"])
     stop = threading.Event()
 
-    def listen() -> None:
+    def listen() -> None:  # "stop", or stdin closed (the viewer went away): stop
         for line in sys.stdin:
             if line.strip() == "stop":
-                stop.set()
+                break
+        stop.set()
 
     def say(message: dict) -> None:
         sys.stdout.write(json.dumps(message) + "\n")
@@ -331,11 +336,11 @@ def serve_round(spec: str | Path) -> int:
         args = (job["start"], job["preset"], job["minutes"])
         model = train_round(notes, out, *args, stop=stop, on_step=lambda **p: say({"step": p}),
                             saved=True, **job["changes"])  # fmt: skip
-        result: dict = {"model": str(model), "stopped": stop.is_set()}
+        result: dict = {"model": str(model), "stopped": model.name == "last.pt"}
         if job["estimate"] and not stop.is_set():
             result["estimate"] = fold_estimate(notes, out / "estimate", *args, stop=stop,
                                                **job["changes"])  # fmt: skip
-        if job["uncertainty"] is not None:
+        if job["uncertainty"] is not None and not stop.is_set():
             k = notes.names.index(job["uncertainty"])
             np.save(out / "uncertainty.npy", disagreement(model, notes.images[k]))
             result["uncertainty"] = str(out / "uncertainty.npy")

@@ -240,7 +240,8 @@ class TileSampler:
     Sparse labels: in an image whose mask holds not-labelled pixels (IGNORE_INDEX, e.g.
     outside the boxes a user annotated), the output tile is placed over a labelled pixel
     drawn uniformly (at a uniform offset within the tile), so that no step is spent on
-    tiles with nothing to learn; ``by="area"`` then counts labelled pixels only.
+    tiles with nothing to learn; ``by="area"`` then counts labelled pixels only, and an
+    image with none is never drawn.
 
     Args:
         images: (H, W) or (C, H, W) float32 normalised images (all of one C).
@@ -260,13 +261,17 @@ class TileSampler:
             raise ValueError(f"by must be 'image' or 'area', got {by!r}")
         self.p = None  # uniform over the images (one rng.integers call per tile)
         # per image: the flat indices of its labelled pixels where some are not labelled
-        self.labelled = [np.flatnonzero(m != IGNORE_INDEX) if (m == IGNORE_INDEX).any() else None
-                         for m in masks]  # fmt: skip
+        index = np.int32 if max((m.size for m in masks), default=0) < 2**31 else np.int64
+        self.labelled = [np.flatnonzero(m != IGNORE_INDEX).astype(index)
+                         if (m == IGNORE_INDEX).any() else None for m in masks]  # fmt: skip
         if by == "area":
             area = np.array([img.shape[-2] * img.shape[-1] if on is None else on.size
                              for img, on in zip(images, self.labelled, strict=True)],
                             dtype=np.float64)  # fmt: skip
             self.p = area / area.sum()
+        elif any(on is not None and on.size == 0 for on in self.labelled):
+            some = np.array([on is None or on.size > 0 for on in self.labelled], np.float64)
+            self.p = some / some.sum()  # an image with no labelled pixel is never drawn
         self.input_size, self.output_size, self.rng = input_size, output_size, rng
         self.region = input_size + 2 * margin
         b = (input_size - output_size) // 2 + margin

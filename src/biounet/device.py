@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import weakref
 
 import torch
 
@@ -84,7 +83,12 @@ class Compiled:
         self.failed: str | None = None  # why compiling failed, once it has
 
     def __getattr__(self, name):  # train(), eval(), parameters(), ...: the module's own
+        if name == "module":  # not set yet (copying): no recursion
+            raise AttributeError(name)
         return getattr(self.module, name)
+
+    def __deepcopy__(self, memo):  # a copied module compiles afresh (compiled() below)
+        return None
 
     def __call__(self, *args, **kwargs):
         if self.failed is None:
@@ -96,14 +100,13 @@ class Compiled:
         return self.module(*args, **kwargs)
 
 
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def compiled(module: torch.nn.Module, enabled: bool = True):
-    """``module`` itself, or with ``enabled`` its :class:`Compiled` wrapper (one per module,
-    kept while the module lives, so that repeated calls reuse what was compiled)."""
+    """``module`` itself, or with ``enabled`` its :class:`Compiled` wrapper: one per module,
+    kept in the module (so repeated calls reuse what was compiled, and both are freed
+    together; a deep copy of the module compiles afresh)."""
     if not enabled:
         return module
-    if module not in _COMPILED:
-        _COMPILED[module] = Compiled(module)
-    return _COMPILED[module]
+    wrapper = module.__dict__.get("_biounet_compiled")
+    if wrapper is None:
+        wrapper = module.__dict__["_biounet_compiled"] = Compiled(module)
+    return wrapper
