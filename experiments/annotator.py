@@ -147,6 +147,24 @@ def run_one(out: Path, n: int, minutes: float, place: str, group, annotate: list
     return result
 
 
+def overview(rows: list[dict], base: dict) -> str:
+    """AP@0.5 per image by N (rows) and placement / minutes (columns)."""
+    cols = sorted({(r["place"], r["minutes"]) for r in rows}, key=lambda c: (c[0], c[1]))
+    cell = {(r["n"], r["place"], r["minutes"]): r for r in rows}
+    head = " | ".join(f"{p} boxes, {t:g} min" for p, t in cols)
+    shipped = " | ".join(f"{base['ap50']:.3f}" for _ in cols)
+    lines = [f"| nuclei painted (N) | {head} |", "|---" * (len(cols) + 1) + "|",
+             f"| 0 (the shipped model) | {shipped} |"]
+    for n in sorted({r["n"] for r in rows}):
+        shown = []
+        for p, t in cols:
+            r = cell.get((n, p, t))
+            shown.append("" if r is None else f"{r['ap50']:.3f}" + (
+                f" ({r['painted']})" if r["painted"] != n else ""))  # fmt: skip
+        lines.append(f"| {n} | {' | '.join(shown)} |")
+    return "\n".join(lines)
+
+
 def table(out: Path) -> str:
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"))]
     base = json.loads((out / "shipped.json").read_text())
@@ -161,7 +179,7 @@ def table(out: Path) -> str:
         lines.append(f"| {r['place']} | {r['painted']} ({boxes}) | {r['minutes']:g} "
                      f"({r['steps']}) | {r['ap50']:.3f} | {r['pooled_ap50']:.3f} | "
                      f"{r['dsb']:.3f} | {shown} |")  # fmt: skip
-    return "\n".join(lines)
+    return overview(rows, base) + "\n\n" + "\n".join(lines)
 
 
 def main() -> None:
