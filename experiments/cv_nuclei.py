@@ -18,7 +18,8 @@ TP / (TP + FP + FN), the mean over images), DSB score (the mean over IoU thresho
 FP and FN over the images, StarDist's way), F1@0.5, merges and splits.
 
     .venv/bin/python experiments/cv_nuclei.py [--folds 0,1,2,3,4] [--epochs 105]
-        [--seed 0] [--zoom R] [--invert-tiles P] [--sample-by image|area]
+        [--seed 0] [--zoom R] [--invert-tiles P] [--base-channels C]
+        [--sample-by image|area]
         [--data dsb2018-fluo[,dsb2018-fluo-more]] [--out runs/cv-nuclei]
     .venv/bin/python experiments/cv_nuclei.py --score TAG [--diameter D|auto|labels]
         [--invert auto|yes|no] [--tta | --no-tta] [--out runs/cv-nuclei]
@@ -233,6 +234,9 @@ def main() -> None:
     ap.add_argument("--invert-tiles", type=float, default=0.0, metavar="P",
                     help="train with contrast inversion of a tile with probability P (train "
                     "--invert-tiles P); 0: the preset's (none)")
+    ap.add_argument("--base-channels", type=int, default=0, metavar="C",
+                    help="the network's top-level feature channels (train --base-channels C); "
+                    "0: the preset's (16)")  # fmt: skip
     ap.add_argument("--sample-by", choices=("image", "area"),
                     help="train --sample-by: tiles from every image equally often, or in "
                     "proportion to its pixels (default: the preset's, area)")
@@ -298,6 +302,8 @@ def main() -> None:
         if args.sample_by:
             cfg = replace(cfg, sample_by=args.sample_by)
         preset = replace(p, name=f"nuclei-cv{k}", train=cfg)
+        if args.base_channels:
+            preset = replace(preset, model=replace(p.model, base_channels=args.base_channels))
         if (run / "last.pt").exists():
             train(None, run, resume=True, progress=False)
         else:
