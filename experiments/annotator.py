@@ -20,11 +20,13 @@ nuclei preset's 105 epochs of 30 steps in 15 minutes on 2 Zen 4 cores with bf16)
 on the rest of the group with the model's own inference settings: per-image AP@0.5 (the
 mean over images of TP / (TP + FP + FN)), pooled AP@0.5 (the sums over images) and the
 DSB score. --estimate adds the round's own k-fold estimate (biounet.annotate.
-fold_estimate, 3 folds over the boxes, each fold trained as the round) for comparison
+fold_estimate, 3 folds over the boxes or, --estimate-by image, 2 over the annotated images,
+each fold trained as the round) for comparison
 with the score on the unseen images.
 
     .venv/bin/python experiments/annotator.py [--n 10,25,50,100,200] [--minutes 2,5,10]
-        [--place random,uncertainty] [--estimate N:T,...] [--out runs/annotator]
+        [--place random,uncertainty] [--estimate N:T,...] [--estimate-by box|image]
+        [--out runs/annotator]
     .venv/bin/python experiments/annotator.py --table [--out runs/annotator]
 
 Resumable: a finished cell keeps result.json in its folder and is not run again (a cell
@@ -121,11 +123,20 @@ def score(model, names: list[str], images: dict, labels: dict) -> dict:
 
 
 def run_one(out: Path, n: int, minutes: float, place: str, group, annotate: list[str],
-            box: int, steps_per_minute: float, estimate: bool, uncertainty) -> dict:  # fmt: skip
-    """One cell: box, fine-tune, score (kept in ``out``/result.json)."""
+            box: int, steps_per_minute: float, estimate: str, uncertainty) -> dict:  # fmt: skip
+    """One cell: box, fine-tune, score (kept in ``out``/result.json); ``estimate`` "box"
+    or "image": also the k-fold estimate by that unit (added to a finished cell)."""
     done = out / "result.json"
     if done.exists():
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        known = set(result.get("estimates", {})) | ({"box"} if "estimate" in result else set())
+        if estimate and estimate not in known:
+            names, images, labels = group
+            notes = place_boxes(n, annotate, images, labels, box, place, uncertainty)
+            add_estimate(result, notes, out, estimate)
+            with atomic_path(done) as tmp:
+                Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
+        return result
     names, images, labels = group
     shutil.rmtree(out, ignore_errors=True)  # a cell stopped part-way starts again
     notes = place_boxes(n, annotate, images, labels, box, place, uncertainty)
@@ -140,8 +151,7 @@ def run_one(out: Path, n: int, minutes: float, place: str, group, annotate: list
               "steps": epochs * STEPS_PER_EPOCH,
               "train_seconds": round(seconds, 1), **score(model, rest, images, labels)}  # fmt: skip
     if estimate:
-        e = fold_estimate(notes, out / "estimate", start, None, 0.0, epochs=epochs)
-        result["estimate"] = {k: e[k] for k in ("k", "ap50", "mean", "sd")}
+        add_estimate(result, notes, out, estimate)
     with atomic_path(done) as tmp:
         Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -165,6 +175,15 @@ def overview(rows: list[dict], base: dict) -> str:
     return "\n".join(lines)
 
 
+def add_estimate(result: dict, notes: Annotations, out: Path, by: str) -> None:
+    """The round's own k-fold estimate (3 folds by rectangle, or by image) into
+    ``result["estimates"][by]``."""
+    start = shipped_model("dsb2018-nuclei.pt")
+    epochs = result["steps"] // STEPS_PER_EPOCH
+    e = fold_estimate(notes, out / f"estimate-{by}", start, None, 0.0, by=by, epochs=epochs)
+    result.setdefault("estimates", {})[by] = {k: e[k] for k in ("k", "ap50", "mean", "sd")}
+
+
 def table(out: Path) -> str:
     rows = [json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"))]
     base = json.loads((out / "shipped.json").read_text())
@@ -173,8 +192,11 @@ def table(out: Path) -> str:
              f"| shipped model, no fine-tuning | 0 | 0 | {base['ap50']:.3f} | "
              f"{base['pooled_ap50']:.3f} | {base['dsb']:.3f} | |"]  # fmt: skip
     for r in sorted(rows, key=lambda r: (r["place"], r["minutes"], r["n"])):
-        est = r.get("estimate")
-        shown = "" if not est else f"{est['mean']:.3f} +- {est['sd']:.3f} (k={est['k']})"
+        ests = dict(r.get("estimates", {}))
+        if "estimate" in r:  # the first runs' estimate, by rectangle
+            ests.setdefault("box", r["estimate"])
+        shown = "; ".join(f"by {by}: {e['mean']:.3f} +- {e['sd']:.3f} (k={e['k']})"
+                          for by, e in sorted(ests.items()))  # fmt: skip
         boxes = "whole images" if r["boxes"] == 0 else f"{r['boxes']} boxes"
         lines.append(f"| {r['place']} | {r['painted']} ({boxes}) | {r['minutes']:g} "
                      f"({r['steps']}) | {r['ap50']:.3f} | {r['pooled_ap50']:.3f} | "
@@ -191,6 +213,8 @@ def main() -> None:
                     help="the minutes at which uncertainty-placed boxes are run")
     ap.add_argument("--estimate", default="", metavar="N:T,...",
                     help="cells (random boxes) that also get the k-fold estimate")
+    ap.add_argument("--estimate-by", choices=("box", "image"), default="box",
+                    help="the estimate's folds: by rectangle or by annotated image")
     ap.add_argument("--annotate", type=int, default=2, help="images the annotator works on")
     ap.add_argument("--box", type=int, default=128)
     ap.add_argument("--steps-per-minute", type=float, default=210.0)
@@ -226,7 +250,8 @@ def main() -> None:
             cells += [(n, t, place) for n in ns]
     for n, t, place in cells:
         r = run_one(out / f"{place}-n{n}-t{t:g}", n, t, place, group, annotate, args.box,
-                    args.steps_per_minute, (n, t) in estimates and place == "random", unc)
+                    args.steps_per_minute,
+                    args.estimate_by if (n, t) in estimates and place == "random" else "", unc)
         print(f"{place} n={n} ({r['painted']}) t={t:g}: AP@0.5 {r['ap50']:.3f} pooled "
               f"{r['pooled_ap50']:.3f} DSB {r['dsb']:.3f} ({r['train_seconds']} s)", flush=True)
     print(table(out))

@@ -206,7 +206,7 @@ def test_an_image_with_no_labelled_pixel_is_never_drawn():
 def test_the_fold_estimate_trains_without_each_fold_and_scores_it(tmp_path, dsb_crops):
     notes = _dsb_notes(dsb_crops, n=2)
     start = _contour_start(tmp_path)
-    est = fold_estimate(notes, tmp_path / "est", start, None, 1.0, k=2)
+    est = fold_estimate(notes, tmp_path / "est", start, None, 1.0, k=2, by="box")
     assert est["k"] == 2 and est["units"] == 4 and len(est["ap50"]) == 2
     assert all(0.0 <= a <= 1.0 for a in est["ap50"])
     assert est["mean"] == pytest.approx(np.mean(est["ap50"]))
@@ -218,7 +218,12 @@ def test_the_fold_estimate_trains_without_each_fold_and_scores_it(tmp_path, dsb_
     # one rectangle per image: each fold holds an image's only one, and that image leaves
     pair = Annotations(notes.names, notes.images, notes.labels,
                        [[(0, 0, 48, 48)], [(0, 0, 48, 48)]])  # fmt: skip
-    assert len(fold_estimate(pair, tmp_path / "pair", start, None, 1.0, k=2)["ap50"]) == 2
+    assert len(fold_estimate(pair, tmp_path / "pair", start, None, 1.0, k=2,
+                             by="box")["ap50"]) == 2  # fmt: skip
+    # by image (auto with 2 images): each fold trains on one image, scores the other
+    est = fold_estimate(notes, tmp_path / "img", start, None, 1.0)
+    assert est["by"] == "image" and est["k"] == 2 and len(est["ap50"]) == 2
+    assert len(load_round(tmp_path / "img" / "fold0" / "data").names) == 1
     with pytest.raises(ValueError, match="at least 2 annotated rectangles or images"):
         fold_estimate(Annotations(["a"], notes.images[:1], notes.labels[:1], [None]),
                       tmp_path / "e2", start, None, 1.0)  # fmt: skip

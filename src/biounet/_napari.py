@@ -289,7 +289,8 @@ class TrainWidget(Container):
         self.minutes.value = "5"
         self.more = CheckBox(text="all training settings", value=False)
         self.advanced = Container(widgets=list(self.form.values()), visible=False)
-        self.estimate = CheckBox(text="estimate: 3 folds over the rectangles (3 x the time)")
+        self.estimate = CheckBox(text="estimate: up to 3 folds over the annotated images, or "
+                                 "over the rectangles of one (k x the time)")  # fmt: skip
         self.uncertainty = CheckBox(text="uncertainty layer (where to annotate next)",
                                     value=True)  # fmt: skip
         self.run = PushButton(text="Train")
@@ -487,7 +488,7 @@ class TrainWidget(Container):
         if "estimate" in result:
             e = result["estimate"]
             text += (f"; held-out AP@0.5 {e['mean']:.2f} +- {e['sd']:.2f} over {len(e['ap50'])} "
-                     "folds")  # fmt: skip
+                     f"folds by {e['by']}")  # fmt: skip
         self.report.value = text
         if "uncertainty" in result:
             self.viewer.add_image(result["uncertainty"], name=f"round {n} uncertainty",

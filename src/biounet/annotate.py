@@ -234,32 +234,45 @@ def held_out_score(model: str | Path, notes: Annotations,
 
 
 def fold_estimate(notes: Annotations, out: str | Path, start: str | Path | None,
-                  preset: str | None, minutes: float, *, k: int = 3,
+                  preset: str | None, minutes: float, *, k: int = 3, by: str = "auto",
                   stop: threading.Event | None = None, **changes) -> dict:  # fmt: skip
     """How good a round trained on ``notes`` is, measured where it did not train: the
-    rectangles (or whole images) dealt to ``k`` folds; fold j's model is trained as the
-    round is (same start, preset and minutes: k times the round's time) without fold j
-    and scored on it (pooled AP@0.5). Returns {"k", "units", "ap50" (per fold), "mean",
-    "sd"}. ValueError with fewer than 2 units: one annotated region cannot be both
-    trained on and held out."""
+    annotated images (``by="image"``) or their rectangles (``"box"``) dealt to ``k``
+    folds; fold j's model is trained as the round is (same start, preset and minutes: k
+    times the round's time) without fold j and scored on it (pooled AP@0.5). "auto":
+    by image where 2 or more images are annotated, else by rectangle. Rectangles of the
+    image a model trained on flatter it: they share its staining and its field, and
+    images the model has never seen may differ more (docs/results-annotator.md). Returns
+    {"k", "by", "units", "ap50" (per fold), "mean", "sd"}. ValueError with fewer than 2
+    units: one annotated region cannot be both trained on and held out."""
     units = _units(notes)
-    if len(units) < 2:
-        raise ValueError("an estimate needs at least 2 annotated rectangles or images; "
-                         f"there is {len(units)}")  # fmt: skip
-    k = min(k, len(units))
-    order = np.random.default_rng(0).permutation(len(units))
-    folds = [[units[j] for j in order[f::k]] for f in range(k)]
+    if by == "auto":
+        by = "image" if len({i for i, _ in units}) >= 2 else "box"
+    if by not in ("image", "box"):
+        raise ValueError(f"by must be auto, image or box, got {by!r}")
+    groups = sorted({i for i, _ in units}) if by == "image" else list(range(len(units)))
+    if len(groups) < 2:
+        raise ValueError(f"an estimate by {by} needs at least 2 annotated "
+                         f"{'images' if by == 'image' else 'rectangles or images'}; there is "
+                         f"{len(groups)}")  # fmt: skip
+    k = min(k, len(groups))
+    order = np.random.default_rng(0).permutation(len(groups))
+    if by == "image":
+        folds = [[u for u in units if u[0] in {groups[j] for j in order[f::k]}] for f in range(k)]
+    else:
+        folds = [[units[j] for j in order[f::k]] for f in range(k)]
     scores = []
     for f, held in enumerate(folds):
         if stop is not None and stop.is_set():
             break
-        rest = without(notes, held)
+        # by image, a held image leaves whole (its objects outside its rectangles too)
+        rest = without(notes, sorted({(i, None) for i, _ in held}) if by == "image" else held)
         if rest.objects() == 0:
             continue
         model = train_round(rest, Path(out) / f"fold{f}", start, preset, minutes,
                             stop=stop, **changes)  # fmt: skip
         scores.append(held_out_score(model, notes, held)["ap50"])
-    return {"k": k, "units": len(units), "ap50": scores,
+    return {"k": k, "by": by, "units": len(units), "ap50": scores,
             "mean": float(np.mean(scores)) if scores else float("nan"),
             "sd": float(np.std(scores, ddof=1)) if len(scores) > 1 else float("nan")}  # fmt: skip
 
