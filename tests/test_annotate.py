@@ -262,3 +262,13 @@ def test_the_cli_trains_a_saved_round_as_the_widget_does(tmp_path, dsb_crops, ca
     a, b = load_checkpoint(tmp_path / "cli" / "best.pt"), load_checkpoint(model)
     for k, v in a["model"].items():  # the same data, settings and seed: the same weights
         np.testing.assert_array_equal(v.numpy(), b["model"][k].numpy())
+
+
+def test_a_signal_stops_a_round_as_it_stops_any_run(tmp_path, dsb_crops):
+    import os
+    import signal
+
+    start = _contour_start(tmp_path)
+    with pytest.raises(Stopped, match="stopped by SIGTERM"):  # not a model to score
+        train_round(_dsb_notes(dsb_crops), tmp_path / "r", start, None, 5.0,
+                    on_step=lambda **_: os.kill(os.getpid(), signal.SIGTERM))  # fmt: skip

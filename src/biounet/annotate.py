@@ -167,15 +167,16 @@ def train_round(notes: Annotations, out: str | Path, start: str | Path | None,
     """Save ``notes`` to ``out``/data (unless ``saved``: they are there) and train a round
     on them into ``out``/run (see :func:`round_preset`); returns the model file: best.pt,
     or last.pt where ``stop`` ended the run (it holds the weights of the step it stopped
-    at)."""
+    at). A signal (SIGTERM, SIGINT) ends it with :class:`biounet.errors.Stopped`, as it
+    ends any training run."""
     out = Path(out)
     data = out / "data" if saved else save_round(out / "data", notes)
     run = out / "run"
     try:
         train(round_preset(start, preset, data, minutes, **changes), run, progress=False,
               stop=stop, on_step=on_step)  # fmt: skip
-    except Stopped:
-        if not (run / "last.pt").exists():
+    except Stopped:  # by ``stop``: the step's model; by a signal: the caller's to handle
+        if stop is None or not stop.is_set() or not (run / "last.pt").exists():
             raise
         return run / "last.pt"
     return run / "best.pt"
