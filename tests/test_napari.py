@@ -130,7 +130,8 @@ def _train(widget, qtbot, timeout=300_000) -> float:
     timer = QTimer()
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     # the objects of every test before this one: frozen, so that a full garbage collection
-    # (which stops all threads) costs what it would in a viewer, not in a long test session
+    # (which stops all threads) costs what it would in a viewer, not what it costs after
+    # hundreds of tests in one process
     gc.collect()
     gc.freeze()
     timer.start(10)

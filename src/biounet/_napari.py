@@ -54,7 +54,7 @@ from .presets import PRESETS
 SHIPPED = {"nuclei (models/dsb2018-nuclei.pt)": "dsb2018-nuclei.pt",
            "EM membranes (models/isbi2012.pt)": "isbi2012.pt"}  # fmt: skip
 FILE = "a model file..."
-TRAINED: dict[str, Path] = {}  # the models trained in this session's rounds: name -> file
+TRAINED: dict[str, Path] = {}  # the rounds trained or loaded since napari started: name -> file
 _SEGMENT_WIDGETS: weakref.WeakSet = weakref.WeakSet()  # their model lists follow TRAINED
 
 
