@@ -45,7 +45,7 @@ from magicgui.widgets import (
 from napari.qt.threading import thread_worker
 
 from . import settings
-from .annotate import Annotations, box_of, load_round, save_round
+from .annotate import Annotations, box_of, load_round, save_round, start_preset
 from .config import TrainConfig
 from .errors import InputError
 from .io import write_text
@@ -338,13 +338,8 @@ class TrainWidget(Container):
         return shipped_path(choice)
 
     def _base(self):
-        from .presets import get_preset, init_preset
-
-        start = self.start_model()
-        preset = None if self.preset.value == OWN else self.preset.value
-        if start is None:
-            return get_preset(preset or "nuclei")
-        return init_preset(str(start), preset)
+        return start_preset(self.start_model(),
+                            None if self.preset.value == OWN else self.preset.value)
 
     def _start_changed(self, *_) -> None:
         """Show the chosen start's (or preset's) training settings in the form."""

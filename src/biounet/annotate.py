@@ -143,6 +143,14 @@ def load_round(folder: str | Path) -> Annotations:
     return Annotations(list(images.names), list(images.arrays), cleared, boxes)
 
 
+def start_preset(start: str | Path | None, preset: str | None) -> Preset:
+    """What a round starts from: the model ``start``'s preset (or ``preset``'s training
+    around its network), or with no ``start`` the preset ``preset`` (default nuclei)."""
+    if start is not None:
+        return init_preset(str(start), preset)
+    return get_preset(preset or "nuclei")
+
+
 def round_preset(start: str | Path | None, preset: str | None, data: str | Path,
                  minutes: float, **changes) -> Preset:  # fmt: skip
     """The preset of a round: fine-tuning the model ``start`` (its own preset, or
@@ -151,13 +159,9 @@ def round_preset(start: str | Path | None, preset: str | None, data: str | Path,
     out: :func:`fold_estimate` says how good it is) for ``minutes``; ``changes``:
     TrainConfig fields (the form's)."""
     data = Path(data)
-    if start is not None:
-        base = init_preset(str(start), preset)
-    else:
-        base = get_preset(preset or "nuclei")
-    return base.with_train(images=str(data / "images"), labels=str(data / "labels"),
-                           ignore_label=UNANNOTATED, val_slices="none",
-                           time_limit=float(minutes), **changes)  # fmt: skip
+    return start_preset(start, preset).with_train(
+        images=str(data / "images"), labels=str(data / "labels"), ignore_label=UNANNOTATED,
+        val_slices="none", time_limit=float(minutes), **changes)  # fmt: skip
 
 
 def train_round(notes: Annotations, out: str | Path, start: str | Path | None,
