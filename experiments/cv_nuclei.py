@@ -69,7 +69,8 @@ DATA = {"root": None}  # the images/ and labels/ folders cross-validated (--data
 
 def use_data(names: list[str], out: Path) -> Path:
     """Cross-validate the bundled data sets ``names``: the folder itself for one, or for
-    several one folder of links to all their files (made once in ``out``/data)."""
+    several one folder of links to all their files (in ``out``/data, pointing at this
+    checkout's files)."""
     if len(names) == 1:
         DATA["root"] = find_data(names[0])
         return DATA["root"]
@@ -79,7 +80,9 @@ def use_data(names: list[str], out: Path) -> Path:
         for name in names:
             for f in sorted((find_data(name) / sub).iterdir()):
                 link = merged / sub / f.name
-                if not link.exists():
+                if link.is_symlink() and link.resolve() != f.resolve():
+                    link.unlink()  # made from another checkout: point it at this one
+                if not link.is_symlink():
                     link.symlink_to(f.resolve())
     DATA["root"] = merged.resolve()
     return DATA["root"]
