@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One cell of the peer table (issue 49): train PEER on TASK for BUDGET minutes, predict the
+# One cell of the peer table: train PEER on TASK for BUDGET minutes, predict the
 # held-out images, score them with biounet's own evaluate.
 #
 #   benchmarks/peers/run.sh dsb|isbi stardist|cellpose|nnunet|biounet[-PRESET] MINUTES
