@@ -286,7 +286,7 @@ class TrainWidget(Container):
             "the training settings: the start model's own, or a preset's around its network"))
         self.form = train_form()
         self.minutes = self.form.pop("time_limit")
-        self.minutes.value = "5"
+        self.minutes.value = "2"  # 5 or 10 scored no better (docs/results-annotator.md)
         self.more = CheckBox(text="all training settings", value=False)
         self.advanced = Container(widgets=list(self.form.values()), visible=False)
         self.estimate = CheckBox(text="estimate: up to 3 folds over the annotated images, or "
