@@ -133,6 +133,51 @@ def test_load_data_makes_the_targets_class_maps_and_splits_by_name(dsb_crops):
                                                                     "contour", 2))  # fmt: skip
 
 
+def test_images_from_several_folders_train_as_one_set_paired_by_name(dsb_crops, tmp_path):
+    import shutil
+
+    import tifffile
+
+    from biounet.config import TrainConfig
+    from biounet.dataset import load_data
+
+    images, labels = dsb_crops
+    names = sorted(p.stem for p in images.iterdir())
+    parts = {}  # images split 3 + 2 into two folders, their labels 2 + 3 another way
+    for what, src, ext, groups in (("img", images, ".png", (names[:3], names[3:])),
+                                   ("lab", labels, ".tif", (names[3:], names[:3]))):
+        for k, group in enumerate(groups):
+            folder = tmp_path / f"{what}{k}"
+            folder.mkdir()
+            for n in group:
+                shutil.copy(src / f"{n}{ext}", folder / f"{n}{ext}")
+        parts[what] = [str(tmp_path / f"{what}{k}") for k in range(2)]
+    one = load_data(TrainConfig(images=str(images), labels=str(labels), target="contour",
+                                val_slices="1,3"), 3)  # fmt: skip
+    two = load_data(TrainConfig(images=",".join(parts["img"]), labels=", ".join(parts["lab"]),
+                                target="contour", val_slices="1,3"), 3)  # fmt: skip
+    assert two.val_names == one.val_names == [names[1], names[3]]
+    for a, b in ((one.train_masks, two.train_masks), (one.train_images, two.train_images),
+                 (one.val_masks, two.val_masks), (one.train_instances, two.train_instances)):
+        assert len(a) == len(b) == len(a)
+        for x, y in zip(a, b, strict=True):
+            np.testing.assert_array_equal(x, y)
+    # errors name the file in the folder it came from
+    bad = tmp_path / "lab1" / f"{names[0]}.tif"
+    tifffile.imwrite(bad, np.zeros((8, 8), np.uint16))
+    with pytest.raises(InputError, match=rf"^{bad.with_suffix('')}: mask is 8 x 8, but its image is"):
+        load_data(TrainConfig(images=",".join(parts["img"]), labels=",".join(parts["lab"]),
+                              target="contour", val_slices="1"), 3)  # fmt: skip
+    shutil.copy(images / f"{names[4]}.png", tmp_path / "img0" / f"{names[4]}.png")
+    with pytest.raises(InputError, match=rf"img1/{names[4]}: .*img0/{names[4]} has the same "
+                       "name; images read from several folders need different names"):
+        load_data(TrainConfig(images=",".join(parts["img"]), labels=",".join(parts["lab"]),
+                              target="contour"), 3)  # fmt: skip
+    with pytest.raises(InputError, match=r"i\.png: not a folder; images read from several"):
+        load_data(TrainConfig(images=f"{parts['img'][0]},{tmp_path}/i.png",
+                              labels=",".join(parts["lab"]), target="contour"), 3)  # fmt: skip
+
+
 def test_load_data_errors_name_the_files(tmp_path, rng):
     import tifffile
 

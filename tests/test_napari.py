@@ -96,6 +96,31 @@ def test_the_widget_segments_the_chosen_layer_in_a_worker(qtbot):
     assert widget.status == "error: no image layer to segment"
 
 
+def test_segment_shows_what_the_chosen_model_was_trained_on_and_scores(qtbot, tmp_path):
+    from conftest import tiny_checkpoint, tiny_unet
+    from napari.components import ViewerModel
+
+    from biounet.checkpoint import export_model
+
+    about = {"trained_on": "457 DSB 2018 images", "command": "biounet train --preset x",
+             "scores": {"cross-validated AP@0.5": 0.84}}  # fmt: skip
+    export_model(tiny_checkpoint(tmp_path / "t.pt", tiny_unet()), tmp_path / "a.pt", about=about)
+    tiny_checkpoint(tmp_path / "b.pt", tiny_unet())  # no record
+    widget = SegmentWidget(ViewerModel())
+    qtbot.addWidget(widget.native)
+    widget.model.value = FILE
+    widget.file.value = tmp_path / "a.pt"
+    assert widget.about.value == ("trained on: 457 DSB 2018 images\n"
+                                  "scores: cross-validated AP@0.5 0.84")  # fmt: skip
+    widget.file.value = tmp_path / "b.pt"
+    assert widget.about.value == ""
+    widget.model.value = NUCLEI  # the shipped model: its own record, whatever it holds
+    from biounet.checkpoint import about_lines, model_record
+
+    lines = about_lines(model_record(shipped_path(NUCLEI)), ("trained_on", "scores"))
+    assert widget.about.value == "\n".join(lines)
+
+
 def _contour_start(path, epochs=6):
     from conftest import tiny_checkpoint, tiny_unet
 

@@ -157,15 +157,31 @@ class SegmentWidget(Container):
         self.objects = CheckBox(text="instances", value=True)
         self.diameter = LineEdit(label="diameter (px, auto, 0)", value="0")
         self.invert = ComboBox(label="invert", choices=["model's", "auto", "yes", "no"])
+        self.about = Label(value="")  # what the chosen model says of its training
         self.run = PushButton(text="Segment")
-        super().__init__(widgets=[self.model, self.file, self.images, self.tta, self.objects,
-                                  self.diameter, self.invert, self.run])  # fmt: skip
+        super().__init__(widgets=[self.model, self.file, self.about, self.images, self.tta,
+                                  self.objects, self.diameter, self.invert, self.run])  # fmt: skip
         self.status = ""  # "", "running", "done" or "error: ..."
         self.model.changed.connect(lambda v: setattr(self.file, "visible", v == FILE))
+        self.model.changed.connect(self._show_about)
+        self.file.changed.connect(self._show_about)
+        self._show_about()
         viewer.layers.events.inserted.connect(lambda _: self.images.reset_choices())
         viewer.layers.events.removed.connect(lambda _: self.images.reset_choices())
         self.run.changed.connect(self.start)
         _SEGMENT_WIDGETS.add(self)
+
+    def _show_about(self, *_) -> None:
+        """The chosen model's record (trained on, command, hardware, scores), if it has one."""
+        from .checkpoint import about_lines, model_record
+
+        try:
+            path = self.file.value if self.model.value == FILE else shipped_path(self.model.value)
+            lines = (about_lines(model_record(path), ("trained_on", "scores"))
+                     if Path(path).is_file() else [])  # fmt: skip
+        except (InputError, OSError, KeyError, RuntimeError):
+            lines = []
+        self.about.value = "\n".join(lines)
 
     def _add(self, layers: list[tuple]) -> None:
         for data, kwargs, kind in layers:

@@ -63,7 +63,7 @@ def _training_images(preset: Preset) -> Path | None:
     """The model's training images where they are at hand (the bundled data's path)."""
     if preset.train.images:
         try:
-            path = resolve_data_path(preset.train.images)
+            path = resolve_data_path(preset.train.images.split(",")[0].strip())  # the first
         except InputError:
             return None
         return path if path.exists() else None

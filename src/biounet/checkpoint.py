@@ -148,6 +148,18 @@ def model_record(path: str | Path) -> dict:
     return record
 
 
+def about_lines(record: dict, keys: tuple = ABOUT_KEYS) -> list[str]:
+    """What :func:`model_record`'s ``about`` says under ``keys``, one line each, in the
+    order of :data:`ABOUT_KEYS` (``biounet info`` shows them all, napari's Segment the data
+    and the scores)."""
+    about = record.get("about", {})
+    lines = [f"{key.replace('_', ' ')}: {about[key]}"
+             for key in ABOUT_KEYS[:3] if key in about and key in keys]  # fmt: skip
+    if "scores" in about and "scores" in keys:
+        lines.append("scores: " + ", ".join(f"{k} {v}" for k, v in about["scores"].items()))
+    return lines
+
+
 def model_from_checkpoint(
     checkpoint: dict | str | Path, device: str | torch.device = "cpu"
 ) -> tuple[UNet, Preset]:

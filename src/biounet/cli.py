@@ -17,7 +17,8 @@ from pathlib import Path
 from . import settings
 from .bench import format_bench, run_bench
 from .bioimageio import export_bioimageio
-from .checkpoint import export_model, model_from_checkpoint, model_record, shipped_model
+from .checkpoint import (about_lines, export_model, model_from_checkpoint, model_record,
+                         shipped_model)
 from .config import InferenceConfig, PredictOptions, TileOptions
 from .errors import InputError, RankLost, Stopped, Terminated
 from .evaluate import evaluate
@@ -243,13 +244,7 @@ def cmd_info(args) -> int:
     if args.json:
         print(json.dumps({**describe(preset, as_dict=True), **record}))
         return 0
-    lines = []
-    about = record.get("about", {})
-    for key in ("trained_on", "command", "hardware"):
-        if key in about:
-            lines.append(f"{key.replace('_', ' ')}: {about[key]}")
-    if "scores" in about:
-        lines.append("scores: " + ", ".join(f"{k} {v}" for k, v in about["scores"].items()))
+    lines = about_lines(record)
     if "epoch" in record:
         seconds = record.get("trained_seconds")
         lines.append(f"trained: epoch {record['epoch']}, step {record.get('step')}"

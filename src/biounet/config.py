@@ -143,11 +143,13 @@ class TrainConfig:
     """How to train. Lengths are in pixels, rates per optimiser step."""
 
     images: str | None = setting(None, rule=TEXT, commands=("train",), form=False,
-                                 help="image stack (TIFF) or folder of PNG/TIFF images "
-                                 "(default: the bundled ISBI 2012 train-volume)")  # fmt: skip
+                                 help="image stack (TIFF) or folder of PNG/TIFF images, or "
+                                 "several folders separated by commas (default: the bundled "
+                                 "ISBI 2012 train-volume)")  # fmt: skip
     labels: str | None = setting(None, rule=TEXT, commands=("train",), form=False,
-                                 help="mask stack or folder of masks paired by file name "
-                                 "(default: the bundled ISBI 2012 train-labels)")  # fmt: skip
+                                 help="mask stack or folder of masks paired by file name, "
+                                 "or several folders separated by commas (default: the "
+                                 "bundled ISBI 2012 train-labels)")  # fmt: skip
     target: str = setting(
         "mask", rule=one_of(TARGETS), commands=("train",),
         help="mask: labels are class masks (ISBI 0/255); binary / contour: labels are instance "

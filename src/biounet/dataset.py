@@ -22,8 +22,7 @@ from .io import (
     as_instances,
     check_pairs,
     find_data,
-    read_images,
-    resolve_data_path,
+    read_sources,
     where_of,
 )
 from .labels import IGNORE_INDEX, THRESHOLD_HINT, labels_to_instances, mask_to_classes
@@ -84,10 +83,10 @@ def load_data(
         root = find_data("isbi2012")
         images_path, labels_path = root / "train-volume.tif", root / "train-labels.tif"
     else:
-        images_path, labels_path = resolve_data_path(cfg.images), resolve_data_path(cfg.labels)
+        images_path, labels_path = cfg.images, cfg.labels  # one path, or folders joined by ","
     instances = None
-    images = read_images(images_path, channels=cfg.channels)
-    masks = read_images(labels_path, mask=True)
+    images = read_sources(images_path, channels=cfg.channels)
+    masks = read_sources(labels_path, mask=True)
     check_pairs(images, masks)
     if cfg.target == "mask":
         if num_classes is None:

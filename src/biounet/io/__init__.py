@@ -17,7 +17,7 @@ inputs in Fiji and napari.
 
 One idea per module, each importing only those below it:
 
-- :mod:`.read`: :class:`Images`, :func:`read_images` (a file or a folder), masks as class
+- :mod:`.read`: :class:`Images`, :func:`read_images` (a file or a folder), :func:`read_sources` (or several folders), masks as class
   maps, instance labels, pairing images with masks.
 - :mod:`.formats`: TIFF (axes, colour samples) and PNG pixels.
 - :mod:`.tiff_integrity`: the page-chain and page-data checks of a TIFF.
@@ -42,6 +42,7 @@ from .read import (
     read_images,
     read_instances,
     read_masks,
+    read_sources,
     where_of,
 )
 from .tiff_integrity import check_complete, ifd_chain_damage
@@ -82,6 +83,7 @@ __all__ = [
     "read_instances",
     "read_masks",
     "read_png",
+    "read_sources",
     "read_tiff",
     "remove_stale_temps",
     "reserve",

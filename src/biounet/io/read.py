@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..labels import labels_to_instances, mask_to_classes
+from .bundled import resolve_data_path
 from .channels import Channels, channels_of, channels_text, parse_channels, pick_channels
 from .formats import IMAGE_SUFFIXES, read_png, read_tiff
 from .pixel_size import PixelSize
@@ -28,16 +29,18 @@ from .pixel_size import PixelSize
 
 @dataclass
 class Images:
-    """Images read from one path: ``arrays[i]`` is (H_i, W_i), or (C, H_i, W_i) for
-    images of C > 1 channels (every image of a set has the same C); ``names[i]`` names it;
-    ``pixel_sizes[i]`` is its pixel size ``(x, y, unit)`` from the file's metadata (unit
-    "µm", "nm", ...; a stack's slices share one), or None where the file has none (default:
-    None for every array)."""
+    """Images read from one path (or several folders, :func:`read_sources`): ``arrays[i]``
+    is (H_i, W_i), or (C, H_i, W_i) for images of C > 1 channels (every image of a set has
+    the same C); ``names[i]`` names it; ``pixel_sizes[i]`` is its pixel size
+    ``(x, y, unit)`` from the file's metadata (unit "µm", "nm", ...; a stack's slices share
+    one), or None where the file has none (default: None for every array); ``folders[i]``
+    is the folder it was read from, for a set read from several (None otherwise)."""
 
     arrays: list[np.ndarray]
     names: list[str]
     source: Path
     pixel_sizes: list[PixelSize | None] | None = None
+    folders: list[Path] | None = None
 
     def __post_init__(self) -> None:
         if self.pixel_sizes is None:
@@ -179,7 +182,48 @@ def as_instances(labels: Images) -> Images:
     return labels
 
 
+def read_sources(spec: str | Path, *, mask: bool = False,
+                 channels: Channels | str = None) -> Images:  # fmt: skip
+    """:func:`read_images` of ``spec``, or of several folders given as one text, their paths
+    separated by commas (a path that exists as written is one path, commas and all), read
+    in order into one set. ``data/NAME/...`` paths name bundled data
+    (:func:`biounet.io.bundled.resolve_data_path`). InputError naming the path for a part
+    that is not a folder, a name found in two folders, or folders of different channel
+    counts."""
+    text = str(spec)
+    if "," not in text or resolve_data_path(text).exists():
+        return read_images(resolve_data_path(text), mask=mask, channels=channels)
+    sets = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        path = resolve_data_path(part)
+        if not path.is_dir():
+            raise InputError(f"{path}: not a folder; images read from several places (paths "
+                             "separated by commas) must each be a folder")  # fmt: skip
+        sets.append(read_images(path, mask=mask, channels=channels))
+    seen: dict[str, Path] = {}
+    for s in sets:
+        if s.channels != sets[0].channels:
+            raise InputError(f"{s.source}: {channels_text(s.channels)}, but {sets[0].source} "
+                             f"has {sets[0].channels}; every image of a set needs the same "
+                             "channels (pick them with --channels)")  # fmt: skip
+        for n in s.names:
+            if n in seen:
+                raise InputError(f"{s.source / n}: {seen[n] / n} has the same name; images "
+                                 "read from several folders need different names")  # fmt: skip
+            seen[n] = s.source
+    return Images([a for s in sets for a in s.arrays], [n for s in sets for n in s.names],
+                  Path(text), [p for s in sets for p in s.pixel_sizes],
+                  [s.source for s in sets for _ in s.arrays])  # fmt: skip
+
+
+def _by_name(images: Images) -> bool:
+    """Whether ``images`` came from folders (paired with masks by name)."""
+    return images.folders is not None or images.source.is_dir()
+
+
 def where_of(images: Images, i: int) -> str:
+    if images.folders is not None:
+        return str(images.folders[i] / images.names[i].split("[")[0])
     if len(images) == 1 or images.source.is_dir():
         name = images.names[i].split("[")[0]
         return str(images.source / name) if images.source.is_dir() else str(images.source)
@@ -188,7 +232,7 @@ def where_of(images: Images, i: int) -> str:
 
 def check_pairs(images: Images, masks: Images) -> None:
     """InputError unless ``masks`` pairs one to one with ``images`` in count and size."""
-    if images.source.is_dir() and masks.source.is_dir():
+    if _by_name(images) and _by_name(masks):
         missing = sorted(set(images.names) - set(masks.names))
         if missing:
             raise InputError(
@@ -198,6 +242,8 @@ def check_pairs(images: Images, masks: Images) -> None:
         order = {n: i for i, n in enumerate(masks.names)}
         masks.arrays = [masks.arrays[order[n]] for n in images.names]
         masks.pixel_sizes = [masks.pixel_sizes[order[n]] for n in images.names]
+        if masks.folders is not None:
+            masks.folders = [masks.folders[order[n]] for n in images.names]
         masks.names = list(images.names)
     if len(masks) != len(images):
         raise InputError(
