@@ -973,3 +973,19 @@ def test_export_about_is_what_info_shows_of_a_model(tmp_path, capsys):
             capsys, "u.pt: 'scores' must be an object of names to numbers or text")
     refusal(["export", str(ckpt), str(tmp_path / "u.pt"), "--about", str(tmp_path / "no.json")],
             capsys, "no.json: not a readable JSON file")
+
+
+def test_train_from_several_folders_refuses_a_shared_name_in_one_line(dsb_crops, tmp_path, capsys):
+    import shutil
+
+    images, labels = dsb_crops
+    other = tmp_path / "other"
+    other.mkdir()
+    first = sorted(images.iterdir())[0]
+    shutil.copy(first, other / first.name)  # the same name in both folders
+    refusal(["train", "--preset", "nuclei", "--images", f"{images},{other}", "--labels",
+             f"{labels},{labels}", "--out", str(tmp_path / "r")], capsys,
+            f"{other / first.stem}: {images / first.stem} has the same name")  # fmt: skip
+    refusal(["train", "--preset", "nuclei", "--images", f"{images},{first}", "--labels",
+             str(labels), "--out", str(tmp_path / "r")], capsys,
+            f"{first}: not a folder")  # fmt: skip
