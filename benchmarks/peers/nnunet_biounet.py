@@ -37,6 +37,9 @@ def targets(labels: Path, out: Path) -> None:
 
 
 def to_instances(probs: Path, pred: Path) -> None:
+    import time
+
+    t0 = time.monotonic()
     pred.mkdir(parents=True, exist_ok=True)
     options = NUCLEI.inference.instance_options("contour")
     files = sorted(probs.glob("*.npz"))
@@ -44,7 +47,8 @@ def to_instances(probs: Path, pred: Path) -> None:
         p = np.load(f)["probabilities"].astype(np.float32)[:, 0]  # (3, H, W)
         lab = instances(p, **options)
         tifffile.imwrite(pred / f"{f.stem}-instances.tif", lab, compression="zlib")
-    print(f"{len(files)} instance images ({options}) -> {pred}")
+    seconds = time.monotonic() - t0
+    print(f"{len(files)} instance images ({options}) -> {pred} in {seconds:.2f} s")
 
 
 if __name__ == "__main__":
