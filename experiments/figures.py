@@ -107,14 +107,16 @@ def isbi_figure(checkpoint: Path, out: Path, slice_: int = 25) -> None:
     plot_segmentation(image, label * 255, prob, seg, out / f"isbi2012-slice{slice_}.png", title)
 
 
+HOLDOUT = "@data/splits/dsb2018-fluo-holdout.txt"  # the 40 no shipped or preset model trains on
+
+
 def nuclei_figure(checkpoint: Path, out: Path, count: int = 3) -> None:
     model, preset = model_from_checkpoint(checkpoint)
-    cfg = preset.train
     tta_on = replace(preset.inference, tta=True)  # the stored setting, on 8-view averages
-    images = read_images(resolve_data_path(cfg.images))
-    labels = read_instances(resolve_data_path(cfg.labels))
+    images = read_images(resolve_data_path("data/dsb2018-fluo/images"))
+    labels = read_instances(resolve_data_path("data/dsb2018-fluo/labels"))
     order = {n: i for i, n in enumerate(labels.names)}
-    held = parse_slices(cfg.val_slices, len(images), "held-out", images.names)
+    held = parse_slices(HOLDOUT, len(images), "held-out", images.names)
 
     def touching(i: int) -> int:  # objects minus foreground components: touching pairs
         lab = labels.arrays[order[images.names[i]]]
