@@ -48,8 +48,6 @@ import numpy as np
 from biounet import model_from_checkpoint, segment
 from biounet.annotate import Annotations, disagreement, fold_estimate, next_box, train_round
 from biounet.checkpoint import shipped_model
-
-BASE = shipped_model("dsb2018-nuclei.pt")  # the model fine-tuned; main() sets --base
 from biounet.io import atomic_path, find_data, read_images, read_instances
 from biounet.metrics import instance_scores_many
 
@@ -125,9 +123,10 @@ def score(model, names: list[str], images: dict, labels: dict) -> dict:
 
 
 def run_one(out: Path, n: int, minutes: float, place: str, group, annotate: list[str],
-            box: int, steps_per_minute: float, estimate: str, uncertainty) -> dict:  # fmt: skip
-    """One cell: box, fine-tune, score (kept in ``out``/result.json); ``estimate`` "box"
-    or "image": also the k-fold estimate by that unit (added to a finished cell)."""
+            box: int, steps_per_minute: float, estimate: str, uncertainty,
+            base: Path) -> dict:  # fmt: skip
+    """One cell: box, fine-tune ``base``, score (kept in ``out``/result.json); ``estimate``
+    "box" or "image": also the k-fold estimate by that unit (added to a finished cell)."""
     done = out / "result.json"
     if done.exists():
         result = json.loads(done.read_text())
@@ -135,14 +134,14 @@ def run_one(out: Path, n: int, minutes: float, place: str, group, annotate: list
         if estimate and estimate not in known:
             names, images, labels = group
             notes = place_boxes(n, annotate, images, labels, box, place, uncertainty)
-            add_estimate(result, notes, out, estimate)
+            add_estimate(result, notes, out, estimate, base)
             with atomic_path(done) as tmp:
                 Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
         return result
     names, images, labels = group
     shutil.rmtree(out, ignore_errors=True)  # a cell stopped part-way starts again
     notes = place_boxes(n, annotate, images, labels, box, place, uncertainty)
-    start = BASE
+    start = base
     epochs = max(1, round(minutes * steps_per_minute / STEPS_PER_EPOCH))
     t0 = time.perf_counter()
     model = train_round(notes, out / "round", start, None, 0.0, epochs=epochs)
@@ -153,7 +152,7 @@ def run_one(out: Path, n: int, minutes: float, place: str, group, annotate: list
               "steps": epochs * STEPS_PER_EPOCH,
               "train_seconds": round(seconds, 1), **score(model, rest, images, labels)}  # fmt: skip
     if estimate:
-        add_estimate(result, notes, out, estimate)
+        add_estimate(result, notes, out, estimate, base)
     with atomic_path(done) as tmp:
         Path(tmp).write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -177,10 +176,10 @@ def overview(rows: list[dict], base: dict) -> str:
     return "\n".join(lines)
 
 
-def add_estimate(result: dict, notes: Annotations, out: Path, by: str) -> None:
+def add_estimate(result: dict, notes: Annotations, out: Path, by: str, base: Path) -> None:
     """The round's own k-fold estimate (3 folds by rectangle, or by image) into
     ``result["estimates"][by]``."""
-    start = BASE
+    start = base
     epochs = result["steps"] // STEPS_PER_EPOCH
     e = fold_estimate(notes, out / f"estimate-{by}", start, None, 0.0, by=by, epochs=epochs)
     result.setdefault("estimates", {})[by] = {k: e[k] for k in ("k", "ap50", "mean", "sd")}
@@ -207,7 +206,6 @@ def table(out: Path) -> str:
 
 
 def main() -> None:
-    global BASE
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", default="10,25,50,100,200")
     ap.add_argument("--minutes", default="5,2,10")
@@ -223,12 +221,11 @@ def main() -> None:
     ap.add_argument("--steps-per-minute", type=float, default=210.0)
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--out", default="runs/annotator")
-    ap.add_argument("--base", type=Path, default=BASE,
+    ap.add_argument("--base", type=Path, default=shipped_model("dsb2018-nuclei.pt"),
                     help="the model fine-tuned (default models/dsb2018-nuclei.pt; the docs "
                          "table used the one shipped at commit ab8056a, which never saw the "
                          "dark group)")
     args = ap.parse_args()
-    BASE = args.base
     out = Path(args.out)
     if args.table:
         print(table(out))
@@ -240,11 +237,11 @@ def main() -> None:
     print(f"group: {len(names)} dark-on-bright images; annotated: {annotate}", flush=True)
     base_file = out / "shipped.json"
     if not base_file.exists():
-        base = score(BASE, [k for k in names if k not in annotate],
+        base = score(args.base, [k for k in names if k not in annotate],
                      images, labels)  # fmt: skip
         base_file.write_text(json.dumps(base, indent=1) + "\n")
     print("shipped:", json.loads(base_file.read_text())["ap50"], flush=True)
-    net = model_from_checkpoint(BASE, "cpu")
+    net = model_from_checkpoint(args.base, "cpu")
     unc = {k: disagreement(net, images[k]) for k in annotate} if "uncertainty" in args.place \
         else None  # fmt: skip
     ns = [int(x) for x in args.n.split(",")]
@@ -259,7 +256,8 @@ def main() -> None:
     for n, t, place in cells:
         r = run_one(out / f"{place}-n{n}-t{t:g}", n, t, place, group, annotate, args.box,
                     args.steps_per_minute,
-                    args.estimate_by if (n, t) in estimates and place == "random" else "", unc)
+                    args.estimate_by if (n, t) in estimates and place == "random" else "", unc,
+                    args.base)
         print(f"{place} n={n} ({r['painted']}) t={t:g}: AP@0.5 {r['ap50']:.3f} pooled "
               f"{r['pooled_ap50']:.3f} DSB {r['dsb']:.3f} ({r['train_seconds']} s)", flush=True)
     print(table(out))

@@ -42,8 +42,9 @@ def make_image(out: Path, size: int) -> None:
 
     from biounet.io import read_images
 
-    lines = (REPO / "data/splits/dsb2018-fluo-holdout.txt").read_text().splitlines()
-    names = [s.strip() for s in lines if s.strip() and not s.startswith("#")]
+    from split import holdout_ids
+
+    names = sorted(holdout_ids())
     crops = []
     for name in names:
         img = read_images(REPO / "data/dsb2018-fluo/images" / f"{name}.png").arrays[0]
