@@ -16,9 +16,11 @@ gray images as channels [0, 0] (two input channels, the second empty); ``--diam-
 the size cellpose's docs give for nuclei (its `nuclei` model's; the CLI's default is 30).
 An epoch is one pass over the training images (156 of the 160 have 5 objects or more:
 20 steps), and the learning rate of epoch k < 10 is 0.2 k / 9: the first epoch does not
-learn (``--nimg-per-epoch``, its --nimg_per_epoch, shortens epochs). Training stops at the
-first step after ``--minutes`` (the clock starts at the first step: flow computation is
-not counted), keeping the weights of the last step. Up to epoch 100 the schedule of any
+learn (``--nimg-per-epoch``, its --nimg_per_epoch, shortens epochs; ``--epochs``, its
+--n_epochs, then fits the whole schedule, decay included, to the budget: a departure,
+docs/peers.md says where). Training stops at the first step after ``--minutes`` (the clock
+starts at the first step: flow computation is not counted), keeping the weights of the
+last step. Up to epoch 100 the schedule of any
 planned length is the same (warm-up, then constant), so the stop loses no decay for
 budgets that end sooner. Prediction: ``CellposeModel.eval`` with its defaults (diameter
 from the training labels, flow threshold 0.4, cell probability threshold 0); ``--tta``
@@ -45,6 +47,9 @@ def flags(p) -> None:
     p.add_argument("--nimg-per-epoch", type=int, default=None,
                    help="images per epoch (cellpose's --nimg_per_epoch; default: all); fewer "
                         "shorten its 10-epoch learning-rate warm-up")
+    p.add_argument("--epochs", type=int, default=500,
+                   help="cellpose's --n_epochs (500); over 100, its last 50 (over 300: 100) "
+                        "halve the learning rate 10 times")
 
 
 def main() -> None:
@@ -82,7 +87,7 @@ def main() -> None:
 
     hook = model.net.register_forward_pre_hook(deadline)
     work = a.out / "work"
-    n_epochs = 500  # its command line's default; the budget ends training sooner
+    n_epochs = a.epochs  # its command line's default 500; the budget ends training sooner
     try:
         train.train_seg(model.net, train_data=images, train_labels=labels, channels=[0, 0],
                         normalize=True, SGD=True, learning_rate=0.2, weight_decay=1e-5,

@@ -18,8 +18,9 @@ pipeline, unchanged but for the stop:
 Training stops after the iteration at which ``--minutes`` run out (the clock starts at
 its first iteration: planning, preprocessing and data-loader start-up are not counted);
 the unfinished epoch is not validated, and checkpoint_final.pth holds the last weights
-(nnU-Net's own end of training). ``--epochs`` / ``--iterations`` change 1000 / 250 (for
-an equal-steps comparison; say so). Prediction: nnUNetPredictor (Gaussian-weighted
+(nnU-Net's own end of training). ``--epochs`` / ``--iterations`` / ``--val-iterations``
+change 1000 / 250 / 50 (a schedule fitted to the budget, so that its learning rate decays;
+say so). Prediction: nnUNetPredictor (Gaussian-weighted
 sliding window, step 0.5) with its mirroring TTA switched by ``--tta``; probabilities are
 kept (OUT/work/probabilities/CASE.npz). isbi: OUT/pred/NAME.tif = P(cell) = P(class 0);
 dsb: instances come from ``nnunet_biounet.py instances`` (biounet's seeded watershed
@@ -47,6 +48,8 @@ def flags(p) -> None:
     p.add_argument("--epochs", type=int, default=1000, help="nnUNetTrainer: 1000")
     p.add_argument("--iterations", type=int, default=250,
                    help="iterations per epoch (nnUNetTrainer: 250)")
+    p.add_argument("--val-iterations", type=int, default=50,
+                   help="validation iterations per epoch (nnUNetTrainer: 50)")
 
 
 def write_raw(a, raw: Path) -> tuple[int, list[str]]:
@@ -126,6 +129,7 @@ def main() -> None:
             # nnUNetTrainer records its init arguments by these names
             super().__init__(plans, configuration, fold, dataset_json, device)
             self.num_epochs, self.num_iterations_per_epoch = a.epochs, a.iterations
+            self.num_val_iterations_per_epoch = a.val_iterations
             if a.smoke:
                 self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 3, 2
 
@@ -188,6 +192,7 @@ def main() -> None:
     C.write_log(a.out, peer="nnunet", version=version("nnunetv2"), torch=torch.__version__,
                 steps=state["steps"], epochs=round(state["epochs"], 3),
                 iterations_per_epoch=trainer.num_iterations_per_epoch,
+                val_iterations_per_epoch=trainer.num_val_iterations_per_epoch,
                 planned_epochs=trainer.num_epochs, batch_size=cfg["batch_size"],
                 patch_size=cfg["patch_size"], plans=plans_name,
                 train_cases=len(splits[0]["train"]), val_cases=len(splits[0]["val"]),
