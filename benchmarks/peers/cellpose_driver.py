@@ -21,9 +21,10 @@ learn (``--nimg-per-epoch``, its --nimg_per_epoch, shortens epochs; ``--epochs``
 docs/peers.md says where). Training stops at the first step after ``--minutes`` (the clock
 starts at the first step: flow computation is not counted), keeping the weights of the
 last step. Up to epoch 100 the schedule of any planned length is the same (warm-up, then
-constant), so the stop loses no decay for budgets that end sooner. Prediction: ``CellposeModel.eval`` with its defaults (diameter
-from the training labels, flow threshold 0.4, cell probability threshold 0); ``--tta``
-is its ``augment=True`` (overlapping tiles, flipped). Only ``--task dsb``.
+constant), so the stop loses no decay for budgets that end sooner. Prediction:
+``CellposeModel.eval`` with its defaults (diameter from the training labels, flow threshold
+0.4, cell probability threshold 0); ``--tta`` is its ``augment=True`` (overlapping tiles,
+flipped). Only ``--task dsb``.
 """
 
 from __future__ import annotations
